@@ -1,0 +1,115 @@
+"""The Poller: claims due runs in batches sized to the dispatcher's free slots.
+
+It wakes on NOTIFY (a listener thread), on the clock's fallback tick and whenever
+slots free up, so a backlog drains without waiting for a tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from strait_actors.actors.base import SupervisedActor, TreeContext
+from strait_actors.messages import Dispatch, DispatcherReady, ReportCapacity, SlotsFreed, Tick, Wake
+from strait_actors.store.queue import Queue
+
+log = logging.getLogger(__name__)
+
+
+
+class Listener:
+    """LISTEN on the wake channel in a thread of its own; reconnects with backoff."""
+
+    def __init__(self, dsn: str, on_notify: Callable[[], None]) -> None:
+        self.dsn = dsn
+        self.on_notify = on_notify
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="strait-listen", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self.stopped.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    conn.execute("LISTEN strait_queue_wake")
+                    backoff = 0.5
+                    while not self.stopped.is_set():
+                        for _ in conn.notifies(timeout=0.5):
+                            self.on_notify()
+            except psycopg.Error as exc:
+                log.warning("listener lost its connection (%s); retrying", exc)
+                self.stopped.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+
+class Poller(SupervisedActor):
+    """Turns free dispatch slots into claims; knows how many runs are in flight."""
+
+    name = "poller"
+
+    def __init__(self, ctx: TreeContext) -> None:
+        super().__init__(ctx)
+        self.capacity = ctx.settings.worker_concurrency
+        self.batch = ctx.settings.max_dequeue_batch_size
+        self.inflight: int | None = None  # unknown until the dispatcher reports
+        self.wake_pending = threading.Event()
+        self.conn: psycopg.Connection | None = None
+        self.listener: Listener | None = None
+
+    def started(self) -> None:
+        self.conn = psycopg.connect(self.ctx.dsn, autocommit=True)
+        self.queue = Queue(self.conn, worker_id=self.ctx.worker_id,
+                           lease_secs=self.ctx.settings.stale_threshold_secs)
+        self.listener = Listener(self.ctx.dsn, self._notified)
+        self.listener.start()
+        self.ctx.registry.tell("dispatcher", ReportCapacity())
+
+    def _notified(self) -> None:
+        # coalesce a burst of NOTIFYs into one Wake in the mailbox
+        if not self.wake_pending.is_set():
+            self.wake_pending.set()
+            self.actor_ref.tell(Wake())
+
+    def cleanup(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+        if self.conn is not None:
+            self.conn.close()
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Wake):
+            self.wake_pending.clear()
+        elif isinstance(message, SlotsFreed):
+            if self.inflight is not None:
+                self.inflight = max(0, self.inflight - message.count)
+        elif isinstance(message, DispatcherReady):
+            self.inflight = max(0, self.capacity - message.free)
+        elif not isinstance(message, Tick):
+            return
+        self.fill()
+
+    def fill(self) -> None:
+        """Claim until the slots are full or the queue has nothing due."""
+        while self.inflight is not None:
+            free = self.capacity - self.inflight
+            if free <= 0:
+                return
+            want = min(free, self.batch)
+            result = self.queue.claim(want)
+            if result.runs:
+                self.inflight += len(result.runs)
+                self.ctx.registry.tell("dispatcher", Dispatch(tuple(result.runs)))
+            if len(result.runs) < want and not result.promoted:
+                return

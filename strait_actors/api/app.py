@@ -1,0 +1,65 @@
+"""The aiohttp application factory: routes, middlewares, pool lifetime."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from strait_actors.api import health, jobs, projects, runs, triggers
+from strait_actors.api.auth import KeyCache, auth_middleware
+from strait_actors.api.batcher import TriggerBatcher
+from strait_actors.api.http import Handler, envelope
+from strait_actors.api.limits import RateLimiter, limit_middleware
+from strait_actors.api.state import BATCHER, DSN, JOBS, KEYS, LIMITER, POOL, SETTINGS, STARTED
+from strait_actors.errors import ApiError
+from strait_actors.settings import Settings
+from strait_actors.store.jobs import JobCache
+from strait_actors.store.sql import make_pool
+
+_ACCEPTABLE = ("", "*/*", "application/json", "application/*", "application/x-ndjson", "text/csv")
+
+
+@web.middleware
+async def preconditions(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Accept and Content-Type rules of the JSON group (api.md §2.5)."""
+    if request.path.startswith("/v1/"):
+        accept = request.headers.get("Accept", "")
+        kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+        if not any(k in _ACCEPTABLE for k in kinds):
+            raise ApiError(406, "not acceptable: this API answers application/json")
+        if request.method in ("POST", "PUT", "PATCH"):
+            ctype = request.headers.get("Content-Type")
+            has_body = request.content_length not in (None, 0) or request.headers.get("Transfer-Encoding")
+            if (ctype is not None or has_body) and (ctype or "").split(";")[0].strip().lower() != \
+                    "application/json":
+                raise ApiError(415, "unsupported media type: send application/json")
+    return await handler(request)
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    pool = make_pool(app[DSN], app[SETTINGS].db_pool_size)
+    await pool.open(wait=True, timeout=30)
+    app[POOL] = pool
+    app[BATCHER] = TriggerBatcher(pool)
+    yield
+    await pool.close()
+
+
+def create_app(settings: Settings, dsn: str) -> web.Application:
+    app = web.Application(
+        middlewares=[envelope, preconditions, auth_middleware, limit_middleware],
+        client_max_size=settings.max_request_body_size,
+    )
+    app[SETTINGS] = settings
+    app[DSN] = dsn
+    app[KEYS] = KeyCache()
+    app[JOBS] = JobCache()
+    app[LIMITER] = RateLimiter(settings.rate_limit_requests, settings.trigger_rate_limit_requests)
+    app[STARTED] = time.monotonic()
+    app.cleanup_ctx.append(_pool_ctx)
+    # /v1/runs/dlq is registered before /v1/runs/{run_id} (runs.routes keeps that order)
+    for table in (health.routes, projects.routes, jobs.routes, triggers.routes, runs.routes):
+        app.add_routes(table)
+    return app

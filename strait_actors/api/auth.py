@@ -1,0 +1,138 @@
+"""Who is calling (api.md §1): API keys, the internal secret, project context, scopes."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from strait_actors.api.http import Handler
+from strait_actors.api.state import KEYS, POOL, SETTINGS
+from strait_actors.errors import ApiError, forbidden, unauthorized
+from strait_actors.ids import hash_key
+from strait_actors.store import projects as store
+
+CALLER = "caller"
+KEY_CACHE_SECS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated identity of one request."""
+
+    kind: str  # "internal" | "apikey"
+    project_id: str | None  # the project context, if any
+    scopes: frozenset[str]  # empty = every scope
+    actor: str  # "" when unknown
+    key_id: str | None = None
+
+    def allows(self, scope: str) -> bool:
+        if not self.scopes or "*" in self.scopes or scope in self.scopes:
+            return True
+        family = scope.split(":", 1)[0]
+        return f"{family}:*" in self.scopes
+
+    @property
+    def internal(self) -> bool:
+        return self.kind == "internal"
+
+
+class KeyCache:
+    """Verified API keys for a few seconds: a trigger storm does not cost a lookup per request."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+    async def lookup(self, pool: AsyncConnectionPool, key: str) -> dict[str, Any] | None:
+        digest = hash_key(key)
+        hit = self._rows.get(digest)
+        now = time.monotonic()
+        if hit and hit[0] > now:
+            return hit[1]
+        row = await store.api_key_by_hash(pool, digest)
+        if len(self._rows) > 10000:
+            self._rows.clear()
+        self._rows[digest] = (now + KEY_CACHE_SECS, row)
+        return row
+
+    def forget(self) -> None:
+        self._rows.clear()
+
+
+def caller(request: web.Request) -> Caller:
+    found: Caller = request[CALLER]
+    return found
+
+
+def require(request: web.Request, scope: str) -> Caller:
+    who = caller(request)
+    if not who.allows(scope):
+        raise forbidden(f"insufficient permissions: requires {scope}")
+    return who
+
+
+def project_scope(request: web.Request, message: str = "project_id is required") -> str:
+    """The project a list is about: the key's project, or X-Project-Id/project_id for the secret."""
+    who = caller(request)
+    if who.project_id:
+        return who.project_id
+    raise ApiError(400, message)
+
+
+def check_project(request: web.Request, project_id: str, what: str) -> None:
+    """A resource of another project is not found (404), as in Go."""
+    pid = caller(request).project_id
+    if pid is not None and pid != project_id:
+        raise ApiError(404, f"{what} not found")
+
+
+async def _api_key_caller(request: web.Request, token: str) -> Caller:
+    row = await request.app[KEYS].lookup(request.app[POOL], token)
+    if row is None:
+        raise unauthorized("invalid api key")
+    if row["revoked_at"] is not None:
+        raise unauthorized("api key has been revoked")
+    if row["expires_at"] is not None and row["expires_at"] <= datetime.now(UTC):
+        raise unauthorized("api key has expired")
+    kid = str(row["id"])
+    return Caller("apikey", row["project_id"], frozenset(row["scopes"]), f"apikey:{kid}", kid)
+
+
+def _internal_caller(request: web.Request, token: str) -> Caller:
+    secret = request.app[SETTINGS].internal_secret
+    if not token or not hmac.compare_digest(token.encode(), secret.encode()):
+        raise unauthorized("invalid or missing internal secret")
+    project = (request.headers.get("X-Project-Id") or "").strip() or request.query.get("project_id") or None
+    return Caller("internal", project, frozenset(), request.headers.get("X-Actor-Id", "").strip())
+
+
+async def authenticate(request: web.Request) -> Caller:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    if token.startswith("strait_"):
+        return await _api_key_caller(request, token)
+    secret = request.headers.get("X-Internal-Secret")
+    return _internal_caller(request, secret if secret is not None else token)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/v1/") or request.path == "/v1":
+        request[CALLER] = await authenticate(request)
+    return await handler(request)
+
+
+def internal_secret_ok(request: web.Request) -> bool:
+    """For /metrics and detailed health: the secret in X-Internal-Secret or as a bearer token."""
+    secret = request.app[SETTINGS].internal_secret
+    given = request.headers.get("X-Internal-Secret")
+    if given is None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else ""
+    return bool(given) and hmac.compare_digest(given.encode(), secret.encode())

@@ -1,0 +1,82 @@
+"""Request plumbing shared by handlers: JSON in and out, the error envelope, request ids."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from strait_actors.api.state import SETTINGS
+from strait_actors.api.validation import parse_json_body
+from strait_actors.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_counter = itertools.count(1)
+_PREFIX = f"{os.uname().nodename}/{os.urandom(4).hex()}"
+REQUEST_ID = "request_id"
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON; empty is {}; too large is 413; malformed is 400 (never a 500)."""
+    limit = request.app[SETTINGS].max_request_body_size
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"request body too large (limit {limit} bytes)")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"request body too large (limit {limit} bytes)") from None
+    return parse_json_body(raw)
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid request body: expected a JSON object")
+    return body
+
+
+def error_body(request: web.Request, err: ApiError) -> dict[str, Any]:
+    inner: dict[str, Any] = {"code": err.code, "message": err.message}
+    if err.details:
+        inner["details"] = err.details
+    # top-level "message" too: the SDK reads it there (api.md §2.3 ⚠)
+    return {"error": inner, "message": err.message, "request_id": request.get(REQUEST_ID, "")}
+
+
+@web.middleware
+async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id in, error envelope out; nothing escapes as a bare 500."""
+    rid = request.headers.get("X-Request-Id") or f"{_PREFIX}-{next(_counter):06d}"
+    request[REQUEST_ID] = rid
+    try:
+        resp = await handler(request)
+    except ApiError as err:
+        resp = json_response(error_body(request, err), err.status)
+        resp.headers.update(err.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: "route not found", 405: "method not allowed"}.get(exc.status, exc.reason)
+        resp = json_response(error_body(request, ApiError(exc.status, message)), exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        resp = json_response(error_body(request, ApiError(500, "internal server error",
+                                                          code="internal_error")), 500)
+    resp.headers["X-Request-Id"] = rid
+    resp.headers["X-API-Version"] = "v1"
+    return resp

@@ -1,0 +1,161 @@
+"""Jobs: create, list, get, update (versions), delete (api.md §4.3.1-4.3.5, 4.3.9)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+import psycopg
+from aiohttp import web
+
+from strait_actors import ssrf
+from strait_actors.api import render
+from strait_actors.api.auth import caller, check_project, project_scope, require
+from strait_actors.api.http import json_response, no_content, read_object
+from strait_actors.api.pagination import page_of, respond
+from strait_actors.api.state import JOBS, POOL, SETTINGS
+from strait_actors.api.validation import (
+    JobDefaults,
+    check_job_invariants,
+    validate_job_create,
+    validate_job_patch,
+)
+from strait_actors.errors import bad_request, conflict, forbidden, not_found
+from strait_actors.ids import parse_uuid
+from strait_actors.store import jobs as store
+from strait_actors.store.sql import Row
+
+routes = web.RouteTableDef()
+
+
+def _url_check(request: web.Request) -> Any:
+    s = request.app[SETTINGS]
+    return functools.partial(ssrf.check_url, allow_private=s.allow_private_endpoints,
+                             require_tls=s.endpoint_require_tls)
+
+
+async def _off_loop(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """URL checks resolve DNS (blocking): keep them off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(func, *args, **kwargs))
+
+
+async def load_job(request: web.Request, *, cached: bool = False) -> Row:
+    """The job named by the path, visible to the caller, or 404."""
+    job_id = parse_uuid(request.match_info["job_id"])
+    if job_id is None:
+        raise not_found("job not found")
+    pool = request.app[POOL]
+    row = await (request.app[JOBS].get(pool, job_id) if cached else store.get_job(pool, job_id))
+    if row is None:
+        raise not_found("job not found")
+    check_project(request, row["project_id"], "job")
+    return row
+
+
+def _project_for_create(request: web.Request, body: dict[str, Any]) -> str:
+    who = caller(request)
+    pid = body.get("project_id")
+    if isinstance(pid, str) and pid and who.project_id and pid != who.project_id:
+        raise forbidden("project_id does not match authenticated project")
+    return pid if isinstance(pid, str) else ""
+
+
+@routes.post("/v1/jobs")
+async def create_job(request: web.Request) -> web.Response:
+    who = require(request, "jobs:write")
+    body = await read_object(request)
+    s = request.app[SETTINGS]
+    _project_for_create(request, body)
+    values = await _off_loop(validate_job_create, body,
+                             defaults=JobDefaults(s.default_job_max_attempts, s.default_job_timeout_secs),
+                             url_check=_url_check(request))
+    try:
+        row = await store.insert_job(request.app[POOL], values["project_id"], values, who.actor)
+    except store.SlugTaken:
+        raise conflict(f"job with slug {values['slug']!r} already exists in this project") from None
+    except psycopg.errors.ForeignKeyViolation:
+        raise not_found("project not found") from None
+    return json_response(render.job(row), 201)
+
+
+@routes.get("/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    require(request, "jobs:read")
+    project = project_scope(request)
+    page = page_of(request)
+    tag_key, tag_value = request.query.get("tag_key"), request.query.get("tag_value")
+    if tag_value is not None and tag_key is None:
+        raise bad_request("tag_value requires tag_key")
+    rows = await store.list_jobs(request.app[POOL], project, slug=request.query.get("slug"), tag_key=tag_key,
+                                 tag_value=tag_value, limit=page.limit + 1, after_ts=page.after_ts,
+                                 after_id=page.after_id)
+    return json_response(respond(rows, page, render.job))
+
+
+@routes.get("/v1/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    require(request, "jobs:read")
+    return json_response(render.job(await load_job(request)))
+
+
+@routes.patch("/v1/jobs/{job_id}")
+async def update_job(request: web.Request) -> web.Response:
+    who = require(request, "jobs:write")
+    current = await load_job(request)
+    body = await read_object(request)
+    changes = await _off_loop(validate_job_patch, body, url_check=_url_check(request))
+    merged = {**current, **changes}
+    if "signing_secret" not in changes:
+        merged["signing_secret"] = current["signing_secret"]
+    check_job_invariants(merged)
+    try:
+        row = await store.update_job(request.app[POOL], current, changes, who.actor, render.job(current))
+    except store.SlugTaken:
+        raise conflict(f"job with slug {merged['slug']!r} already exists in this project") from None
+    except store.VersionConflict:
+        raise conflict("job was modified concurrently; retry") from None
+    request.app[JOBS].forget(current["id"])
+    return json_response(render.job(row))
+
+
+@routes.delete("/v1/jobs/{job_id}")
+async def delete_job(request: web.Request) -> web.Response:
+    require(request, "jobs:write")
+    job = await load_job(request)
+    if not await store.delete_job(request.app[POOL], job["id"]):
+        raise conflict("job has active runs — cancel them first or wait for completion")
+    request.app[JOBS].forget(job["id"])
+    return no_content()
+
+
+@routes.get("/v1/jobs/{job_id}/versions")
+async def list_versions(request: web.Request) -> web.Response:
+    require(request, "jobs:read")
+    job = await load_job(request)
+    page = page_of(request, id_kind="str")
+    after_version = None
+    if request.query.get("cursor"):
+        try:
+            after_version = int(request.query["cursor"].rpartition("|")[2])
+        except ValueError:
+            raise bad_request("invalid cursor format") from None
+    rows = await store.list_versions(request.app[POOL], job["id"], page.limit + 1, after_version)
+    has_more = len(rows) > page.limit
+    rows = rows[: page.limit]
+    body: dict[str, Any] = {"data": [render.job_version(r) for r in rows], "has_more": has_more}
+    if has_more:
+        body["next_cursor"] = f"{render.ts(rows[-1]['created_at'])}|{rows[-1]['version']}"
+    return json_response(body)
+
+
+@routes.get("/v1/jobs/{job_id}/versions/{version_id}")
+async def get_version(request: web.Request) -> web.Response:
+    require(request, "jobs:read")
+    job = await load_job(request)
+    row = await store.get_version(request.app[POOL], job["id"], request.match_info["version_id"])
+    if row is None:
+        raise not_found("version not found")
+    return json_response(render.job_version(row))
+
+

@@ -1,0 +1,116 @@
+"""Resources as the contract emits them (api.md §3): omit empty optionals, RFC 3339 UTC with Z."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+
+def ts(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _put(out: dict[str, Any], key: str, value: Any) -> None:
+    """Go's omitempty: None, "" and empty maps/lists are left out."""
+    if value is None or value == "" or value == {} or value == []:
+        return
+    out[key] = str(value) if key.endswith("_id") or key == "id" else value
+
+
+def project(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "org_id": row["org_id"], "name": row["name"],
+            "created_at": ts(row["created_at"]), "updated_at": ts(row["updated_at"])}
+
+
+_JOB_FIELDS = (
+    "group_id", "description", "cron", "timezone", "execution_window_cron", "endpoint_url",
+    "fallback_endpoint_url", "tags", "payload_schema", "result_schema", "max_concurrency",
+    "max_concurrency_per_key", "rate_limit_max", "rate_limit_window_secs", "dedup_window_secs",
+    "run_ttl_secs", "debounce_window_secs", "batch_window_secs", "batch_max_size", "retry_strategy",
+    "retry_delays_secs", "pause_reason", "webhook_url", "environment_id", "default_run_metadata",
+    "poison_pill_threshold", "created_by", "updated_by",
+)
+
+
+def job(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": str(row["id"]), "project_id": row["project_id"], "name": row["name"],
+                           "slug": row["slug"]}
+    for key in _JOB_FIELDS:
+        _put(out, key, row.get(key))
+    out.update(
+        max_attempts=row["max_attempts"], timeout_secs=row["timeout_secs"],
+        retry_priority_boost=row["retry_priority_boost"], enabled=row["enabled"], paused=row["paused"],
+        version=row["version"], version_id=row["version_id"], version_policy=row["version_policy"],
+        cron_overlap_policy=row["cron_overlap_policy"], execution_mode=row["execution_mode"],
+        queue=row["queue_name"], queue_name=row["queue_name"],
+        created_at=ts(row["created_at"]), updated_at=ts(row["updated_at"]),
+    )
+    if row.get("paused_at"):
+        out["paused_at"] = ts(row["paused_at"])
+    return out
+
+
+_RUN_TIMES = ("scheduled_at", "started_at", "finished_at", "heartbeat_at", "next_retry_at", "expires_at")
+_RUN_OPTIONAL = (
+    "error", "error_class", "parent_run_id", "continuation_of", "workflow_step_run_id", "idempotency_key",
+    "concurrency_key", "batch_id", "job_version_id", "created_by", "replayed_run_id",
+)
+
+
+def run(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": str(row["id"]), "job_id": str(row["job_id"]), "project_id": row["project_id"],
+        "status": row["status"], "attempt": row["attempt"], "payload": row["payload"],
+        "tags": row["tags"], "metadata": row["metadata"], "triggered_by": row["triggered_by"],
+        "priority": row["priority"], "lineage_depth": row["lineage_depth"],
+        "job_version": row["job_version"], "debug_mode": row["debug_mode"],
+        "execution_mode": row["execution_mode"], "queue_name": row["queue_name"],
+        "created_at": ts(row["created_at"]),
+    }
+    if row.get("result") is not None:
+        out["result"] = row["result"]
+    for key in _RUN_OPTIONAL:
+        _put(out, key, row.get(key))
+    for key in _RUN_TIMES:
+        if row.get(key) is not None:
+            out[key] = ts(row[key])
+    if "finished_at" in out:
+        out["completed_at"] = out["finished_at"]  # the SDK's model name (api.md §3.3)
+    return out
+
+
+def run_event(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": str(row["id"]), "run_id": str(row["run_id"]), "type": row["type"], "level": row["level"],
+            "message": row["message"], "data": row["data"], "created_at": ts(row["created_at"])}
+
+
+def job_version(row: dict[str, Any]) -> dict[str, Any]:
+    snap = dict(row["snapshot"])
+    keep = ("name", "slug", "description", "cron", "payload_schema", "tags", "endpoint_url",
+            "fallback_endpoint_url", "max_attempts", "timeout_secs", "webhook_url", "run_ttl_secs")
+    out: dict[str, Any] = {"id": str(row["id"]), "job_id": str(row["job_id"]), "version": row["version"],
+                           "version_id": row["version_id"],
+                           "backwards_compatible": row["backwards_compatible"]}
+    for key in keep:
+        _put(out, key, snap.get(key))
+    out["created_at"] = ts(row["created_at"])
+    return out
+
+
+def api_key(row: dict[str, Any], raw_key: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": str(row["id"]), "project_id": row["project_id"], "name": row["name"],
+                           "key_prefix": row["key_prefix"], "scopes": list(row["scopes"]),
+                           "created_at": ts(row["created_at"])}
+    if raw_key is not None:
+        out["key"] = raw_key
+    if row.get("expires_at"):
+        out["expires_at"] = ts(row["expires_at"])
+    if row.get("revoked_at"):
+        out["revoked_at"] = ts(row["revoked_at"])
+    return out
+
+
+def now_ts() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,155 @@
+"""Runs on the management plane (api.md §4.4): read, list, cancel, replay, DLQ, events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from strait_actors import fsm
+from strait_actors.api import render
+from strait_actors.api.auth import check_project, project_scope, require
+from strait_actors.api.http import json_response
+from strait_actors.api.pagination import page_of, respond
+from strait_actors.api.state import POOL
+from strait_actors.errors import bad_request, conflict, not_found
+from strait_actors.ids import parse_uuid
+from strait_actors.store import runs as store
+from strait_actors.store.sql import Row
+
+routes = web.RouteTableDef()
+
+REPLAYABLE = frozenset({"failed", "timed_out", "crashed", "system_failed"})
+
+
+async def load_run(request: web.Request) -> Row:
+    run_id = parse_uuid(request.match_info["run_id"])
+    row = await store.get_run(request.app[POOL], run_id) if run_id else None
+    if row is None:
+        raise not_found("run not found")
+    check_project(request, row["project_id"], "run")
+    return row
+
+
+def _uuid_filter(request: web.Request, name: str) -> Any:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    value = parse_uuid(raw)
+    if value is None:
+        raise bad_request(f"{name} is invalid")
+    return value
+
+
+def _statuses(request: web.Request) -> list[str] | None:
+    wanted = request.query.getall("statuses", []) + request.query.getall("statuses[]", [])
+    single = request.query.get("status")
+    if single is not None:
+        wanted.append(single)
+    wanted = [s for part in wanted for s in part.split(",") if s]
+    for s in wanted:
+        if s not in fsm.ALL:
+            raise bad_request("status is invalid")
+    return wanted or None
+
+
+def _filters(request: web.Request) -> dict[str, Any]:
+    qs = request.query
+    if qs.get("tag_key") and qs.get("metadata_key"):
+        raise bad_request("tag and metadata filters cannot be combined")
+    if qs.get("tag_value") is not None and not qs.get("tag_key"):
+        raise bad_request("tag_value requires tag_key")
+    contains = qs.get("payload_contains")
+    if contains is not None:
+        try:
+            contains = orjson.loads(contains)
+        except orjson.JSONDecodeError:
+            raise bad_request("payload_contains must be valid JSON") from None
+        contains = orjson.dumps(contains).decode()
+    return {
+        "statuses": _statuses(request), "job_id": _uuid_filter(request, "job_id"),
+        "batch_id": _uuid_filter(request, "batch_id"), "triggered_by": qs.get("triggered_by"),
+        "execution_mode": qs.get("execution_mode"), "error_class": qs.get("error_class"),
+        "tag_key": qs.get("tag_key"), "tag_value": qs.get("tag_value"), "meta_key": qs.get("metadata_key"),
+        "meta_value": qs.get("metadata_value"), "payload_contains": contains,
+    }
+
+
+@routes.get("/v1/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    require(request, "runs:read")
+    project = project_scope(request)
+    page = page_of(request)
+    filters = _filters(request) | {"project_id": project, "limit": page.limit + 1, "after_ts": page.after_ts,
+                                   "after_id": page.after_id}
+    rows = await store.list_runs(request.app[POOL], filters)
+    return json_response(respond(rows, page, render.run))
+
+
+@routes.get("/v1/runs/dlq")
+async def list_dlq(request: web.Request) -> web.Response:
+    require(request, "runs:read")
+    project = project_scope(request)
+    page = page_of(request)
+    rows = await store.list_dead_letter(request.app[POOL], project, page.limit + 1, page.after_ts, page.after_id)
+    return json_response(respond(rows, page, render.run))
+
+
+@routes.get("/v1/runs/{run_id}")
+async def get_run(request: web.Request) -> web.Response:
+    require(request, "runs:read")
+    return json_response(render.run(await load_run(request)))
+
+
+@routes.delete("/v1/runs/{run_id}")
+async def cancel_run(request: web.Request) -> web.Response:
+    who = require(request, "runs:write")
+    run = await load_run(request)
+    if fsm.is_terminal(run["status"]):
+        raise bad_request("run already in terminal state")
+    row = await store.cancel_run(request.app[POOL], run["id"], who.actor)
+    if row is None:
+        # it moved on between the read and the write: terminal now, or some other conflict
+        latest = await store.get_run(request.app[POOL], run["id"])
+        if latest is not None and fsm.is_terminal(latest["status"]):
+            raise bad_request("run already in terminal state")
+        raise conflict("failed to cancel run")
+    return json_response(render.run(row))
+
+
+@routes.post("/v1/runs/{run_id}/replay")
+async def replay_run(request: web.Request) -> web.Response:
+    who = require(request, "runs:write")
+    run = await load_run(request)
+    if run["status"] not in REPLAYABLE:
+        raise bad_request("run is not replayable")
+    if request.query.get("from_checkpoint"):
+        raise not_found("checkpoint not found")
+    row = await store.replay_run(request.app[POOL], run["id"], who.actor)
+    if row is None:
+        raise not_found("run not found")
+    return json_response(render.run(row), 201)
+
+
+@routes.post("/v1/runs/{run_id}/dlq-replay")
+async def dlq_replay(request: web.Request) -> web.Response:
+    who = require(request, "runs:write")
+    run = await load_run(request)
+    if run["status"] != "dead_letter":
+        raise conflict("run is not in dead_letter status")
+    row = await store.dlq_replay(request.app[POOL], run["id"], who.actor)
+    if row is None:
+        raise conflict("run is not in dead_letter status")
+    return json_response(render.run(row))
+
+
+@routes.get("/v1/runs/{run_id}/events")
+async def list_events(request: web.Request) -> web.Response:
+    require(request, "runs:read")
+    run = await load_run(request)
+    page = page_of(request, id_kind="int")
+    rows = await store.list_events(request.app[POOL], run["id"], level=request.query.get("level"),
+                                   type_=request.query.get("type"), limit=page.limit + 1,
+                                   after_id=page.after_id)
+    return json_response(respond(rows, page, render.run_event))

@@ -1,0 +1,25 @@
+"""Typed application state (aiohttp AppKeys) shared by handlers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from strait_actors.settings import Settings
+
+if TYPE_CHECKING:
+    from strait_actors.api.auth import KeyCache
+    from strait_actors.api.limits import RateLimiter
+    from strait_actors.api.batcher import TriggerBatcher
+    from strait_actors.store.jobs import JobCache
+
+SETTINGS = web.AppKey("settings", Settings)
+DSN = web.AppKey("dsn", str)
+POOL = web.AppKey("pool", AsyncConnectionPool)
+KEYS = web.AppKey("keys", "KeyCache")
+LIMITER = web.AppKey("limiter", "RateLimiter")
+BATCHER = web.AppKey("batcher", "TriggerBatcher")
+JOBS = web.AppKey("jobs", "JobCache")
+STARTED = web.AppKey("started", float)

@@ -1,0 +1,534 @@
+"""Pure request validation for jobs and triggers (api.md §0.3, §2.3, §4.3).
+
+No I/O: handlers parse the body, call these, then touch the database. Status split,
+as in Go: struct-level rules (required, JSON type, length, min/max, one-of) → 422
+`validation_failed` with `details` `<field>: failed on '<rule>'` (all fields at once);
+semantic rules (URLs, cron, timezone, schemas, tags, retry delays, exclusivity) → 400
+with one message. Trigger bodies fail fast with a field-specific message; bulk items
+always fail with 400 `invalid trigger item for item <n>: <message>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import orjson
+from croniter import croniter
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import Draft202012Validator, validator_for
+
+from strait_actors.errors import ApiError, bad_request, unprocessable
+
+UrlCheck = Callable[[str], None]
+
+INT32_MAX: Final = 2**31 - 1  # integer columns are 32-bit; larger values would 500 in the DB
+MAX_TIMEOUT_SECS: Final = 86_400
+MAX_TTL_SECS: Final = 2_592_000  # 30 days
+MAX_KEY_LEN: Final = 256  # trigger keys (concurrency/debounce/batch/idempotency)
+MAX_SCHEDULE_AHEAD: Final = timedelta(days=30)
+SCHEDULE_SLACK: Final = timedelta(seconds=1)  # client/server clock skew tolerated for "now"
+EMPTY_PAYLOAD_HASH: Final = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+
+_SLUG_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+_SURROGATE_RE: Final = re.compile("[\ud800-\udfff]")
+_URL_BAD_CHARS_RE: Final = re.compile(r"[\x00-\x20\x7f]")
+_RFC3339_RE: Final = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class JobDefaults:
+    max_attempts: int = 3
+    timeout_secs: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerInput:
+    """A validated trigger body (or bulk item); `payload` is raw, see canonical_payload."""
+
+    payload: Any = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    scheduled_at: datetime | None = None
+    priority: int = 0
+    dry_run: bool = False
+    ttl_secs: int | None = None
+    concurrency_key: str | None = None
+    debounce_key: str | None = None
+    batch_key: str | None = None
+    idempotency_key: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Str:
+    max_len: int | None = None
+    min_len: int = 0
+    choices: frozenset[str] = frozenset()
+    slug: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Int:
+    lo: int = 0
+    hi: int | None = INT32_MAX  # None: the upper bound is a 400 rule checked later
+
+
+# Other kinds are plain names ("bool", "str_map", "int_list", "json"): only their JSON type is a
+# 422 rule; their content rules (tags, delays, schemas) are 400s checked afterwards.
+_Spec = _Str | _Int | str
+_URL = _Str()
+_SECRET = _Str(min_len=16, max_len=4096)
+_NONNEG = _Int()
+
+# Order = order of `details`; required fields first so `{}` reads naturally.
+_JOB_FIELDS: Final[dict[str, _Spec]] = {
+    "project_id": _Str(), "name": _Str(max_len=255), "slug": _Str(max_len=128, slug=True),
+    "group_id": _Str(), "description": _Str(max_len=2000), "environment_id": _Str(),
+    "cron": _Str(), "timezone": _Str(), "execution_window_cron": _Str(),
+    "endpoint_url": _URL, "fallback_endpoint_url": _URL, "webhook_url": _URL,
+    "endpoint_signing_secret": _SECRET, "webhook_secret": _SECRET,
+    "execution_mode": _Str(choices=frozenset({"http", "worker"})),
+    "queue_name": _Str(),
+    "version_policy": _Str(choices=frozenset({"pin", "latest", "minor"})),
+    "cron_overlap_policy": _Str(choices=frozenset({"allow", "skip", "cancel_running"})),
+    "retry_strategy": _Str(choices=frozenset({"exponential", "linear", "fixed", "custom"})),
+    "retry_delays_secs": "int_list",
+    "max_attempts": _Int(1, 100), "timeout_secs": _Int(1, None),
+    "retry_priority_boost": _Int(0, 10), "poison_pill_threshold": _Int(1),
+    "max_concurrency": _NONNEG, "max_concurrency_per_key": _NONNEG, "rate_limit_max": _NONNEG,
+    "rate_limit_window_secs": _NONNEG, "dedup_window_secs": _NONNEG,
+    "run_ttl_secs": _Int(0, MAX_TTL_SECS), "debounce_window_secs": _NONNEG,
+    "batch_window_secs": _NONNEG, "batch_max_size": _NONNEG,
+    "enabled": "bool", "tags": "str_map", "default_run_metadata": "str_map",
+    "payload_schema": "json", "result_schema": "json",
+    "on_complete_trigger_job": _Str(), "on_complete_trigger_workflow": _Str(),
+    "on_failure_trigger_job": _Str(), "on_failure_trigger_workflow": _Str(),
+    "on_complete_payload_mapping": "json", "on_failure_payload_mapping": "json",
+}
+_REQUIRED: Final = ("project_id", "name", "slug")
+_URL_FIELDS: Final = ("endpoint_url", "fallback_endpoint_url", "webhook_url")
+_SECRET_FIELDS: Final = ("webhook_secret", "endpoint_signing_secret")
+# Column defaults; an empty string on these resets to the default rather than NULL (NOT NULL columns).
+_STR_DEFAULTS: Final = {
+    "queue_name": "default", "execution_mode": "http", "version_policy": "pin",
+    "cron_overlap_policy": "allow",
+}
+# Go's `omitempty` treats 0 as "not sent" on create, so 0 means "use the default" there.
+_ZERO_IS_DEFAULT: Final = frozenset({"max_attempts", "timeout_secs"})
+# A patch cannot move a job between projects (§4.3.4) but may flag a compatible change.
+_PATCH_FIELDS: Final[dict[str, _Spec]] = {
+    **{k: v for k, v in _JOB_FIELDS.items() if k != "project_id"}, "backwards_compatible": "bool",
+}
+
+
+class _Rule(Exception):
+    """One failed struct rule (args[0]); becomes a `<field>: failed on '<rule>'` detail."""
+
+
+def _clean_str(s: str) -> str:
+    # Postgres text/jsonb reject NUL and lone surrogates (§0.3); Go maps the latter to U+FFFD.
+    if "\x00" in s:
+        s = s.replace("\x00", "")
+    return _SURROGATE_RE.sub("\ufffd", s)
+
+
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return _clean_str(value)
+    if isinstance(value, dict):
+        return {_clean_str(k): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # bool is an int subclass; JSON true is not a number
+
+
+def _str_map(raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise _Rule("type")
+    return {_clean_str(k): _clean_str(v) for k, v in raw.items()}
+
+
+def _require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise bad_request("invalid request body: expected a JSON object")
+    return body
+
+
+def _coerce_str(spec: _Str, raw: Any) -> str | None:
+    if not isinstance(raw, str):
+        raise _Rule("type")
+    value = _clean_str(raw)
+    if value == "":
+        return None  # empty = unset on create, "clear" on patch
+    if len(value) < spec.min_len:
+        raise _Rule("min")
+    if spec.max_len is not None and len(value) > spec.max_len:
+        raise _Rule("max")
+    if spec.choices and value not in spec.choices:
+        raise _Rule("oneof")
+    if spec.slug and not _SLUG_RE.match(value):
+        raise _Rule("slug")
+    return value
+
+
+def _coerce(spec: _Spec, raw: Any) -> Any:
+    if isinstance(spec, _Str):
+        return _coerce_str(spec, raw)
+    if isinstance(spec, _Int):
+        if not _is_int(raw):
+            raise _Rule("type")
+        if raw < spec.lo or (spec.hi is not None and raw > spec.hi):
+            raise _Rule("min" if raw < spec.lo else "max")
+        return raw
+    if spec == "bool" and not isinstance(raw, bool):
+        raise _Rule("type")
+    if spec == "str_map":
+        return _str_map(raw)
+    if spec == "int_list":
+        if not isinstance(raw, list) or not all(_is_int(x) for x in raw):
+            raise _Rule("type")
+        return list(raw) or None  # [] = no custom delays
+    return _clean_json(raw)  # bool, or any JSON (schemas, payload mappings)
+
+
+def _collect(body: Mapping[str, Any], *, patch: bool) -> dict[str, Any]:
+    """Every known, non-null field coerced; all struct failures raised together as one 422."""
+    out: dict[str, Any] = {}
+    details: list[str] = []
+    for name, spec in (_PATCH_FIELDS if patch else _JOB_FIELDS).items():
+        raw = body.get(name)
+        if raw is None or (not patch and name in _ZERO_IS_DEFAULT and _is_int(raw) and raw == 0):
+            # null = absent, as Go's pointer/omitempty fields read it
+            if not patch and name in _REQUIRED:
+                details.append(f"{name}: failed on 'required'")
+            continue
+        try:
+            value = _coerce(spec, raw)
+        except _Rule as exc:
+            details.append(f"{name}: failed on '{exc.args[0]}'")
+            continue
+        if value is None and name in _REQUIRED:
+            details.append(f"{name}: failed on 'required'")  # cannot be blank, nor cleared
+            continue
+        out[name] = _STR_DEFAULTS.get(name) if value is None else value
+    if details:
+        raise unprocessable("validation failed", details)
+    return out
+
+
+def _pop_signing_secret(out: dict[str, Any]) -> tuple[bool, str | None]:
+    """webhook_secret wins over endpoint_signing_secret (§4.3.1); neither is ever returned."""
+    present = any(name in out for name in _SECRET_FIELDS)
+    webhook, endpoint = (out.pop(name, None) for name in _SECRET_FIELDS)
+    return present, webhook or endpoint
+
+
+def _url_problem(url: str) -> str | None:
+    if len(url) > 2048:
+        return "must be at most 2048 characters"
+    if _URL_BAD_CHARS_RE.search(url):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            return "scheme must be http or https"
+        if not parts.hostname:
+            return "missing host"
+        parts.port  # noqa: B018 — raises ValueError on a non-numeric or out-of-range port
+    except ValueError as exc:
+        return str(exc) or "malformed URL"
+    return None
+
+
+def _check_url(name: str, url: str, url_check: UrlCheck | None) -> None:
+    problem = _url_problem(url)
+    if problem is None and url_check is not None:
+        try:
+            url_check(url)  # the caller's SSRF policy (private hosts, ports, TLS)
+        except ValueError as exc:
+            problem = str(exc) or "not allowed"
+    if problem is not None:
+        raise bad_request(f"invalid {name}: {problem}")
+
+
+def _check_cron(name: str, expr: str) -> None:
+    # croniter also takes 6/7-field (seconds/year) forms; the contract's crons have 5 fields.
+    shaped = expr.startswith("@") or len(expr.split()) == 5
+    if not (shaped and croniter.is_valid(expr)):
+        raise bad_request(f"invalid cron expression: {name} {json.dumps(expr, ensure_ascii=False)}")
+
+
+def _check_timezone(tz: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a directory such as "America"; ValueError: absolute or "../" keys.
+        raise bad_request(f"invalid timezone: {json.dumps(tz, ensure_ascii=False)}") from None
+
+
+def _check_schema(name: str, schema: Any) -> None:
+    if not isinstance(schema, dict):
+        raise bad_request(f"invalid {name}: must be a JSON object")
+    if not isinstance(schema.get("$schema", ""), str):
+        raise bad_request(f"invalid {name}: $schema must be a string")
+    try:
+        # explicit default: an unknown $schema falls back to 2020-12 instead of warning
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except SchemaError as exc:
+        raise bad_request(f"invalid {name}: {exc.message}") from None
+
+
+def _check_tags(tags: Mapping[str, str] | None) -> None:
+    if not tags:
+        return
+    if len(tags) > 20:
+        raise bad_request("tags must have at most 20 keys")
+    for key, value in tags.items():
+        if not 1 <= len(key) <= 64:
+            raise bad_request("tag keys must be 1-64 characters")
+        if len(value) > 256:
+            quoted = json.dumps(key, ensure_ascii=False)
+            raise bad_request(f"tag value for key {quoted} must be at most 256 characters")
+
+
+def _check_retry_delays(delays: list[int] | None) -> None:
+    if delays is None:
+        return
+    if len(delays) > 100:
+        raise bad_request("retry_delays_secs must have at most 100 entries")
+    if not all(0 < d <= INT32_MAX for d in delays):
+        raise bad_request(f"retry_delays_secs must contain positive integers <= {INT32_MAX}")
+
+
+def _check_semantics(job: Mapping[str, Any], url_check: UrlCheck | None) -> None:
+    """400 rules over whichever fields are present (create: all; patch: the sent ones)."""
+    for name in _URL_FIELDS:
+        if job.get(name) is not None:
+            _check_url(name, job[name], url_check)
+    if (job.get("timeout_secs") or 0) > MAX_TIMEOUT_SECS:
+        raise bad_request(f"timeout_secs must be <= {MAX_TIMEOUT_SECS}")
+    for name in ("cron", "execution_window_cron"):
+        if job.get(name) is not None:
+            _check_cron(name, job[name])
+    if job.get("timezone") is not None:
+        _check_timezone(job["timezone"])
+    _check_retry_delays(job.get("retry_delays_secs"))
+    _check_tags(job.get("tags"))
+    for name in ("payload_schema", "result_schema"):
+        if job.get(name) is not None:
+            _check_schema(name, job[name])
+
+
+def _check_windows(job: Mapping[str, Any]) -> None:
+    if (job.get("debounce_window_secs") or 0) > 0 and (job.get("batch_window_secs") or 0) > 0:
+        raise bad_request("debounce_window_secs and batch_window_secs are mutually exclusive")
+
+
+def check_job_invariants(job: Mapping[str, Any]) -> None:
+    """Cross-field rules on a whole job; PATCH handlers must call it on the merged row."""
+    _check_windows(job)
+    if (job.get("execution_mode") or "http") == "http" and not job.get("endpoint_url"):
+        raise bad_request("endpoint_url is required")
+
+
+def validate_job_create(
+    body: Any, *, defaults: JobDefaults, url_check: UrlCheck | None = None
+) -> dict[str, Any]:
+    """POST /v1/jobs body → every `jobs` column the request controls, defaults applied."""
+    out = _collect(_require_object(body), patch=False)
+    _, out["signing_secret"] = _pop_signing_secret(out)
+    filled: dict[str, Any] = {
+        "max_attempts": defaults.max_attempts, "timeout_secs": defaults.timeout_secs,
+        "retry_priority_boost": 1, "enabled": True, "tags": {}, "default_run_metadata": {},
+        **_STR_DEFAULTS,
+    }
+    for name in _JOB_FIELDS:
+        if name not in _SECRET_FIELDS:
+            out.setdefault(name, filled.get(name))
+    _check_semantics(out, url_check)
+    check_job_invariants(out)
+    return out
+
+
+def validate_job_patch(body: Any, *, url_check: UrlCheck | None = None) -> dict[str, Any]:
+    """PATCH body → only the fields sent (empty string → None); project_id is ignored."""
+    out = _collect(_require_object(body), patch=True)
+    present, secret = _pop_signing_secret(out)
+    if present:
+        out["signing_secret"] = secret
+    _check_semantics(out, url_check)
+    # Only what the patch alone decides; the handler runs check_job_invariants on the merged row.
+    _check_windows(out)
+    if out.get("execution_mode") == "http" and "endpoint_url" in out and out["endpoint_url"] is None:
+        raise bad_request("endpoint_url is required")
+    return out
+
+
+def _type_error(name: str, kind: str) -> ApiError:
+    return unprocessable(f"{name} must be {kind}", [f"{name}: failed on 'type'"])
+
+
+def _trigger_int(body: Mapping[str, Any], name: str, hi: int) -> int | None:
+    raw = body.get(name)
+    if raw is None:
+        return None
+    if not _is_int(raw):
+        raise _type_error(name, "an integer")
+    if not 0 <= raw <= hi:
+        rule = "min" if raw < 0 else "max"
+        raise unprocessable(f"{name} must be between 0 and {hi}", [f"{name}: failed on '{rule}'"])
+    return int(raw)
+
+
+def _trigger_key(body: Mapping[str, Any], name: str) -> str | None:
+    raw = body.get(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise _type_error(name, "a string")
+    value = _clean_str(raw)
+    if len(value) > MAX_KEY_LEN:
+        message = f"{name} must be at most {MAX_KEY_LEN} characters"
+        raise unprocessable(message, [f"{name}: failed on 'max'"])
+    return value or None
+
+
+def _trigger_map(body: Mapping[str, Any], name: str) -> dict[str, str]:
+    raw = body.get(name)
+    try:
+        return {} if raw is None else _str_map(raw)
+    except _Rule:
+        raise _type_error(name, "an object of string values") from None
+
+
+def _parse_rfc3339(text: str) -> datetime:
+    if not _RFC3339_RE.match(text):
+        raise ValueError(text)  # fromisoformat alone would also take dates without time or zone
+    # 3.11's fromisoformat truncates Go's nanoseconds to µs and rejects bad days/offsets
+    return datetime.fromisoformat(text.upper()).astimezone(timezone.utc)
+
+
+def _scheduled_at(raw: Any, now: datetime) -> datetime | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise _type_error("scheduled_at", "a string")
+    try:
+        when = _parse_rfc3339(raw)
+    except ValueError:
+        raise bad_request("scheduled_at must be a valid RFC3339 timestamp") from None
+    now = now if now.tzinfo is not None else now.replace(tzinfo=timezone.utc)
+    if when < now - SCHEDULE_SLACK:
+        raise bad_request("scheduled_at must not be in the past")
+    if when > now + MAX_SCHEDULE_AHEAD:
+        raise bad_request("scheduled_at must be at most 30 days in the future")
+    return when
+
+
+def _trigger(body: Any, now: datetime) -> TriggerInput:
+    body = _require_object(body)
+    dry_run = body.get("dry_run")
+    if dry_run is not None and not isinstance(dry_run, bool):
+        raise _type_error("dry_run", "a boolean")
+    tags = _trigger_map(body, "tags")
+    _check_tags(tags)
+    payload = body.get("payload")
+    return TriggerInput(
+        payload={} if payload is None else payload,
+        tags=tags,
+        scheduled_at=_scheduled_at(body.get("scheduled_at"), now),
+        priority=_trigger_int(body, "priority", 10) or 0,
+        dry_run=bool(dry_run),
+        ttl_secs=_trigger_int(body, "ttl_secs", MAX_TTL_SECS),
+        concurrency_key=_trigger_key(body, "concurrency_key"),
+        debounce_key=_trigger_key(body, "debounce_key"),
+        batch_key=_trigger_key(body, "batch_key"),
+        idempotency_key=_trigger_key(body, "idempotency_key"),
+        metadata=_trigger_map(body, "metadata"),
+    )
+
+
+def validate_trigger(body: Any, *, now: datetime, index: int | None = None) -> TriggerInput:
+    """Trigger body (§4.3.6) or, with `index`, one bulk item (§4.3.7: always 400, prefixed)."""
+    if index is None:
+        return _trigger(body, now)
+    try:
+        return _trigger(body, now)
+    except ApiError as exc:
+        message = f"invalid trigger item for item {index}: {exc.message}"
+        raise ApiError(400, message, details=exc.details) from None
+
+
+def validate_bulk(body: Any, *, max_items: int) -> list[dict[str, Any]]:
+    """`{"items": [...]}` → the raw item objects; each then goes through validate_trigger."""
+    items = _require_object(body).get("items")
+    if not isinstance(items, list) or not items:
+        raise bad_request("items is required")
+    if len(items) > max_items:
+        raise bad_request(f"too many items: {len(items)} > {max_items}")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise bad_request(f"invalid trigger item for item {index}: item must be a JSON object")
+    return items
+
+
+def _dump_clean(payload: Any) -> bytes:
+    clean = _clean_json(payload)
+    try:
+        return orjson.dumps(clean, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError: int beyond 64 bits or nesting beyond 255
+        return json.dumps(clean, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def canonical_payload(payload: Any) -> tuple[bytes, str]:
+    """Compact JSON with sorted keys (§4.3.6) and its lowercase hex SHA-256; None → {}."""
+    raw: bytes | None = None
+    try:
+        raw = orjson.dumps({} if payload is None else payload, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # lone surrogate, int beyond 64 bits or nesting beyond 255: slow path
+        pass
+    if raw is None or b"\\u0000" in raw:  # orjson escapes every NUL, so this finds them all
+        try:
+            raw = _dump_clean({} if payload is None else payload)
+        except RecursionError:
+            raise bad_request("payload is nested too deeply") from None
+    return raw, hashlib.sha256(raw).hexdigest()
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # only the rare failing case pays for finding the key
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                quoted = json.dumps(key, ensure_ascii=False)
+                raise bad_request(f"invalid request body: duplicate key {quoted}")
+            seen.add(key)
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise bad_request(f"invalid request body: {name} is not valid JSON")
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Request body → JSON value; empty → {} (§0.3); malformed or duplicate keys → 400."""
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw, object_pairs_hook=_unique_object, parse_constant=_reject_constant)
+    except RecursionError:
+        raise bad_request("invalid request body: nesting too deep") from None
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, ints over the digit limit
+        raise bad_request(f"invalid request body: {exc}") from None

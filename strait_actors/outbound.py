@@ -1,0 +1,148 @@
+"""Outbound HTTP: the dispatch request of api.md §5 and what its answer means (§5.4).
+
+`call()` never raises for an expected outcome: 2xx, 4xx, 5xx, timeouts and refused
+connections all come back as an `Outcome` value carrying the retry decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from functools import lru_cache
+from typing import Any
+
+import aiohttp
+import orjson
+
+from strait_actors import retry, ssrf, tokens
+from strait_actors.messages import ClaimedRun, Outcome
+
+
+def make_session(*, concurrency: int, allow_private: bool) -> aiohttp.ClientSession:
+    """One shared session per dispatch loop: connection reuse is most of the speed."""
+    connector = aiohttp.TCPConnector(
+        limit=concurrency,
+        limit_per_host=0,
+        ttl_dns_cache=10,
+        resolver=None if allow_private else ssrf.GuardedResolver(),
+        enable_cleanup_closed=False,
+    )
+    return aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False,
+                                 skip_auto_headers=("User-Agent",))
+
+
+@lru_cache(maxsize=256)
+def _timeout(secs: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=secs)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256)
+    return "v1=" + mac.hexdigest()
+
+
+def build_headers(run: ClaimedRun, jwt_key: str) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "X-Run-ID": run.id,
+        "X-Job-ID": run.job_id,
+        "X-Attempt": str(run.attempt),
+        "X-Run-Token": tokens.mint_run_token(jwt_key, run.id, run.attempt, run.lease_id,
+                                             expires_at=run.expires_at, timeout_secs=run.timeout_secs),
+    }
+    if run.signing_secret:
+        ts = int(time.time())
+        headers["X-Strait-Timestamp"] = str(ts)
+        headers["X-Strait-Signature"] = sign(run.signing_secret, ts, run.payload)
+    if run.attempt > 1 and run.previous_error:
+        headers["X-Previous-Error"] = run.previous_error[:1024].replace("\r", " ").replace("\n", " ")
+    return headers
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    if resp.content_length is not None and resp.content_length <= cap:
+        return await resp.read()
+    buf = bytearray()
+    async for chunk in resp.content.iter_chunked(65536):
+        buf += chunk
+        if len(buf) >= cap:
+            return bytes(buf[:cap])
+    return bytes(buf)
+
+
+def _strip_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_strip_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {k.replace("\x00", ""): _strip_nul(v) for k, v in value.items()}
+    return value
+
+
+def result_json(body: bytes) -> str | None:
+    """Empty -> no result; JSON -> itself; anything else -> the body as a JSON string."""
+    if not body.strip():
+        return None
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return orjson.dumps(body.decode("utf-8", "replace").replace("\x00", "")).decode()
+    if b"\\u0000" in body:  # PostgreSQL jsonb refuses NUL characters
+        return orjson.dumps(_strip_nul(value)).decode()
+    return body.decode("utf-8", "replace")
+
+
+def decide_failure(run: ClaimedRun, error: str, error_class: str, *, timed_out: bool = False) -> Outcome:
+    """Retry if attempts remain (and, for failures, the class is retryable); else the end state."""
+    can_retry = run.attempt < run.max_attempts and (timed_out or retry.is_retryable(error_class))
+    if can_retry:
+        delay = retry.retry_delay(run.retry_strategy, run.attempt, list(run.retry_delays_secs or ()))
+        return Outcome(run.id, run.attempt, run.lease_id, "queued", None, error, error_class, delay,
+                       run.retry_priority_boost)
+    final = "timed_out" if timed_out else "dead_letter"
+    return Outcome(run.id, run.attempt, run.lease_id, final, None, error, error_class, 0.0, 0)
+
+
+def _network_failure(exc: BaseException) -> tuple[str, str]:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssrf.UnsafeAddress):
+            return f"endpoint blocked: {cause}", "client"
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc) or type(exc).__name__
+    by_message = retry.classify_message(text)
+    if by_message:
+        return text, by_message
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError
+                  | aiohttp.ClientOSError | ConnectionError):
+        return f"connection error: {text}", "connection"
+    if isinstance(exc, aiohttp.InvalidURL | ValueError):
+        return f"invalid endpoint url: {text}", "client"
+    return f"request failed: {text}", "transient"
+
+
+async def call(session: aiohttp.ClientSession, run: ClaimedRun, *, jwt_key: str, allow_private: bool,
+               http_timeout_cap: float, max_response_bytes: int) -> Outcome:
+    """POST the raw payload to the endpoint and turn the answer into an Outcome."""
+    try:
+        if not allow_private:
+            ssrf.check_dial_target(run.endpoint_url)
+        async with session.post(run.endpoint_url, data=run.payload, headers=build_headers(run, jwt_key),
+                                allow_redirects=False,
+                                timeout=_timeout(min(float(run.timeout_secs), http_timeout_cap))) as resp:
+            body = await read_capped(resp, max_response_bytes)
+            status = resp.status
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        return decide_failure(run, "execution timed out", "transient", timed_out=True)
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        error, error_class = _network_failure(exc)
+        return decide_failure(run, error, error_class)
+    if 200 <= status < 300:
+        return Outcome(run.id, run.attempt, run.lease_id, "completed", result_json(body), None, None, 0.0, 0)
+    return decide_failure(run, f"endpoint returned {status}", retry.classify_status(status))
+
+
+
+

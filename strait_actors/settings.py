@@ -1,0 +1,168 @@
+"""Settings: embedded defaults (config/default.toml) < `--config` file < environment.
+
+Each key's environment variable is its upper-case name (the contract's names:
+DATABASE_URL, INTERNAL_SECRET, PORT, ...). A bad value stops start-up with one
+line naming the key and the rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+LOG_LEVELS = {"debug", "info", "warn", "warning", "error"}
+
+
+class SettingsError(Exception):
+    """A setting that breaks a rule; the message is the one line shown at start-up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of one strait process (see config/default.toml for meaning)."""
+
+    port: int = 8080
+    host: str = "0.0.0.0"
+    database_url: str = ""
+    redis_url: str = ""
+    strait_data_dir: str = "~/.strait"
+    log_level: str = "info"
+    internal_secret: str = ""
+    jwt_signing_key: str = ""
+    allow_private_endpoints: bool = False
+    endpoint_require_tls: bool = False
+    worker_concurrency: int = 500
+    max_dequeue_batch_size: int = 100
+    processes: int = 0
+    poller_interval_ms: int = 1000
+    heartbeat_interval_secs: float = 10
+    stale_threshold_secs: float = 60
+    reaper_interval_secs: float = 5
+    worker_drain_timeout_secs: float = 30
+    executor_http_timeout_secs: float = 300
+    max_response_bytes: int = 1048576
+    max_request_body_size: int = 1048576
+    max_bulk_trigger_items: int = 500
+    default_job_max_attempts: int = 3
+    default_job_timeout_secs: int = 300
+    rate_limit_requests: int = 60000
+    trigger_rate_limit_requests: int = 1000000
+    request_timeout_secs: float = 30
+    db_pool_size: int = 10
+    worker_port: int = 9091
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(os.path.expanduser(self.strait_data_dir))
+
+    @property
+    def worker_processes(self) -> int:
+        return self.processes if self.processes > 0 else (os.cpu_count() or 1)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def default_config_text() -> str:
+    """The packaged default.toml (in the wheel), else the source tree's copy."""
+    packaged = resources.files("strait_actors").joinpath("_config/default.toml")
+    if packaged.is_file():
+        return packaged.read_text()
+    return (Path(__file__).resolve().parent.parent / "config" / "default.toml").read_text()
+
+
+def _coerce(name: str, raw: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off", ""}:
+            return False
+        raise SettingsError(f"{name.upper()}: expected true or false, got {raw!r}")
+    if kind in (int, float):
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name.upper()}: expected a number, got {raw!r}") from None
+        if value < 0:
+            raise SettingsError(f"{name.upper()}: must not be negative, got {raw!r}")
+        return value
+    return str(raw)
+
+
+def load(config_file: str | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Merge defaults, the optional file and the environment; validate the result."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = tomllib.loads(default_config_text())
+    if config_file:
+        try:
+            values.update(tomllib.loads(Path(config_file).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"--config {config_file}: {exc}") from None
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise SettingsError(f"unknown setting(s) in config: {', '.join(sorted(unknown))}")
+    for name in fields:
+        if name.upper() in env:
+            values[name] = env[name.upper()]
+    kinds = {"int": int, "float": float, "bool": bool, "str": str}
+    typed = {n: _coerce(n, v, kinds[str(fields[n].type)]) for n, v in values.items()}
+    settings = Settings(**typed)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if s.log_level.lower() not in LOG_LEVELS:
+        raise SettingsError(f"LOG_LEVEL: must be one of debug|info|warn|warning|error, got {s.log_level!r}")
+    if not 0 < s.port < 65536:
+        raise SettingsError(f"PORT: must be between 1 and 65535, got {s.port}")
+    if s.internal_secret and len(s.internal_secret) < 16:
+        raise SettingsError("INTERNAL_SECRET: must be at least 16 characters")
+    if s.jwt_signing_key and len(s.jwt_signing_key) < 32:
+        raise SettingsError("JWT_SIGNING_KEY: must be at least 32 characters")
+    if s.worker_concurrency < 1:
+        raise SettingsError("WORKER_CONCURRENCY: must be at least 1")
+    if not 1 <= s.max_dequeue_batch_size <= 1000:
+        raise SettingsError("MAX_DEQUEUE_BATCH_SIZE: must be between 1 and 1000")
+    if s.stale_threshold_secs <= s.heartbeat_interval_secs:
+        raise SettingsError("STALE_THRESHOLD_SECS: must be longer than HEARTBEAT_INTERVAL_SECS")
+
+
+def ensure_secrets(s: Settings) -> tuple[Settings, list[str]]:
+    """Fill missing secrets from the data dir, generating them once (mode 0600).
+
+    Returns the completed settings and the names of secrets generated or read
+    from the data dir, for the start-up banner.
+    """
+    generated: list[str] = []
+    changes: dict[str, str] = {}
+    for name, size in (("internal_secret", 24), ("jwt_signing_key", 48)):
+        if getattr(s, name):
+            continue
+        path = s.data_dir / "secrets" / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # write aside and link into place: two processes starting at once agree on one value
+            tmp = path.with_name(f".{name}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(size))
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        changes[name] = path.read_text().strip()
+        generated.append(name.upper())
+    return s.replace(**changes), generated

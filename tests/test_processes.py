@@ -1,0 +1,83 @@
+"""Whole processes: SIGKILL of a worker loses no run; SIGTERM stops cleanly with exit 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.conftest import Endpoint, Server, start_strait, stop_strait, wait_for
+
+
+def worker_pids(server: Server) -> list[int]:
+    """The worker processes: children of the strait process running --worker-child."""
+    pids = []
+    for task in Path(f"/proc/{server.proc.pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        pids.extend(int(c) for c in children)
+    return [p for p in pids if b"--worker-child" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def _setup_job(server: Server, endpoint: Endpoint, **job: Any) -> str:
+    with server.client() as c:
+        c.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}).raise_for_status()
+        r = c.post("/v1/jobs", json={"project_id": "p", "name": "J", "slug": "j", "endpoint_url": endpoint.url,
+                                     **job})
+        r.raise_for_status()
+        return str(r.json()["id"])
+
+
+def test_sigkill_of_a_worker_mid_dispatch_loses_no_run(dsn: str, tmp_path: Path, endpoint: Endpoint) -> None:
+    import asyncio
+
+    async def slow(_: dict[str, Any]) -> dict[str, bool]:
+        await asyncio.sleep(1.0)
+        return {"ok": True}
+
+    endpoint.behave = slow
+    server = start_strait({"DATABASE_URL": dsn}, tmp_path)
+    try:
+        job = _setup_job(server, endpoint, max_attempts=3, timeout_secs=10)
+        with server.client("p") as c:
+            items = [{"payload": {"i": i}} for i in range(40)]
+            c.post(f"/v1/jobs/{job}/trigger/bulk", json={"items": items}).raise_for_status()
+        wait_for(lambda: len(endpoint.requests) >= 40, what="all 40 calls in flight")
+        assert len(worker_pids(server)) == 2
+        with psycopg.connect(dsn) as conn:
+            holders = dict(conn.execute("SELECT split_part(worker_id, ':', 2)::int, count(*) FROM job_runs "
+                                        "WHERE status = 'executing' GROUP BY 1").fetchall())
+        victim, owned = max(holders.items(), key=lambda kv: kv[1])
+        assert victim in worker_pids(server) and owned > 0
+        victims = [victim]
+        os.kill(victims[0], signal.SIGKILL)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            def done() -> bool:
+                row = conn.execute("SELECT count(*) FILTER (WHERE status = 'completed'), count(*) "
+                                   "FROM job_runs").fetchone()
+                return row is not None and row[0] == row[1] == 40
+            wait_for(done, timeout=40, what="every run completed")
+            retried = conn.execute("SELECT count(*) FROM job_runs WHERE attempt = 2").fetchone()
+        assert retried == (owned,), "exactly the killed worker's runs were dispatched again"
+        wait_for(lambda: len(worker_pids(server)) == 2 and victims[0] not in worker_pids(server),
+                 what="the worker process restarted")
+    finally:
+        assert stop_strait(server) == 0
+
+
+def test_sigterm_exits_zero_and_leaves_nothing_executing(dsn: str, tmp_path: Path, endpoint: Endpoint) -> None:
+    server = start_strait({"DATABASE_URL": dsn}, tmp_path)
+    job = _setup_job(server, endpoint)
+    with server.client("p") as c:
+        r = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"x": 1}})
+        run_id = r.json()["id"]
+        wait_for(lambda: c.get(f"/v1/runs/{run_id}").json()["status"] == "completed", what="completed")
+    started = time.monotonic()
+    assert stop_strait(server) == 0
+    assert time.monotonic() - started < 20
+    assert "Traceback" not in server.logs()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM job_runs WHERE status = 'executing'").fetchone() == (0,)

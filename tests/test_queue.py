@@ -1,0 +1,141 @@
+"""The queue's SQL against real PostgreSQL: claims, fences, promotion, reaping, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+import psycopg
+
+from strait_actors.messages import Outcome
+from strait_actors.store import queue
+from strait_actors.store.queue import Queue
+from tests.helpers import make_job, make_runs, statuses
+
+
+def test_claimers_never_share_a_run(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        make_runs(conn, job, 2000)
+    claimed: list[list[str]] = [[] for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def claimer(i: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            q = Queue(conn, worker_id=f"w{i}", lease_secs=30)
+            barrier.wait()
+            while True:
+                got = q.claim(37).runs
+                if not got:
+                    return
+                claimed[i].extend(r.id for r in got)
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    every = [r for c in claimed for r in c]
+    assert len(every) == 2000
+    assert len(set(every)) == 2000, "a run was claimed twice"
+    assert sum(1 for c in claimed if c) >= 2, "the claimers did not share the work"
+    with psycopg.connect(dsn) as conn:
+        assert statuses(conn) == {"executing": 2000}
+        events = conn.execute("SELECT count(*) FROM run_events WHERE message = 'queued -> executing'").fetchone()
+        assert events == (2000,)
+
+
+def test_claim_orders_by_priority_then_age(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        old = make_runs(conn, job, 1)
+        new = make_runs(conn, job, 1)
+        high = make_runs(conn, job, 1, priority=5)
+        got = [r.id for r in Queue(conn, worker_id="w", lease_secs=30).claim(3).runs]
+    assert got[0] == high[0]
+    assert set(got[1:]) == {old[0], new[0]}
+
+
+def test_claim_skips_future_retries_disabled_jobs_and_promotes_due_delayed(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        off = make_job(conn, "http://x/", enabled=False)
+        make_runs(conn, job, 1, next_retry_at="2999-01-01T00:00:00Z")
+        make_runs(conn, off, 1)
+        due = make_runs(conn, job, 1, status="delayed", scheduled_at="2000-01-01T00:00:00Z")
+        make_runs(conn, job, 1, status="delayed", scheduled_at="2999-01-01T00:00:00Z")
+        q = Queue(conn, worker_id="w", lease_secs=30)
+        first = q.claim(10)
+        assert first.runs == [] and first.promoted
+        second = q.claim(10)
+        assert [r.id for r in second.runs] == due
+        events = conn.execute("SELECT message FROM run_events WHERE run_id = %s ORDER BY id", (due[0],))
+        assert [e[0] for e in events] == ["delayed -> queued", "queued -> executing"]
+
+
+def _outcome(run_id: str, attempt: int, lease: str, status: str, **kw: object) -> Outcome:
+    base = {"result": None, "error": None, "error_class": None, "retry_delay": 0.0, "priority_boost": 0}
+    base.update(kw)
+    return Outcome(run_id, attempt, lease, status, **base)  # type: ignore[arg-type]
+
+
+def test_outcomes_are_fenced_on_lease_and_attempt(dsn: str) -> None:
+    async def go() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            job = make_job(conn, "http://x/")
+            make_runs(conn, job, 3)
+            runs = Queue(conn, worker_id="w", lease_secs=30).claim(3).runs
+        a, b, c = runs
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            written = await queue.record_outcomes(aconn, [
+                _outcome(a.id, 1, a.lease_id, "completed", result='{"ok": true}'),
+                _outcome(b.id, 1, str(uuid.uuid4()), "completed"),  # a stale lease: dropped
+                _outcome(c.id, 1, c.lease_id, "queued", error="endpoint returned 503", error_class="server",
+                         retry_delay=30.0, priority_boost=1),
+            ])
+            assert written == {a.id, c.id}
+            again = await queue.record_outcomes(aconn, [_outcome(a.id, 1, a.lease_id, "dead_letter")])
+            assert again == set(), "a second outcome for the same attempt must be dropped"
+        with psycopg.connect(dsn) as conn:
+            rows = {str(r[0]): r[1:] for r in conn.execute(
+                "SELECT id, status, attempt, priority, result, next_retry_at > now() FROM job_runs")}
+            assert rows[a.id][:2] == ("completed", 1) and rows[a.id][3] == {"ok": True}
+            assert rows[b.id][:2] == ("executing", 1)
+            assert rows[c.id][:3] == ("queued", 2, 1) and rows[c.id][4] is True
+            n = conn.execute("SELECT count(*) FROM run_events WHERE message LIKE 'executing -> %%'").fetchone()
+            assert n == (2,), "an event only for the outcomes that were written"
+
+    asyncio.run(go())
+
+
+def test_reaper_requeues_lost_leases_and_crashes_exhausted_ones(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/", max_attempts=2)
+        make_runs(conn, job, 1)
+        make_runs(conn, job, 1, attempt=2)
+        runs = Queue(conn, worker_id="w", lease_secs=0.01).claim(2).runs
+        conn.execute("SELECT pg_sleep(0.05)")
+        assert queue.reap_lost_leases(conn) == {"queued": 1, "crashed": 1}
+        by_id = {str(r[0]): r[1:] for r in conn.execute("SELECT id, status, attempt, lease_id FROM job_runs")}
+        first = next(r for r in runs if r.attempt == 1)
+        assert by_id[first.id] == ("queued", 2, None)
+        second = next(r for r in runs if r.attempt == 2)
+        assert by_id[second.id][:2] == ("crashed", 2)
+
+    async def late_result() -> set[str]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            return await queue.record_outcomes(aconn, [_outcome(first.id, 1, first.lease_id, "completed")])
+
+    assert asyncio.run(late_result()) == set(), "the lost attempt's late result must be fenced out"
+
+
+def test_expiry_only_for_runs_never_started(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        fresh = make_runs(conn, job, 1, expires_at="2000-01-01T00:00:00Z")
+        make_runs(conn, job, 1, attempt=2, expires_at="2000-01-01T00:00:00Z")
+        make_runs(conn, job, 1, expires_at="2999-01-01T00:00:00Z")
+        assert queue.expire_runs(conn) == 1
+        row = conn.execute("SELECT status, error FROM job_runs WHERE id = %s", (fresh[0],)).fetchone()
+        assert row == ("expired", "run expired")
