@@ -51,9 +51,9 @@ def test_a_crashed_child_is_restarted(settings: Settings) -> None:
     Fragile.starts, Fragile.fail_on_start = 0, False
     ref, ctx, failed = _tree(settings, RestartPolicy(base_delay=0.01, max_restarts=5))
     try:
-        wait_for(lambda: Fragile.starts == 1, what="first start")
-        first = ctx.registry.get("fragile")
-        ctx.registry.tell("fragile", Boom())
+        first = wait_for(lambda: ctx.registry.get("fragile"), what="first start")
+        assert Fragile.starts == 1
+        assert ctx.registry.tell("fragile", Boom())
         wait_for(lambda: Fragile.starts == 2 and ctx.registry.get("fragile") not in (None, first),
                  what="restart")
         assert not failed.is_set()

@@ -43,7 +43,16 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.open(wait=True, timeout=30)
     app[POOL] = pool
     app[BATCHER] = TriggerBatcher(pool)
+    settings = app[SETTINGS]
+    redis = None
+    if settings.redis_url:
+        import redis.asyncio as aioredis  # noqa: PLC0415 - only with REDIS_URL
+
+        redis = aioredis.Redis.from_url(settings.redis_url)
+    app[LIMITER] = RateLimiter(settings.rate_limit_requests, settings.trigger_rate_limit_requests, redis)
     yield
+    if redis is not None:
+        await redis.aclose()
     await pool.close()
 
 
@@ -56,7 +65,6 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[DSN] = dsn
     app[KEYS] = KeyCache()
     app[JOBS] = JobCache()
-    app[LIMITER] = RateLimiter(settings.rate_limit_requests, settings.trigger_rate_limit_requests)
     app[STARTED] = time.monotonic()
     app.cleanup_ctx.append(_pool_ctx)
     # /v1/runs/dlq is registered before /v1/runs/{run_id} (runs.routes keeps that order)

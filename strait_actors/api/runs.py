@@ -10,11 +10,12 @@ from aiohttp import web
 from strait_actors import fsm
 from strait_actors.api import render
 from strait_actors.api.auth import check_project, project_scope, require
-from strait_actors.api.http import json_response
+from strait_actors.api.http import json_response, read_object
 from strait_actors.api.pagination import page_of, respond
 from strait_actors.api.state import POOL
 from strait_actors.errors import bad_request, conflict, not_found
 from strait_actors.ids import parse_uuid
+from strait_actors.store import jobs as jobs_store
 from strait_actors.store import runs as store
 from strait_actors.store.sql import Row
 
@@ -96,6 +97,33 @@ async def list_dlq(request: web.Request) -> web.Response:
     return json_response(respond(rows, page, render.run))
 
 
+@routes.post("/v1/runs/bulk-dlq-replay")
+async def bulk_dlq_replay(request: web.Request) -> web.Response:
+    """`{run_ids}` xor `{project_id, limit <= 500}` -> `{replayed, count}` (api.md §4.4)."""
+    who = require(request, "runs:write")
+    body = await read_object(request)
+    ids, project = body.get("run_ids"), body.get("project_id")
+    if (ids is None) == (project is None):
+        raise bad_request("give either run_ids or project_id")
+    limit = body.get("limit", 500)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 500:
+        raise bad_request("limit must be between 1 and 500")
+    if ids is not None:
+        if not isinstance(ids, list) or not ids or len(ids) > 500:
+            raise bad_request("run_ids must be a list of 1 to 500 run ids")
+        parsed = [parse_uuid(i) if isinstance(i, str) else None for i in ids]
+        if any(p is None for p in parsed):
+            raise bad_request("run_ids must be run ids")
+        project = project_scope(request)
+    elif not isinstance(project, str) or not project:
+        raise bad_request("project_id must be a string")
+    else:
+        check_project(request, project, "project")
+        parsed = None
+    replayed = await store.bulk_dlq_replay(request.app[POOL], project, parsed, limit, who.actor)  # type: ignore[arg-type]
+    return json_response({"replayed": [str(i) for i in replayed], "count": len(replayed)})
+
+
 @routes.get("/v1/runs/{run_id}")
 async def get_run(request: web.Request) -> web.Response:
     require(request, "runs:read")
@@ -124,6 +152,9 @@ async def replay_run(request: web.Request) -> web.Response:
     run = await load_run(request)
     if run["status"] not in REPLAYABLE:
         raise bad_request("run is not replayable")
+    job = await jobs_store.get_job(request.app[POOL], run["job_id"])
+    if job is None or not job["enabled"]:
+        raise bad_request("job is disabled")
     if request.query.get("from_checkpoint"):
         raise not_found("checkpoint not found")
     row = await store.replay_run(request.app[POOL], run["id"], who.actor)

@@ -149,7 +149,7 @@ async def trigger(request: web.Request) -> web.Response:
                           now=now)
     if t.dry_run:
         return _dry_run(job, run, digest, t)
-    take_triggers(request, 1)
+    await take_triggers(request, 1)
     (receipt,) = await enqueue(request, job, [run])
     if receipt.idempotency_hit:
         return json_response({"id": str(receipt.id), "status": receipt.status, "idempotency_hit": True})
@@ -169,7 +169,7 @@ async def trigger_bulk(request: web.Request) -> web.Response:
     for i, t in enumerate(inputs):
         _check_payload(job, t.payload, prefix=f"item {i}: ")
     runs = [new_run(request, job, t, key=t.idempotency_key, batch_id=batch_id, now=now)[0] for t in inputs]
-    take_triggers(request, len(runs))
+    await take_triggers(request, len(runs))
     receipts = await enqueue(request, job, runs)
     results = [{"id": str(r.id), "status": r.status, "idempotency_hit": r.idempotency_hit} for r in receipts]
     created = sum(1 for r, run in zip(receipts, runs, strict=True) if r.id == run.id)

@@ -451,3 +451,29 @@ WHERE run_id = %(run_id)s
   AND (%(after_id)s::bigint IS NULL OR id > %(after_id)s)
 ORDER BY id
 LIMIT %(limit)s
+
+-- name: bulk_dlq_replay
+-- Put many dead-lettered runs back in the queue in one statement (by ids, or the project's oldest N).
+WITH pick AS (
+    SELECT r.id FROM job_runs r
+    WHERE r.status = 'dead_letter' AND r.project_id = %(project_id)s
+      AND (%(ids)s::uuid[] IS NULL OR r.id = ANY(%(ids)s))
+    ORDER BY r.created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE job_runs r SET status = 'queued', attempt = 1, error = NULL, error_class = NULL, result = NULL,
+        started_at = NULL, finished_at = NULL, heartbeat_at = NULL, next_retry_at = NULL,
+        expires_at = now() + make_interval(secs => COALESCE(j.run_ttl_secs, j.timeout_secs + 60))
+    FROM pick, jobs j
+    WHERE r.id = pick.id AND j.id = r.job_id
+    RETURNING r.id
+), ev AS (
+    INSERT INTO run_events (run_id, type, message, data)
+    SELECT id, 'state_change', 'dead_letter -> queued (bulk dlq replay)',
+           jsonb_build_object('from', 'dead_letter', 'to', 'queued', 'attempt', 1, 'actor', %(actor)s::text)
+    FROM upd
+), wake AS (
+    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM upd LIMIT 1) q
+)
+SELECT upd.id, (SELECT count(*) FROM wake) AS woke FROM upd

@@ -100,3 +100,10 @@ async def list_events(pool: AsyncConnectionPool, run_id: uuid.UUID, *, level: st
                       limit: int, after_id: int | None) -> list[Row]:
     return await fetch_all(pool, "list_run_events", {"run_id": run_id, "level": level, "type": type_,
                                                      "limit": limit, "after_id": after_id})
+
+
+async def bulk_dlq_replay(pool: AsyncConnectionPool, project_id: str, run_ids: list[uuid.UUID] | None,
+                          limit: int, actor: str) -> list[uuid.UUID]:
+    rows = await fetch_all(pool, "bulk_dlq_replay", {"project_id": project_id, "ids": run_ids, "limit": limit,
+                                                     "actor": actor})
+    return [r["id"] for r in rows]
