@@ -137,8 +137,6 @@ CREATE INDEX job_runs_claim ON job_runs (priority DESC, created_at) WHERE status
 CREATE INDEX job_runs_delayed ON job_runs (scheduled_at) WHERE status = 'delayed';
 -- reaper: leases of dead workers
 CREATE INDEX job_runs_lease ON job_runs (lease_expires_at) WHERE status = 'executing';
--- reaper: TTL of runs never started
-CREATE INDEX job_runs_expiry ON job_runs (expires_at) WHERE status IN ('queued', 'delayed');
 -- run lists per project, newest first
 CREATE INDEX job_runs_project ON job_runs (project_id, created_at DESC, id DESC);
 -- a job's runs: delete guard, dedup window, health, job_id filter
@@ -148,8 +146,9 @@ CREATE INDEX job_runs_dead ON job_runs (project_id, created_at DESC, id DESC) WH
 -- run-level idempotency: a conflict answers with the original run (api.md §4.3.6)
 CREATE UNIQUE INDEX job_runs_idempotency ON job_runs (job_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 
+-- No primary key index: events are only ever read by run, and each run gets two per dispatch.
 CREATE TABLE run_events (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint GENERATED ALWAYS AS IDENTITY,
     run_id      uuid NOT NULL,
     type        text NOT NULL,
     level       text NOT NULL DEFAULT 'info',

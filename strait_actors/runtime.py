@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from strait_actors import __version__, embedded
+from strait_actors.aio import new_event_loop
 from strait_actors.settings import Settings, ensure_secrets
 from strait_actors.store import db
 
@@ -106,7 +107,8 @@ def run(mode: str, settings: Settings, processes: int | None = None) -> int:
                                     grace=p.settings.worker_drain_timeout_secs + 15)
         workers.start()
     try:
-        asyncio.run(_main(mode, p))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(_main(mode, p))
     finally:
         if workers is not None:
             workers.stop()

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from strait_actors import outbound
+from strait_actors.aio import new_event_loop
 from strait_actors.actors.base import SupervisedActor, TreeContext
 from strait_actors.messages import (
     ClaimedRun,
@@ -54,7 +55,7 @@ class DispatcherPool(SupervisedActor):
 
     # ------------------------------------------------------------ actor thread
     def started(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.loop.set_exception_handler(self._loop_error)
         self.thread = threading.Thread(target=self.loop.run_forever, name="strait-dispatch", daemon=True)
         self.thread.start()
@@ -105,7 +106,7 @@ class DispatcherPool(SupervisedActor):
     async def _open(self) -> None:
         s = self.ctx.settings
         self.session = outbound.make_session(concurrency=self.capacity, allow_private=s.allow_private_endpoints)
-        self.db = await psycopg.AsyncConnection.connect(self.ctx.dsn, autocommit=True)
+        self.db = await queue.connect_async(self.ctx.dsn)
 
     async def _close(self) -> None:
         for task in list(self.tasks):
@@ -160,7 +161,7 @@ class DispatcherPool(SupervisedActor):
         while True:
             try:
                 if self.db is None or self.db.closed:
-                    self.db = await psycopg.AsyncConnection.connect(self.ctx.dsn, autocommit=True)
+                    self.db = await queue.connect_async(self.ctx.dsn)
                 written = await queue.record_outcomes(self.db, batch)
                 if len(written) < len(batch):
                     log.info("%d outcome(s) dropped: their runs moved on", len(batch) - len(written))

@@ -15,6 +15,7 @@ import psycopg
 
 from strait_actors.actors.base import SupervisedActor, TreeContext
 from strait_actors.messages import Dispatch, DispatcherReady, ReportCapacity, SlotsFreed, Tick, Wake
+from strait_actors.store import queue
 from strait_actors.store.queue import Queue
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Poller(SupervisedActor):
         self.listener: Listener | None = None
 
     def started(self) -> None:
-        self.conn = psycopg.connect(self.ctx.dsn, autocommit=True)
+        self.conn = queue.connect(self.ctx.dsn)
         self.queue = Queue(self.conn, worker_id=self.ctx.worker_id,
                            lease_secs=self.ctx.settings.stale_threshold_secs)
         self.listener = Listener(self.ctx.dsn, self._notified)
@@ -105,6 +106,9 @@ class Poller(SupervisedActor):
         while self.inflight is not None:
             free = self.capacity - self.inflight
             if free <= 0:
+                return
+            # under load, wait for a whole batch of free slots: fewer, larger claims
+            if free < self.batch and self.inflight > self.batch:
                 return
             want = min(free, self.batch)
             result = self.queue.claim(want)

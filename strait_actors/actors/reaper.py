@@ -25,7 +25,7 @@ class Reaper(SupervisedActor):
         self.conn: psycopg.Connection | None = None
 
     def started(self) -> None:
-        self.conn = psycopg.connect(self.ctx.dsn, autocommit=True)
+        self.conn = queue.connect(self.ctx.dsn)
 
     def cleanup(self) -> None:
         if self.conn is not None:

@@ -8,6 +8,7 @@ idempotency key is enforced by a unique index. Only a job with an admission limi
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,27 +64,37 @@ def _header_key(request: web.Request) -> str | None:
     return key or None
 
 
-def _metadata(request: web.Request, job: Row, t: TriggerInput) -> dict[str, str]:
-    meta = dict(job["default_run_metadata"] or {})
-    meta.update(t.metadata)
-    for header, key in (("Traceparent", "traceparent"), ("Tracestate", "tracestate")):
-        if request.headers.get(header):
-            meta[key] = request.headers[header]
-    return meta
+def _trace_metadata(request: web.Request) -> dict[str, str]:
+    """W3C trace headers are copied into every run's metadata (and forwarded on dispatch)."""
+    return {key: request.headers[header] for header, key in (("Traceparent", "traceparent"),
+                                                               ("Tracestate", "tracestate"))
+            if request.headers.get(header)}
 
 
-def new_run(request: web.Request, job: Row, t: TriggerInput, *, key: str | None, batch_id: uuid.UUID | None,
-            now: datetime) -> tuple[NewRun, str]:
+@dataclass(frozen=True, slots=True)
+class TriggerContext:
+    """What is the same for every run of one trigger request."""
+
+    job: Row
+    actor: str | None
+    trace: dict[str, str]
+    now: datetime
+    batch_id: uuid.UUID | None = None
+
+
+def new_run(ctx: TriggerContext, t: TriggerInput, key: str | None) -> tuple[NewRun, str]:
+    job = ctx.job
     payload, digest = canonical_payload(t.payload)
     ttl = t.ttl_secs if t.ttl_secs is not None else job["run_ttl_secs"] or job["timeout_secs"] + 60
-    delayed = t.scheduled_at is not None and t.scheduled_at > now
+    delayed = t.scheduled_at is not None and t.scheduled_at > ctx.now
+    metadata = {**(job["default_run_metadata"] or {}), **t.metadata, **ctx.trace}
+    tags = {**job["tags"], **t.tags} if job["tags"] else t.tags
     run = NewRun(
         id=ids.uuid7(), job_id=job["id"], project_id=job["project_id"], status="delayed" if delayed else "queued",
-        priority=t.priority, payload=payload.decode(), payload_hash=digest,
-        tags={**(job["tags"] or {}), **t.tags}, metadata=_metadata(request, job, t), triggered_by="manual",
-        scheduled_at=t.scheduled_at if delayed else None, ttl_secs=float(ttl), idempotency_key=key,
-        concurrency_key=t.concurrency_key, batch_id=batch_id, job_version=job["version"],
-        job_version_id=job["version_id"], created_by=require(request, "jobs:trigger").actor or None,
+        priority=t.priority, payload=payload.decode(), payload_hash=digest, tags=tags, metadata=metadata,
+        triggered_by="manual", scheduled_at=t.scheduled_at if delayed else None, ttl_secs=float(ttl),
+        idempotency_key=key, concurrency_key=t.concurrency_key, batch_id=ctx.batch_id,
+        job_version=job["version"], job_version_id=job["version_id"], created_by=ctx.actor,
     )
     return run, digest
 
@@ -138,15 +149,15 @@ def _dry_run(job: Row, run: NewRun, digest: str, t: TriggerInput) -> web.Respons
 
 @routes.post("/v1/jobs/{job_id}/trigger")
 async def trigger(request: web.Request) -> web.Response:
-    require(request, "jobs:trigger")
+    who = require(request, "jobs:trigger")
     job = await load_job(request, cached=True)
     body = await read_object(request)
     now = datetime.now(UTC)
     t = validate_trigger(body, now=now)
     _check_job(job)
     _check_payload(job, t.payload)
-    run, digest = new_run(request, job, t, key=_header_key(request) or t.idempotency_key, batch_id=None,
-                          now=now)
+    ctx = TriggerContext(job, who.actor or None, _trace_metadata(request), now)
+    run, digest = new_run(ctx, t, _header_key(request) or t.idempotency_key)
     if t.dry_run:
         return _dry_run(job, run, digest, t)
     await take_triggers(request, 1)
@@ -159,7 +170,7 @@ async def trigger(request: web.Request) -> web.Response:
 
 @routes.post("/v1/jobs/{job_id}/trigger/bulk")
 async def trigger_bulk(request: web.Request) -> web.Response:
-    require(request, "jobs:trigger")
+    who = require(request, "jobs:trigger")
     job = await load_job(request, cached=True)
     items = validate_bulk(await read_object(request), max_items=request.app[SETTINGS].max_bulk_trigger_items)
     now = datetime.now(UTC)
@@ -168,7 +179,8 @@ async def trigger_bulk(request: web.Request) -> web.Response:
     _check_job(job)
     for i, t in enumerate(inputs):
         _check_payload(job, t.payload, prefix=f"item {i}: ")
-    runs = [new_run(request, job, t, key=t.idempotency_key, batch_id=batch_id, now=now)[0] for t in inputs]
+    ctx = TriggerContext(job, who.actor or None, _trace_metadata(request), now, batch_id)
+    runs = [new_run(ctx, t, t.idempotency_key)[0] for t in inputs]
     await take_triggers(request, len(runs))
     receipts = await enqueue(request, job, runs)
     results = [{"id": str(r.id), "status": r.status, "idempotency_hit": r.idempotency_hit} for r in receipts]

@@ -150,10 +150,11 @@ SELECT status, count(*) AS n FROM upd GROUP BY status
 
 -- name: expire_runs
 -- Runs never started whose TTL passed go to expired (retried runs keep going: engine.md §2.7 ⚠).
+-- Scans the claim index (queued runs only): a delayed run past its TTL is past its schedule too, so
+-- the claim has promoted it; no index of its own, which every run would pay for.
 WITH due AS (
     SELECT id, status FROM job_runs
-    WHERE status IN ('queued', 'delayed') AND expires_at <= now() AND attempt = 1
-    ORDER BY expires_at
+    WHERE status = 'queued' AND expires_at <= now() AND attempt = 1
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
 ), upd AS (

@@ -12,6 +12,21 @@ from strait_actors.messages import ClaimedRun, Outcome
 from strait_actors.store.sql import q
 
 
+# Worker connections run only the queue's statements, whose right plan is always an index walk.
+# On a young or fast-growing job_runs the planner's statistics lag far behind (autoanalyze runs
+# once a minute at best) and it picks a bitmap scan + sort over every queued run: 10 ms per claim
+# at 20k queued instead of 0.2 ms. These settings pin the index plans on these connections only.
+PLAN_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_sort=off"
+
+
+def connect(dsn: str) -> psycopg.Connection:
+    return psycopg.connect(dsn, autocommit=True, options=PLAN_OPTIONS)
+
+
+async def connect_async(dsn: str) -> psycopg.AsyncConnection:
+    return await psycopg.AsyncConnection.connect(dsn, autocommit=True, options=PLAN_OPTIONS)
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     runs: list[ClaimedRun]

@@ -1,0 +1,50 @@
+"""Run operations over HTTP that the client library does not cover: bulk DLQ replay, retry headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from tests.conftest import Endpoint, Server, wait_for
+
+
+def _job(c: Any, endpoint: Endpoint, **extra: Any) -> str:
+    c.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}).raise_for_status()
+    r = c.post("/v1/jobs", json={"project_id": "p", "name": "J", "slug": "j", "endpoint_url": endpoint.url,
+                                 **extra})
+    r.raise_for_status()
+    return str(r.json()["id"])
+
+
+def test_bulk_dlq_replay_requeues_dead_letters(strait: Server, endpoint: Endpoint) -> None:
+    endpoint.behave = lambda seen: web.json_response({"no": True}, status=422)
+    with strait.client("p") as c:
+        job = _job(c, endpoint, max_attempts=1)
+        items = [{"payload": {"i": i}} for i in range(3)]
+        ids = [r["id"] for r in c.post(f"/v1/jobs/{job}/trigger/bulk", json={"items": items}).json()["results"]]
+        wait_for(lambda: len(c.get("/v1/runs/dlq").json()["data"]) == 3, what="3 dead letters")
+        endpoint.behave = None
+        r = c.post("/v1/runs/bulk-dlq-replay", json={"run_ids": ids[:2]})
+        assert r.status_code == 200 and r.json()["count"] == 2 and set(r.json()["replayed"]) == set(ids[:2])
+        wait_for(lambda: [c.get(f"/v1/runs/{i}").json()["status"] for i in ids] ==
+                 ["completed", "completed", "dead_letter"], what="the two replayed runs complete")
+        by_project = c.post("/v1/runs/bulk-dlq-replay", json={"project_id": "p", "limit": 10}).json()
+        assert by_project == {"replayed": [ids[2]], "count": 1}
+        bad = c.post("/v1/runs/bulk-dlq-replay", json={"run_ids": ids, "project_id": "p"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
+
+
+def test_a_retry_carries_the_previous_error(strait: Server, endpoint: Endpoint) -> None:
+    endpoint.behave = lambda seen: (web.json_response({}, status=503)
+                                    if seen["headers"]["X-Attempt"] == "1" else {"ok": True})
+    with strait.client("p") as c:
+        job = _job(c, endpoint, max_attempts=2, retry_strategy="fixed")
+        run = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {}}).json()
+        wait_for(lambda: c.get(f"/v1/runs/{run['id']}").json()["status"] == "completed", what="completed")
+        second = c.get(f"/v1/runs/{run['id']}").json()
+    assert second["attempt"] == 2 and second["priority"] == 1, "a retry gets the job's priority boost"
+    first, retry = endpoint.requests
+    assert "X-Previous-Error" not in first["headers"]
+    assert retry["headers"]["X-Previous-Error"] == "endpoint returned 503"
+    assert retry["headers"]["X-Run-Token"] != first["headers"]["X-Run-Token"], "a fresh token per attempt"
