@@ -9,32 +9,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from functools import lru_cache
 from typing import Any
 
-import aiohttp
 import orjson
 
 from strait_actors import retry, ssrf, tokens
+from strait_actors.httpclient import HttpClient, HttpError, encode_headers
 from strait_actors.messages import ClaimedRun, Outcome
 
 
-def make_session(*, concurrency: int, allow_private: bool) -> aiohttp.ClientSession:
-    """One shared session per dispatch loop: connection reuse is most of the speed."""
-    connector = aiohttp.TCPConnector(
-        limit=concurrency,
-        limit_per_host=0,
-        ttl_dns_cache=10,
-        resolver=None if allow_private else ssrf.GuardedResolver(),
-        enable_cleanup_closed=False,
-    )
-    return aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False,
-                                 skip_auto_headers=("User-Agent",))
-
-
-@lru_cache(maxsize=256)
-def _timeout(secs: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=secs)
+def make_client(*, allow_private: bool) -> HttpClient:
+    """One shared client per dispatch loop: connection reuse is most of the speed."""
+    return HttpClient(allow_private=allow_private)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -58,17 +44,6 @@ def build_headers(run: ClaimedRun, jwt_key: str) -> dict[str, str]:
     if run.attempt > 1 and run.previous_error:
         headers["X-Previous-Error"] = run.previous_error[:1024].replace("\r", " ").replace("\n", " ")
     return headers
-
-
-async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
-    if resp.content_length is not None and resp.content_length <= cap:
-        return await resp.read()
-    buf = bytearray()
-    async for chunk in resp.content.iter_chunked(65536):
-        buf += chunk
-        if len(buf) >= cap:
-            return bytes(buf[:cap])
-    return bytes(buf)
 
 
 def _strip_nul(value: Any) -> Any:
@@ -106,43 +81,31 @@ def decide_failure(run: ClaimedRun, error: str, error_class: str, *, timed_out: 
 
 
 def _network_failure(exc: BaseException) -> tuple[str, str]:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssrf.UnsafeAddress):
-            return f"endpoint blocked: {cause}", "client"
-        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, ssrf.UnsafeAddress | ssrf.UnsafeURL):
+        return f"endpoint blocked: {exc}", "client"
     text = str(exc) or type(exc).__name__
     by_message = retry.classify_message(text)
     if by_message:
         return text, by_message
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError
-                  | aiohttp.ClientOSError | ConnectionError):
+    if isinstance(exc, ConnectionError | OSError):
         return f"connection error: {text}", "connection"
-    if isinstance(exc, aiohttp.InvalidURL | ValueError):
+    if isinstance(exc, ValueError):
         return f"invalid endpoint url: {text}", "client"
     return f"request failed: {text}", "transient"
 
 
-async def call(session: aiohttp.ClientSession, run: ClaimedRun, *, jwt_key: str, allow_private: bool,
-               http_timeout_cap: float, max_response_bytes: int) -> Outcome:
+async def call(client: HttpClient, run: ClaimedRun, *, jwt_key: str, http_timeout_cap: float,
+               max_response_bytes: int) -> Outcome:
     """POST the raw payload to the endpoint and turn the answer into an Outcome."""
     try:
-        if not allow_private:
-            ssrf.check_dial_target(run.endpoint_url)
-        async with session.post(run.endpoint_url, data=run.payload, headers=build_headers(run, jwt_key),
-                                allow_redirects=False,
-                                timeout=_timeout(min(float(run.timeout_secs), http_timeout_cap))) as resp:
-            body = await read_capped(resp, max_response_bytes)
-            status = resp.status
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+        status, body = await client.post(run.endpoint_url, run.payload, encode_headers(build_headers(run, jwt_key)),
+                                         timeout=min(float(run.timeout_secs), http_timeout_cap),
+                                         max_body=max_response_bytes)
+    except TimeoutError:
         return decide_failure(run, "execution timed out", "transient", timed_out=True)
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
+    except (HttpError, OSError, ValueError) as exc:
         error, error_class = _network_failure(exc)
         return decide_failure(run, error, error_class)
     if 200 <= status < 300:
         return Outcome(run.id, run.attempt, run.lease_id, "completed", result_json(body), None, None, 0.0, 0)
     return decide_failure(run, f"endpoint returned {status}", retry.classify_status(status))
-
-
-
-

@@ -105,14 +105,14 @@ class DispatcherPool(SupervisedActor):
     # ------------------------------------------------------------ loop thread
     async def _open(self) -> None:
         s = self.ctx.settings
-        self.session = outbound.make_session(concurrency=self.capacity, allow_private=s.allow_private_endpoints)
+        self.client = outbound.make_client(allow_private=s.allow_private_endpoints)
         self.db = await queue.connect_async(self.ctx.dsn)
 
     async def _close(self) -> None:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.session.close()
+        await self.client.close()
         if self.db is not None:
             await self.db.close()
 
@@ -132,8 +132,7 @@ class DispatcherPool(SupervisedActor):
 
     async def _call(self, run: ClaimedRun) -> None:
         s = self.ctx.settings
-        outcome = await outbound.call(self.session, run, jwt_key=s.jwt_signing_key,
-                                      allow_private=s.allow_private_endpoints,
+        outcome = await outbound.call(self.client, run, jwt_key=s.jwt_signing_key,
                                       http_timeout_cap=s.executor_http_timeout_secs,
                                       max_response_bytes=s.max_response_bytes)
         self.pending.append(outcome)

@@ -1,0 +1,189 @@
+"""The dispatch HTTP client against real sockets: framing, caps, keep-alive, failures, the guard."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from strait_actors import ssrf
+from strait_actors.httpclient import ConnectionFailed, HttpClient, encode_headers, parse_target
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head, await reader.readexactly(length)
+
+
+def _serve(script: Script, test: Callable[[str], Awaitable[None]]) -> None:
+    """Run a raw TCP server with `script` per connection, then the client-side test against it."""
+
+    async def go() -> None:
+        handlers: list[asyncio.Task[None]] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+            try:
+                await script(reader, writer)
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await test(f"http://127.0.0.1:{port}/job?x=1")
+        finally:
+            server.close()
+            await server.wait_closed()
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+
+    asyncio.run(go())
+
+
+def test_keep_alive_reuses_one_connection_and_sends_the_request_verbatim() -> None:
+    seen: list[tuple[bytes, bytes]] = []
+    connections = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while True:
+            try:
+                seen.append(await _read_request(reader))
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
+        writer.close()
+
+    async def test(url: str) -> None:
+        client = HttpClient(allow_private=True)
+        for i in range(3):
+            status, body = await client.post(url, b'{"n":%d}' % i, encode_headers({"X-Run-ID": "r"}),
+                                             timeout=5, max_body=1000)
+            assert (status, body) == (200, b'{"ok":true}')
+        await client.close()
+
+    _serve(script, test)
+    assert len(connections) == 1
+    head, body = seen[0]
+    assert head.startswith(b"POST /job?x=1 HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"\r\nContent-Length: 7\r\n" in head and b"\r\nX-Run-ID: r\r\n" in head
+    assert body == b'{"n":0}'
+
+
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello world",  # delimited by the end of the connection
+])
+def test_chunked_and_eof_delimited_bodies(reply: bytes) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    async def test(url: str) -> None:
+        client = HttpClient(allow_private=True)
+        assert await client.post(url, b"{}", b"", timeout=5, max_body=1000) == (200, b"hello world")
+        await client.close()
+
+    _serve(script, test)
+
+
+def test_body_is_capped_and_the_status_still_counts() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 503 Busy\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000)
+        await writer.drain()
+        writer.close()
+
+    async def test(url: str) -> None:
+        client = HttpClient(allow_private=True)
+        status, body = await client.post(url, b"{}", b"", timeout=5, max_body=10)
+        assert (status, body) == (503, b"x" * 10)
+        assert not client.idle[parse_target(url).key], "a connection past the cap is not reused"
+        await client.close()
+
+    _serve(script, test)
+
+
+def test_a_stale_pooled_connection_is_retried_once_on_a_new_one() -> None:
+    count = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        count += 1
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()  # the server drops keep-alive connections after one answer
+
+    async def test(url: str) -> None:
+        client = HttpClient(allow_private=True)
+        assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"ok")
+        await asyncio.sleep(0.05)
+        assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"ok")
+        await client.close()
+
+    _serve(script, test)
+    assert count == 2
+
+
+def test_timeout_refused_and_broken_answers() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await _read_request(reader)
+        if b"/garbage" in head:
+            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        elif b"/cut" in head:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort")
+        else:
+            await asyncio.sleep(5)
+        await writer.drain()
+        writer.close()
+
+    async def test(url: str) -> None:
+        client = HttpClient(allow_private=True)
+        base = url.split("/job")[0]
+        with pytest.raises(TimeoutError):
+            await client.post(url, b"{}", b"", timeout=0.2, max_body=10)
+        with pytest.raises(ConnectionFailed):
+            await client.post(f"{base}/cut", b"{}", b"", timeout=5, max_body=100)
+        with pytest.raises(Exception, match="invalid HTTP response"):
+            await client.post(f"{base}/garbage", b"{}", b"", timeout=5, max_body=100)
+        with pytest.raises(ConnectionFailed):
+            await client.post("http://127.0.0.1:1/x", b"{}", b"", timeout=5, max_body=100)
+        await client.close()
+
+    _serve(script, test)
+
+
+def test_the_guard_blocks_private_addresses_on_connect() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        writer.close()
+
+    async def test(url: str) -> None:
+        guarded = HttpClient(allow_private=False)
+        for target in (url, url.replace("127.0.0.1", "localhost"), "http://[::ffff:127.0.0.1]:9/x"):
+            with pytest.raises(ssrf.UnsafeAddress):
+                await guarded.post(target, b"{}", b"", timeout=5, max_body=10)
+        await guarded.close()
+
+    _serve(script, test)
+
+
+def test_header_values_cannot_inject_headers_and_urls_are_checked() -> None:
+    assert encode_headers({"X-Previous-Error": "a\r\nX-Evil: 1"}) == b"X-Previous-Error: a  X-Evil: 1\r\n"
+    with pytest.raises(ValueError):
+        parse_target("ftp://example.com/")
+    assert parse_target("https://user:pw@example.com/p").request_line_head == (
+        b"POST /p HTTP/1.1\r\nHost: example.com\r\nAuthorization: Basic dXNlcjpwdw==\r\n")
