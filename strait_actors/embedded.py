@@ -25,5 +25,5 @@ def start_postgres(data_dir: Path) -> tuple[str, Any]:
     _quiet_runtime_dir(data_dir)
     import pgserver  # heavy import, only when embedded PostgreSQL is used
 
-    server = pgserver.get_server(data_dir / "pg", cleanup_mode="stop")
+    server = pgserver.get_server(data_dir / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
     return server.get_uri(), server

@@ -41,8 +41,18 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.QUEUED: frozenset({S.DEQUEUED, S.EXECUTING, S.CANCELED, S.EXPIRED}),
     S.DEQUEUED: frozenset({S.EXECUTING, S.QUEUED, S.CANCELED, S.SYSTEM_FAILED}),
     S.EXECUTING: frozenset(
-        {S.COMPLETED, S.FAILED, S.TIMED_OUT, S.CRASHED, S.CANCELED, S.WAITING, S.QUEUED,
-         S.SYSTEM_FAILED, S.DEAD_LETTER, S.PAUSED}
+        {
+            S.COMPLETED,
+            S.FAILED,
+            S.TIMED_OUT,
+            S.CRASHED,
+            S.CANCELED,
+            S.WAITING,
+            S.QUEUED,
+            S.SYSTEM_FAILED,
+            S.DEAD_LETTER,
+            S.PAUSED,
+        }
     ),
     S.WAITING: frozenset({S.EXECUTING, S.COMPLETED, S.FAILED, S.CANCELED, S.TIMED_OUT, S.QUEUED}),
     S.DEAD_LETTER: frozenset({S.QUEUED, S.REPLAY_STAGED}),

@@ -226,8 +226,9 @@ class HttpClient:
                 conn.close()
             raise
 
-    async def _exchange(self, loop: asyncio.AbstractEventLoop, conn: _Conn, data: bytes,
-                        max_body: int) -> tuple[int, bytes]:
+    async def _exchange(
+        self, loop: asyncio.AbstractEventLoop, conn: _Conn, data: bytes, max_body: int
+    ) -> tuple[int, bytes]:
         answer = await conn.start(loop, data, max_body)
         if conn.reusable():
             idle = self.idle[conn.key]

@@ -34,8 +34,9 @@ def build_headers(run: ClaimedRun, jwt_key: str) -> dict[str, str]:
         "X-Run-ID": run.id,
         "X-Job-ID": run.job_id,
         "X-Attempt": str(run.attempt),
-        "X-Run-Token": tokens.mint_run_token(jwt_key, run.id, run.attempt, run.lease_id,
-                                             expires_at=run.expires_at, timeout_secs=run.timeout_secs),
+        "X-Run-Token": tokens.mint_run_token(
+            jwt_key, run.id, run.attempt, run.lease_id, expires_at=run.expires_at, timeout_secs=run.timeout_secs
+        ),
     }
     if run.signing_secret:
         ts = int(time.time())
@@ -74,8 +75,9 @@ def decide_failure(run: ClaimedRun, error: str, error_class: str, *, timed_out: 
     can_retry = run.attempt < run.max_attempts and (timed_out or retry.is_retryable(error_class))
     if can_retry:
         delay = retry.retry_delay(run.retry_strategy, run.attempt, list(run.retry_delays_secs or ()))
-        return Outcome(run.id, run.attempt, run.lease_id, "queued", None, error, error_class, delay,
-                       run.retry_priority_boost)
+        return Outcome(
+            run.id, run.attempt, run.lease_id, "queued", None, error, error_class, delay, run.retry_priority_boost
+        )
     final = "timed_out" if timed_out else "dead_letter"
     return Outcome(run.id, run.attempt, run.lease_id, final, None, error, error_class, 0.0, 0)
 
@@ -94,13 +96,18 @@ def _network_failure(exc: BaseException) -> tuple[str, str]:
     return f"request failed: {text}", "transient"
 
 
-async def call(client: HttpClient, run: ClaimedRun, *, jwt_key: str, http_timeout_cap: float,
-               max_response_bytes: int) -> Outcome:
+async def call(
+    client: HttpClient, run: ClaimedRun, *, jwt_key: str, http_timeout_cap: float, max_response_bytes: int
+) -> Outcome:
     """POST the raw payload to the endpoint and turn the answer into an Outcome."""
     try:
-        status, body = await client.post(run.endpoint_url, run.payload, encode_headers(build_headers(run, jwt_key)),
-                                         timeout=min(float(run.timeout_secs), http_timeout_cap),
-                                         max_body=max_response_bytes)
+        status, body = await client.post(
+            run.endpoint_url,
+            run.payload,
+            encode_headers(build_headers(run, jwt_key)),
+            timeout=min(float(run.timeout_secs), http_timeout_cap),
+            max_body=max_response_bytes,
+        )
     except TimeoutError:
         return decide_failure(run, "execution timed out", "transient", timed_out=True)
     except (HttpError, OSError, ValueError) as exc:

@@ -57,8 +57,9 @@ def base_delay(strategy: str | None, attempt: int, delays: list[int] | None = No
     return min(2.0 ** (attempt - 1), MAX_DELAY_SECS)
 
 
-def retry_delay(strategy: str | None, attempt: int, delays: list[int] | None = None,
-                rng: random.Random | None = None) -> float:
+def retry_delay(
+    strategy: str | None, attempt: int, delays: list[int] | None = None, rng: random.Random | None = None
+) -> float:
     return jitter(base_delay(strategy, attempt, delays), rng)
 
 

@@ -45,8 +45,12 @@ def prepare(settings: Settings) -> Prepared:
     if not dsn:
         dsn, server = embedded.start_postgres(settings.data_dir)
     elif generated:
-        log.warning("secrets %s were generated for data dir %s; processes on other hosts sharing this "
-                    "database must be given the same values", ", ".join(generated), settings.data_dir)
+        log.warning(
+            "secrets %s were generated for data dir %s; processes on other hosts sharing this "
+            "database must be given the same values",
+            ", ".join(generated),
+            settings.data_dir,
+        )
     db.migrate(dsn)
     return Prepared(settings, dsn, server, generated)
 
@@ -55,9 +59,11 @@ def banner(p: Prepared, mode: str, processes: int) -> str:
     s = p.settings
     lines = [
         f"strait {__version__} --mode {mode}",
-        f"  API:         http://{'127.0.0.1' if s.host in ('0.0.0.0', '') else s.host}:{s.port}" if mode != "worker"
+        f"  API:         http://{'127.0.0.1' if s.host in ('0.0.0.0', '') else s.host}:{s.port}"
+        if mode != "worker"
         else f"  health:      port {s.worker_port}",
-        f"  workers:     {processes} process(es) x {s.worker_concurrency} calls in flight" if mode != "api"
+        f"  workers:     {processes} process(es) x {s.worker_concurrency} calls in flight"
+        if mode != "api"
         else "  workers:     none in this process",
         f"  database:    {'embedded PostgreSQL in ' + str(s.data_dir / 'pg') if p.embedded_pg else 'DATABASE_URL'}",
         f"  live updates: {'Redis' if s.redis_url else 'PostgreSQL LISTEN/NOTIFY'}",
@@ -71,8 +77,12 @@ def banner(p: Prepared, mode: str, processes: int) -> str:
 def child_env(p: Prepared) -> dict[str, str]:
     """What a worker process needs to join: the resolved database and the secrets."""
     env = dict(os.environ)
-    env.update(DATABASE_URL=p.dsn, INTERNAL_SECRET=p.settings.internal_secret,
-               JWT_SIGNING_KEY=p.settings.jwt_signing_key, STRAIT_DATA_DIR=str(p.settings.data_dir))
+    env.update(
+        DATABASE_URL=p.dsn,
+        INTERNAL_SECRET=p.settings.internal_secret,
+        JWT_SIGNING_KEY=p.settings.jwt_signing_key,
+        STRAIT_DATA_DIR=str(p.settings.data_dir),
+    )
     return env
 
 
@@ -96,15 +106,16 @@ def _stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
 
 def run(mode: str, settings: Settings, processes: int | None = None) -> int:
     """`strait --mode all|api|worker`: exit 0 after a clean SIGTERM/SIGINT shutdown."""
-    from strait_actors.worker import ProcessSupervisor, worker_child_argv  # noqa: PLC0415 - api mode skips actors
+    from strait_actors.worker import ProcessSupervisor, worker_child_argv
 
     p = prepare(settings)
     count = processes or p.settings.worker_processes
     print(banner(p, mode, count), flush=True)
     workers = None
     if mode in ("all", "worker"):
-        workers = ProcessSupervisor(count, worker_child_argv(), child_env(p),
-                                    grace=p.settings.worker_drain_timeout_secs + 15)
+        workers = ProcessSupervisor(
+            count, worker_child_argv(), child_env(p), grace=p.settings.worker_drain_timeout_secs + 15
+        )
         workers.start()
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
@@ -118,7 +129,7 @@ def run(mode: str, settings: Settings, processes: int | None = None) -> int:
 async def _main(mode: str, p: Prepared) -> None:
     stop = _stop_event(asyncio.get_running_loop())
     if mode in ("all", "api"):
-        from strait_actors.api.app import create_app  # noqa: PLC0415
+        from strait_actors.api.app import create_app
 
         await _serve(create_app(p.settings, p.dsn), p.settings.host, p.settings.port, stop)
     elif p.settings.worker_port:
@@ -138,6 +149,6 @@ def _worker_app(p: Prepared) -> web.Application:
 
 def run_worker_child(settings: Settings) -> int:
     """One worker process (spawned by the process supervisor): its own actor tree."""
-    from strait_actors.worker import run_worker  # noqa: PLC0415
+    from strait_actors.worker import run_worker
 
     return run_worker(settings, settings.database_url)

@@ -24,14 +24,14 @@ from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 __all__ = (
-    "UnsafeURL",
+    "GuardedResolver",
     "UnsafeAddress",
-    "check_url",
+    "UnsafeURL",
     "check_dial_target",
+    "check_url",
+    "guarded_socket_factory",
     "is_blocked_ip",
     "parse_strict_host",
-    "GuardedResolver",
-    "guarded_socket_factory",
 )
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -67,8 +67,7 @@ _V6_BLOCKED: Final = tuple(
 )  # fmt: skip
 # Prefixes whose low 32 bits are an IPv4 address the packet can end up at.
 _V4_IN_LOW_BITS: Final = tuple(
-    ipaddress.IPv6Network(n)
-    for n in ("::ffff:0:0/96", "::/96", "::ffff:0:0:0/96", "64:ff9b::/96")
+    ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::/96", "::ffff:0:0:0/96", "64:ff9b::/96")
 )
 _SIX_TO_FOUR: Final = ipaddress.IPv6Network("2002::/16")
 
@@ -209,9 +208,7 @@ class GuardedResolver(AbstractResolver):
         if _host_verdict(host)[1] is not None:
             raise UnsafeAddress(f"blocked address for host {host}")
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, family=family, flags=_AI_ADDRCONFIG
-        )
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family, flags=_AI_ADDRCONFIG)
         results: list[ResolveResult] = []
         for fam, _, proto, _, sockaddr in infos:
             if is_blocked_ip(_sockaddr_ip(sockaddr)):

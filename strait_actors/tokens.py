@@ -28,8 +28,16 @@ def _mac(key: str) -> Any:
     return hmac.new(key.encode(), digestmod=hashlib.sha256)
 
 
-def mint_run_token(key: str, run_id: str, attempt: int, lease_id: str, *,
-                   expires_at: datetime | None, timeout_secs: int, now: float | None = None) -> str:
+def mint_run_token(
+    key: str,
+    run_id: str,
+    attempt: int,
+    lease_id: str,
+    *,
+    expires_at: datetime | None,
+    timeout_secs: int,
+    now: float | None = None,
+) -> str:
     """exp = max(run expiry, now + timeout + 60 s): a retry long after trigger still gets a live token."""
     t = int(now if now is not None else time.time())
     exp = t + timeout_secs + 60

@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 class WorkerTree:
     """One process's actor tree: supervisor, clock and children, built by the composition root."""
 
-    def __init__(self, settings: Settings, dsn: str, worker_id: str | None = None,
-                 policy: RestartPolicy | None = None) -> None:
-        self.ctx = TreeContext(settings=settings, dsn=dsn,
-                               worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}")
+    def __init__(
+        self, settings: Settings, dsn: str, worker_id: str | None = None, policy: RestartPolicy | None = None
+    ) -> None:
+        self.ctx = TreeContext(
+            settings=settings, dsn=dsn, worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        )
         self.clock = Clock(self.ctx.registry)
         self.clock.every(settings.poller_interval_ms / 1000, "poller", Tick())
         self.clock.every(settings.heartbeat_interval_secs, "dispatcher", Tick())
@@ -107,8 +109,7 @@ class ProcessSupervisor:
                     continue
                 self.failures[i] += 1
                 delay = min(0.5 * 2 ** min(self.failures[i] - 1, 6), 30.0) * random.uniform(0.8, 1.2)
-                log.warning("worker process %d (pid %d) exited with %s; restart in %.1f s", i, proc.pid,
-                            code, delay)
+                log.warning("worker process %d (pid %d) exited with %s; restart in %.1f s", i, proc.pid, code, delay)
                 self.procs[i] = None
                 self.next_start[i] = time.monotonic() + delay
 

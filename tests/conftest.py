@@ -88,12 +88,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load(environ={
-        "INTERNAL_SECRET": SECRET, "JWT_SIGNING_KEY": JWT_KEY, "ALLOW_PRIVATE_ENDPOINTS": "true",
-        "STRAIT_DATA_DIR": str(tmp_path / "data"), "POLLER_INTERVAL_MS": "200",
-        "HEARTBEAT_INTERVAL_SECS": "0.5", "STALE_THRESHOLD_SECS": "2", "REAPER_INTERVAL_SECS": "0.3",
-        "WORKER_DRAIN_TIMEOUT_SECS": "5",
-    })
+    return load(
+        environ={
+            "INTERNAL_SECRET": SECRET,
+            "JWT_SIGNING_KEY": JWT_KEY,
+            "ALLOW_PRIVATE_ENDPOINTS": "true",
+            "STRAIT_DATA_DIR": str(tmp_path / "data"),
+            "POLLER_INTERVAL_MS": "200",
+            "HEARTBEAT_INTERVAL_SECS": "0.5",
+            "STALE_THRESHOLD_SECS": "2",
+            "REAPER_INTERVAL_SECS": "0.3",
+            "WORKER_DRAIN_TIMEOUT_SECS": "5",
+        }
+    )
 
 
 @dataclass
@@ -173,22 +180,44 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_strait(env_extra: dict[str, str], tmp_path: Path, mode: str = "all", processes: int = 2,
-                 cwd: Path | None = None, argv: list[str] | None = None) -> Server:
+def start_strait(
+    env_extra: dict[str, str],
+    tmp_path: Path,
+    mode: str = "all",
+    processes: int = 2,
+    cwd: Path | None = None,
+    argv: list[str] | None = None,
+) -> Server:
     port = int(env_extra.get("PORT") or free_port())
     env = dict(os.environ)
-    env.update({
-        "PORT": str(port), "INTERNAL_SECRET": SECRET, "JWT_SIGNING_KEY": JWT_KEY,
-        "ALLOW_PRIVATE_ENDPOINTS": "true", "STRAIT_DATA_DIR": str(tmp_path / "data"), "LOG_LEVEL": "info",
-        "POLLER_INTERVAL_MS": "200", "HEARTBEAT_INTERVAL_SECS": "0.5", "STALE_THRESHOLD_SECS": "2",
-        "REAPER_INTERVAL_SECS": "0.3", "WORKER_DRAIN_TIMEOUT_SECS": "5", "WORKER_PORT": "0",
-    })
+    env.update(
+        {
+            "PORT": str(port),
+            "INTERNAL_SECRET": SECRET,
+            "JWT_SIGNING_KEY": JWT_KEY,
+            "ALLOW_PRIVATE_ENDPOINTS": "true",
+            "STRAIT_DATA_DIR": str(tmp_path / "data"),
+            "LOG_LEVEL": "info",
+            "POLLER_INTERVAL_MS": "200",
+            "HEARTBEAT_INTERVAL_SECS": "0.5",
+            "STALE_THRESHOLD_SECS": "2",
+            "REAPER_INTERVAL_SECS": "0.3",
+            "WORKER_DRAIN_TIMEOUT_SECS": "5",
+            "WORKER_PORT": "0",
+        }
+    )
     env.update(env_extra)
     log = tmp_path / f"strait-{port}.log"
     cmd = argv or [sys.executable, "-m", "strait_actors.cli"]
     with log.open("wb") as out:  # the child keeps its own descriptor
-        proc = subprocess.Popen([*cmd, "--mode", mode, "--processes", str(processes)], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            [*cmd, "--mode", mode, "--processes", str(processes)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
     server = Server(f"http://127.0.0.1:{port}", proc, log, env)
 
     def up() -> bool:

@@ -12,25 +12,34 @@ from strait_actors import ids
 def make_job(conn: psycopg.Connection, endpoint_url: str, **cols: Any) -> str:
     conn.execute("INSERT INTO projects (id, org_id, name) VALUES ('p', 'o', 'P') ON CONFLICT DO NOTHING")
     job_id = ids.new_id()
-    values = {"id": job_id, "project_id": "p", "name": "j", "slug": f"j-{job_id[-8:]}",
-              "endpoint_url": endpoint_url, "version_id": ids.version_id(), **cols}
+    values = {
+        "id": job_id,
+        "project_id": "p",
+        "name": "j",
+        "slug": f"j-{job_id[-8:]}",
+        "endpoint_url": endpoint_url,
+        "version_id": ids.version_id(),
+        **cols,
+    }
     names = ", ".join(values)
     marks = ", ".join(f"%({k})s" for k in values)
     conn.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", values)  # test set-up only
     return job_id
 
 
-def make_runs(conn: psycopg.Connection, job_id: str, n: int, status: str = "queued",
-              payload: str = '{"n":1}', **cols: Any) -> list[str]:
+def make_runs(
+    conn: psycopg.Connection, job_id: str, n: int, status: str = "queued", payload: str = '{"n":1}', **cols: Any
+) -> list[str]:
     run_ids = [ids.new_id() for _ in range(n)]
     extra = ", ".join(cols)
     marks = ", ".join(f"%({k})s" for k in cols)
-    sql = (f"INSERT INTO job_runs (id, job_id, project_id, status, payload, payload_hash"
-           f"{', ' + extra if extra else ''}) VALUES (%(id)s, %(job)s, 'p', %(status)s, %(payload)s, 'h'"
-           f"{', ' + marks if marks else ''})")
+    sql = (
+        f"INSERT INTO job_runs (id, job_id, project_id, status, payload, payload_hash"
+        f"{', ' + extra if extra else ''}) VALUES (%(id)s, %(job)s, 'p', %(status)s, %(payload)s, 'h'"
+        f"{', ' + marks if marks else ''})"
+    )
     with conn.cursor() as cur:
-        cur.executemany(sql, [{"id": r, "job": job_id, "status": status, "payload": payload, **cols}
-                              for r in run_ids])
+        cur.executemany(sql, [{"id": r, "job": job_id, "status": status, "payload": payload, **cols} for r in run_ids])
     return run_ids
 
 

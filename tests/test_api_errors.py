@@ -12,9 +12,17 @@ import httpx
 
 from tests.conftest import SECRET, Endpoint, Server
 
-CODES = {400: "bad_request", 401: "authentication_required", 403: "forbidden", 404: "not_found",
-         406: "internal_error", 409: "conflict", 413: "internal_error", 415: "internal_error",
-         422: "validation_failed"}
+CODES = {
+    400: "bad_request",
+    401: "authentication_required",
+    403: "forbidden",
+    404: "not_found",
+    406: "internal_error",
+    409: "conflict",
+    413: "internal_error",
+    415: "internal_error",
+    422: "validation_failed",
+}
 JSON = {"Content-Type": "application/json"}
 
 
@@ -92,8 +100,13 @@ def run_cases(server: Server, cases: list[Case]) -> None:
 
 
 def base_job(endpoint: Endpoint, **extra: Any) -> dict[str, Any]:
-    return {"project_id": "p1", "name": "Job", "slug": f"s-{uuid.uuid4().hex[:8]}", "endpoint_url": endpoint.url,
-            **extra}
+    return {
+        "project_id": "p1",
+        "name": "Job",
+        "slug": f"s-{uuid.uuid4().hex[:8]}",
+        "endpoint_url": endpoint.url,
+        **extra,
+    }
 
 
 def fixtures(server: Server, endpoint: Endpoint) -> dict[str, str]:
@@ -125,53 +138,91 @@ def test_request_preconditions_and_routing(strait: Server, endpoint: Endpoint) -
     f = fixtures(strait, endpoint)
     job, missing = f["job"], str(uuid.uuid4())
     big = b'{"name":"' + b"a" * (1024 * 1024 + 16) + b'"}'
-    run_cases(strait, [
-        Case("malformed JSON", "POST", "/v1/jobs", 400, "invalid request body", content=b'{"name":', headers=JSON),
-        Case("duplicate keys", "POST", "/v1/jobs", 400, content=b'{"name":"a","name":"b"}', headers=JSON),
-        Case("duplicate payload keys", "POST", f"/v1/jobs/{job}/trigger", 400,
-             content=b'{"payload":{"n":1,"n":2}}', headers=JSON),
-        Case("array body", "POST", "/v1/jobs", 400, json=[1, 2]),
-        Case("array body on trigger", "POST", f"/v1/jobs/{job}/trigger", 400, json=[{"payload": {"n": 1}}]),
-        Case("body over 1 MiB", "POST", "/v1/jobs", 413, content=big, headers=JSON),
-        Case("text/plain body", "POST", "/v1/jobs", 415, content=b"{}", headers={"Content-Type": "text/plain"}),
-        Case("Accept text/html", "GET", "/v1/jobs", 406, headers={"Accept": "text/html"}),
-        Case("unknown route", "GET", "/v1/nope", 404),
-        Case("unknown job id", "GET", f"/v1/jobs/{missing}", 404, "job not found"),
-        Case("non-UUID job id", "GET", "/v1/jobs/not-a-uuid", 404, "job not found"),
-        Case("trigger unknown job", "POST", f"/v1/jobs/{missing}/trigger", 404, "job not found", json={}),
-        Case("unknown run id", "GET", f"/v1/runs/{missing}", 404, "run not found"),
-        Case("non-UUID run id", "GET", "/v1/runs/nope", 404, "run not found"),
-        Case("cancel unknown run", "DELETE", f"/v1/runs/{missing}", 404, "run not found"),
-        Case("missing auth", "GET", "/v1/jobs", 401, auth="none"),
-        Case("bad secret", "GET", "/v1/jobs", 401, auth="bad"),
-        Case("bad api key", "GET", "/v1/jobs", 401, auth="none",
-             headers={"Authorization": "Bearer strait_" + "0" * 64}),
-        Case("runs without project", "GET", "/v1/runs", 400, "project_id is required", auth="noproject"),
-        Case("jobs without project", "GET", "/v1/jobs", 400, "project_id is required", auth="noproject"),
-        Case("limit=0", "GET", "/v1/runs?limit=0", 400, "limit must be a positive integer"),
-        Case("limit=abc", "GET", "/v1/jobs?limit=abc", 400, "limit must be a positive integer"),
-        Case("garbage cursor", "GET", "/v1/runs?cursor=garbage", 400),
-        Case("garbage cursor on jobs", "GET", "/v1/jobs?cursor=garbage", 400),
-    ])
+    run_cases(
+        strait,
+        [
+            Case("malformed JSON", "POST", "/v1/jobs", 400, "invalid request body", content=b'{"name":', headers=JSON),
+            Case("duplicate keys", "POST", "/v1/jobs", 400, content=b'{"name":"a","name":"b"}', headers=JSON),
+            Case(
+                "duplicate payload keys",
+                "POST",
+                f"/v1/jobs/{job}/trigger",
+                400,
+                content=b'{"payload":{"n":1,"n":2}}',
+                headers=JSON,
+            ),
+            Case("array body", "POST", "/v1/jobs", 400, json=[1, 2]),
+            Case("array body on trigger", "POST", f"/v1/jobs/{job}/trigger", 400, json=[{"payload": {"n": 1}}]),
+            Case("body over 1 MiB", "POST", "/v1/jobs", 413, content=big, headers=JSON),
+            Case("text/plain body", "POST", "/v1/jobs", 415, content=b"{}", headers={"Content-Type": "text/plain"}),
+            Case("Accept text/html", "GET", "/v1/jobs", 406, headers={"Accept": "text/html"}),
+            Case("unknown route", "GET", "/v1/nope", 404),
+            Case("unknown job id", "GET", f"/v1/jobs/{missing}", 404, "job not found"),
+            Case("non-UUID job id", "GET", "/v1/jobs/not-a-uuid", 404, "job not found"),
+            Case("trigger unknown job", "POST", f"/v1/jobs/{missing}/trigger", 404, "job not found", json={}),
+            Case("unknown run id", "GET", f"/v1/runs/{missing}", 404, "run not found"),
+            Case("non-UUID run id", "GET", "/v1/runs/nope", 404, "run not found"),
+            Case("cancel unknown run", "DELETE", f"/v1/runs/{missing}", 404, "run not found"),
+            Case("missing auth", "GET", "/v1/jobs", 401, auth="none"),
+            Case("bad secret", "GET", "/v1/jobs", 401, auth="bad"),
+            Case(
+                "bad api key",
+                "GET",
+                "/v1/jobs",
+                401,
+                auth="none",
+                headers={"Authorization": "Bearer strait_" + "0" * 64},
+            ),
+            Case("runs without project", "GET", "/v1/runs", 400, "project_id is required", auth="noproject"),
+            Case("jobs without project", "GET", "/v1/jobs", 400, "project_id is required", auth="noproject"),
+            Case("limit=0", "GET", "/v1/runs?limit=0", 400, "limit must be a positive integer"),
+            Case("limit=abc", "GET", "/v1/jobs?limit=abc", 400, "limit must be a positive integer"),
+            Case("garbage cursor", "GET", "/v1/runs?cursor=garbage", 400),
+            Case("garbage cursor on jobs", "GET", "/v1/jobs?cursor=garbage", 400),
+        ],
+    )
     no_traceback(strait)
 
 
 def test_job_validation(strait: Server, endpoint: Endpoint) -> None:
     fixtures(strait, endpoint)
-    run_cases(strait, [
-        Case("empty create", "POST", "/v1/jobs", 422, json={}, details=True),
-        Case("missing name and slug", "POST", "/v1/jobs", 422, json={"project_id": "p1",
-                                                                      "endpoint_url": endpoint.url}, details=True),
-        Case("ftp endpoint", "POST", "/v1/jobs", 400, "endpoint_url", json=base_job(endpoint, endpoint_url="ftp://x")),
-        Case("bad cron", "POST", "/v1/jobs", 400, json=base_job(endpoint, cron="61 * * * *")),
-        Case("bad timezone", "POST", "/v1/jobs", 400, json=base_job(endpoint, cron="0 * * * *",
-                                                                     timezone="Mars/Olympus_Mons")),
-        Case("timeout too long", "POST", "/v1/jobs", 400, json=base_job(endpoint, timeout_secs=100000)),
-        Case("unknown project", "POST", "/v1/jobs", 404, "project not found",
-             json=base_job(endpoint, project_id="nope"), auth="noproject"),
-        Case("duplicate slug", "POST", "/v1/jobs", 409, json=base_job(endpoint, slug="main")),
-        Case("tag_value alone", "GET", "/v1/jobs?tag_value=x", 400),
-    ])
+    run_cases(
+        strait,
+        [
+            Case("empty create", "POST", "/v1/jobs", 422, json={}, details=True),
+            Case(
+                "missing name and slug",
+                "POST",
+                "/v1/jobs",
+                422,
+                json={"project_id": "p1", "endpoint_url": endpoint.url},
+                details=True,
+            ),
+            Case(
+                "ftp endpoint", "POST", "/v1/jobs", 400, "endpoint_url", json=base_job(endpoint, endpoint_url="ftp://x")
+            ),
+            Case("bad cron", "POST", "/v1/jobs", 400, json=base_job(endpoint, cron="61 * * * *")),
+            Case(
+                "bad timezone",
+                "POST",
+                "/v1/jobs",
+                400,
+                json=base_job(endpoint, cron="0 * * * *", timezone="Mars/Olympus_Mons"),
+            ),
+            Case("timeout too long", "POST", "/v1/jobs", 400, json=base_job(endpoint, timeout_secs=100000)),
+            Case(
+                "unknown project",
+                "POST",
+                "/v1/jobs",
+                404,
+                "project not found",
+                json=base_job(endpoint, project_id="nope"),
+                auth="noproject",
+            ),
+            Case("duplicate slug", "POST", "/v1/jobs", 409, json=base_job(endpoint, slug="main")),
+            Case("tag_value alone", "GET", "/v1/jobs?tag_value=x", 400),
+        ],
+    )
     with strait.client("p1") as c:
         slugs = sorted(j["slug"] for j in c.get("/v1/jobs").json()["data"])
         assert slugs == ["main", "off"], "no failed create left a job behind"
@@ -184,27 +235,62 @@ def test_trigger_validation(strait: Server, endpoint: Endpoint) -> None:
     f = fixtures(strait, endpoint)
     job, path = f["job"], f"/v1/jobs/{f['job']}"
     past = (datetime.now(UTC) - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
-    run_cases(strait, [
-        Case("priority 11", "POST", f"{path}/trigger", 422, json={"payload": {"n": 1}, "priority": 11}),
-        Case("scheduled in the past", "POST", f"{path}/trigger", 400, json={"payload": {"n": 1},
-                                                                           "scheduled_at": past}),
-        Case("payload fails schema", "POST", f"{path}/trigger", 400, "payload validation failed",
-             json={"payload": {"n": "one"}}),
-        Case("payload misses required", "POST", f"{path}/trigger", 400, "payload validation failed", json={}),
-        Case("bulk with 0 items", "POST", f"{path}/trigger/bulk", 400, json={"items": []}),
-        Case("bulk with 501 items", "POST", f"{path}/trigger/bulk", 400,
-             json={"items": [{"payload": {"n": i}} for i in range(501)]}),
-        Case("bulk with a bad item", "POST", f"{path}/trigger/bulk", 400,
-             json={"items": [{"payload": {"n": 1}}, {"payload": {"n": "x"}}]}),
-        Case("bulk item in the past", "POST", f"{path}/trigger/bulk", 400,
-             json={"items": [{"payload": {"n": 1}}, {"payload": {"n": 2}, "scheduled_at": past}]}),
-        Case("disabled job", "POST", f"/v1/jobs/{f['disabled']}/trigger", 400, "job is disabled", json={}),
-        Case("cancel a terminal run", "DELETE", f"/v1/runs/{f['run']}", 400, "terminal"),
-        Case("replay a canceled run", "POST", f"/v1/runs/{f['run']}/replay", 400, "not replayable"),
-        Case("dlq-replay of a canceled run", "POST", f"/v1/runs/{f['run']}/dlq-replay", 409),
-        Case("trigger with text/plain", "POST", f"{path}/trigger", 415, content=b"{}",
-             headers={"Content-Type": "text/plain"}),
-    ])
+    run_cases(
+        strait,
+        [
+            Case("priority 11", "POST", f"{path}/trigger", 422, json={"payload": {"n": 1}, "priority": 11}),
+            Case(
+                "scheduled in the past",
+                "POST",
+                f"{path}/trigger",
+                400,
+                json={"payload": {"n": 1}, "scheduled_at": past},
+            ),
+            Case(
+                "payload fails schema",
+                "POST",
+                f"{path}/trigger",
+                400,
+                "payload validation failed",
+                json={"payload": {"n": "one"}},
+            ),
+            Case("payload misses required", "POST", f"{path}/trigger", 400, "payload validation failed", json={}),
+            Case("bulk with 0 items", "POST", f"{path}/trigger/bulk", 400, json={"items": []}),
+            Case(
+                "bulk with 501 items",
+                "POST",
+                f"{path}/trigger/bulk",
+                400,
+                json={"items": [{"payload": {"n": i}} for i in range(501)]},
+            ),
+            Case(
+                "bulk with a bad item",
+                "POST",
+                f"{path}/trigger/bulk",
+                400,
+                json={"items": [{"payload": {"n": 1}}, {"payload": {"n": "x"}}]},
+            ),
+            Case(
+                "bulk item in the past",
+                "POST",
+                f"{path}/trigger/bulk",
+                400,
+                json={"items": [{"payload": {"n": 1}}, {"payload": {"n": 2}, "scheduled_at": past}]},
+            ),
+            Case("disabled job", "POST", f"/v1/jobs/{f['disabled']}/trigger", 400, "job is disabled", json={}),
+            Case("cancel a terminal run", "DELETE", f"/v1/runs/{f['run']}", 400, "terminal"),
+            Case("replay a canceled run", "POST", f"/v1/runs/{f['run']}/replay", 400, "not replayable"),
+            Case("dlq-replay of a canceled run", "POST", f"/v1/runs/{f['run']}/dlq-replay", 409),
+            Case(
+                "trigger with text/plain",
+                "POST",
+                f"{path}/trigger",
+                415,
+                content=b"{}",
+                headers={"Content-Type": "text/plain"},
+            ),
+        ],
+    )
     with strait.client() as c:  # project context from the query string this time
         runs = c.get("/v1/runs?project_id=p1").json()["data"]
         assert [r["id"] for r in runs] == [f["run"]], "no failed trigger left a run behind"

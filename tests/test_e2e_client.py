@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import time
@@ -38,8 +39,18 @@ def setup(server: Server, scopes: list[str] | None = None) -> tuple[Client, Clie
 
 
 def make_job(c: Client, endpoint: Endpoint, slug: str = "j", **extra: Any) -> dict[str, Any]:
-    return dict(c.jobs.create({"project_id": "p1", "name": f"Job {slug}", "slug": slug,
-                               "endpoint_url": endpoint.url, "timeout_secs": 10, **extra}))
+    return dict(
+        c.jobs.create(
+            {
+                "project_id": "p1",
+                "name": f"Job {slug}",
+                "slug": slug,
+                "endpoint_url": endpoint.url,
+                "timeout_secs": 10,
+                **extra,
+            }
+        )
+    )
 
 
 def wait_terminal(c: Client, run_id: str, timeout: float = 20.0) -> dict[str, Any]:
@@ -206,8 +217,11 @@ def test_server_errors_are_retried_then_dead_lettered_and_replayable(clients: An
     assert receipt["id"] in [r["id"] for r in c.runs.get_dlq()["data"]]
     replayed = c.runs.dlq_replay(receipt["id"])
     assert (replayed["id"], replayed["status"], replayed["attempt"]) == (receipt["id"], "queued", 1)
-    wait_for(lambda: len(endpoint.requests) == 4 and c.runs.get(receipt["id"])["status"] == "dead_letter",
-             20, what="the replayed run dead-letters again")
+    wait_for(
+        lambda: len(endpoint.requests) == 4 and c.runs.get(receipt["id"])["status"] == "dead_letter",
+        20,
+        what="the replayed run dead-letters again",
+    )
     assert [r["headers"]["X-Attempt"] for r in endpoint.requests] == ["1", "2", "1", "2"]
 
 
@@ -224,14 +238,15 @@ def test_client_errors_are_not_retried(clients: Any, endpoint: Endpoint) -> None
 
 def test_custom_retry_delays_are_honoured(clients: Any, endpoint: Endpoint) -> None:
     _, c, _ = clients
-    endpoint.behave = lambda seen: (web.json_response({}, status=503) if len(endpoint.requests) <= 2
-                                    else {"third": "time"})
+    endpoint.behave = lambda seen: (
+        web.json_response({}, status=503) if len(endpoint.requests) <= 2 else {"third": "time"}
+    )
     job = make_job(c, endpoint, max_attempts=3, retry_strategy="custom", retry_delays_secs=[1])
     receipt = c.jobs.trigger(job["id"], {"payload": {}})
     run = wait_terminal(c, receipt["id"])
     assert run["status"] == "completed" and run["attempt"] == 3 and run["result"] == {"third": "time"}, run
     at = [r["at"] for r in endpoint.requests]
-    gaps = [b - a for a, b in zip(at, at[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(at)]
     assert len(gaps) == 2
     assert all(0.7 <= g < 3.0 for g in gaps), f"custom delay 1 s ± 20 %, got gaps {gaps}"
 
@@ -243,13 +258,17 @@ def test_idempotent_trigger_body_key_and_header(clients: Any, endpoint: Endpoint
     assert first["idempotency_hit"] is False
     again = c.jobs.trigger(job["id"], {"payload": {"a": 1}, "idempotency_key": "k1"})
     assert again["idempotency_hit"] is True and again["id"] == first["id"]
-    raw = httpx.post(f"{strait.base}/v1/jobs/{job['id']}/trigger", json={"payload": {"a": 1},
-                     "idempotency_key": "k1"}, headers={"Authorization": f"Bearer {key['key']}"})
+    raw = httpx.post(
+        f"{strait.base}/v1/jobs/{job['id']}/trigger",
+        json={"payload": {"a": 1}, "idempotency_key": "k1"},
+        headers={"Authorization": f"Bearer {key['key']}"},
+    )
     assert raw.status_code == 200, raw.text
     assert raw.json()["id"] == first["id"] and raw.json()["idempotency_hit"] is True
 
-    with Client(base_url=strait.base, api_key=key["key"], retry=None,
-                default_headers={"Idempotency-Key": "h1"}) as with_header:
+    with Client(
+        base_url=strait.base, api_key=key["key"], retry=None, default_headers={"Idempotency-Key": "h1"}
+    ) as with_header:
         by_header = with_header.jobs.trigger(job["id"], {"payload": {}, "idempotency_key": "b1"})
         repeat = with_header.jobs.trigger(job["id"], {"payload": {}, "idempotency_key": "other"})
     assert by_header["idempotency_hit"] is False and by_header["id"] != first["id"]
@@ -297,11 +316,15 @@ def test_bulk_trigger(clients: Any, endpoint: Endpoint) -> None:
     assert all(r["batch_id"] == bulk["batch_id"] for r in listed["data"])
 
     existing = c.jobs.trigger(job["id"], {"payload": {"x": 1}, "idempotency_key": "dup"})
-    second = c.jobs.bulk_trigger(job["id"], {"items": [{"payload": {"new": 1}},
-                                                       {"payload": {"x": 1}, "idempotency_key": "dup"}]})
+    second = c.jobs.bulk_trigger(
+        job["id"], {"items": [{"payload": {"new": 1}}, {"payload": {"x": 1}, "idempotency_key": "dup"}]}
+    )
     assert second["total"] == 2 and second["created"] == 1
-    assert second["results"][1] == {"id": existing["id"], "status": second["results"][1]["status"],
-                                    "idempotency_hit": True}
+    assert second["results"][1] == {
+        "id": existing["id"],
+        "status": second["results"][1]["status"],
+        "idempotency_hit": True,
+    }
     assert second["results"][0]["idempotency_hit"] is False and second["results"][0]["id"] != existing["id"]
 
 
@@ -315,8 +338,9 @@ def test_run_events_tell_the_lifecycle(clients: Any, endpoint: Endpoint) -> None
     assert all(e["run_id"] == receipt["id"] for e in events)
     stamps = [e["created_at"] for e in events]
     assert stamps == sorted(stamps), "oldest first"
-    changes = [(e["data"]["from"], e["data"]["to"], e["data"]["attempt"]) for e in events
-               if e["type"] == "state_change"]
+    changes = [
+        (e["data"]["from"], e["data"]["to"], e["data"]["attempt"]) for e in events if e["type"] == "state_change"
+    ]
     assert changes == [("queued", "executing", 1), ("executing", "completed", 1)]
 
 

@@ -60,14 +60,15 @@ def test_keep_alive_reuses_one_connection_and_sends_the_request_verbatim() -> No
                 seen.append(await _read_request(reader))
             except asyncio.IncompleteReadError:
                 break
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
+            writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"ok":true}')
         writer.close()
 
     async def test(url: str) -> None:
         client = HttpClient(allow_private=True)
         for i in range(3):
-            status, body = await client.post(url, b'{"n":%d}' % i, encode_headers({"X-Run-ID": "r"}),
-                                             timeout=5, max_body=1000)
+            status, body = await client.post(
+                url, b'{"n":%d}' % i, encode_headers({"X-Run-ID": "r"}), timeout=5, max_body=1000
+            )
             assert (status, body) == (200, b'{"ok":true}')
         await client.close()
 
@@ -79,10 +80,13 @@ def test_keep_alive_reuses_one_connection_and_sends_the_request_verbatim() -> No
     assert body == b'{"n":0}'
 
 
-@pytest.mark.parametrize("reply", [
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello world",  # delimited by the end of the connection
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello world",  # delimited by the end of the connection
+    ],
+)
 def test_chunked_and_eof_delimited_bodies(reply: bytes) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
@@ -186,4 +190,5 @@ def test_header_values_cannot_inject_headers_and_urls_are_checked() -> None:
     with pytest.raises(ValueError):
         parse_target("ftp://example.com/")
     assert parse_target("https://user:pw@example.com/p").request_line_head == (
-        b"POST /p HTTP/1.1\r\nHost: example.com\r\nAuthorization: Basic dXNlcjpwdw==\r\n")
+        b"POST /p HTTP/1.1\r\nHost: example.com\r\nAuthorization: Basic dXNlcjpwdw==\r\n"
+    )

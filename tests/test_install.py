@@ -17,8 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _venv_with_wheel(tmp_path: Path) -> Path:
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(dist), str(ROOT)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
+        check=True,
+    )
     wheel = next(dist.glob("strait_actors-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -33,12 +35,22 @@ def test_wheel_starts_on_embedded_defaults(tmp_path: Path, endpoint: Endpoint) -
     venv = _venv_with_wheel(tmp_path)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    where = subprocess.run([str(venv / "bin/python"), "-c", "import strait_actors; print(strait_actors.__file__)"],
-                           cwd=outside, capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import strait_actors; print(strait_actors.__file__)"],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert str(venv) in where, f"strait_actors imported from {where}, not the wheel"
     data = tmp_path / "data"
-    server = start_strait({"INTERNAL_SECRET": "", "JWT_SIGNING_KEY": "", "STRAIT_DATA_DIR": str(data)},
-                          tmp_path, processes=1, cwd=outside, argv=[str(venv / "bin/strait")])
+    server = start_strait(
+        {"INTERNAL_SECRET": "", "JWT_SIGNING_KEY": "", "STRAIT_DATA_DIR": str(data)},
+        tmp_path,
+        processes=1,
+        cwd=outside,
+        argv=[str(venv / "bin/strait")],
+    )
     try:
         secret = (data / "secrets" / "internal_secret").read_text().strip()
         assert secret in server.logs(), "a generated secret is shown in the banner"
@@ -46,8 +58,9 @@ def test_wheel_starts_on_embedded_defaults(tmp_path: Path, endpoint: Endpoint) -
         h = {"Authorization": f"Bearer {secret}", "X-Project-Id": "p"}
         with httpx.Client(base_url=server.base, headers=h, timeout=30) as c:
             assert c.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}).status_code == 201
-            job = c.post("/v1/jobs", json={"project_id": "p", "name": "J", "slug": "j",
-                                           "endpoint_url": endpoint.url}).json()
+            job = c.post(
+                "/v1/jobs", json={"project_id": "p", "name": "J", "slug": "j", "endpoint_url": endpoint.url}
+            ).json()
             run = c.post(f"/v1/jobs/{job['id']}/trigger", json={"payload": {"hello": "world"}}).json()
             wait_for(lambda: c.get(f"/v1/runs/{run['id']}").json()["status"] == "completed", what="completed")
     finally:

@@ -44,15 +44,18 @@ def test_in_memory_limit_counts_requests() -> None:
     asyncio.run(go())
 
 
-def test_trigger_limit_counts_bulk_items_over_http(dsn: str, redis_url: str, tmp_path: Path,
-                                                   endpoint: Endpoint) -> None:
-    server = start_strait({"DATABASE_URL": dsn, "REDIS_URL": redis_url, "TRIGGER_RATE_LIMIT_REQUESTS": "5"},
-                          tmp_path, processes=1)
+def test_trigger_limit_counts_bulk_items_over_http(
+    dsn: str, redis_url: str, tmp_path: Path, endpoint: Endpoint
+) -> None:
+    server = start_strait(
+        {"DATABASE_URL": dsn, "REDIS_URL": redis_url, "TRIGGER_RATE_LIMIT_REQUESTS": "5"}, tmp_path, processes=1
+    )
     try:
         with server.client("p") as c:
             c.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}).raise_for_status()
-            job = c.post("/v1/jobs", json={"project_id": "p", "name": "J", "slug": "j",
-                                           "endpoint_url": endpoint.url}).json()["id"]
+            job = c.post(
+                "/v1/jobs", json={"project_id": "p", "name": "J", "slug": "j", "endpoint_url": endpoint.url}
+            ).json()["id"]
             bulk = c.post(f"/v1/jobs/{job}/trigger/bulk", json={"items": [{"payload": {}}] * 4})
             assert bulk.status_code == 201
             assert c.post(f"/v1/jobs/{job}/trigger", json={}).status_code == 201

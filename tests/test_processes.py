@@ -25,8 +25,7 @@ def worker_pids(server: Server) -> list[int]:
 def _setup_job(server: Server, endpoint: Endpoint, **job: Any) -> str:
     with server.client() as c:
         c.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}).raise_for_status()
-        r = c.post("/v1/jobs", json={"project_id": "p", "name": "J", "slug": "j", "endpoint_url": endpoint.url,
-                                     **job})
+        r = c.post("/v1/jobs", json={"project_id": "p", "name": "J", "slug": "j", "endpoint_url": endpoint.url, **job})
         r.raise_for_status()
         return str(r.json()["id"])
 
@@ -48,22 +47,31 @@ def test_sigkill_of_a_worker_mid_dispatch_loses_no_run(dsn: str, tmp_path: Path,
         wait_for(lambda: len(endpoint.requests) >= 40, what="all 40 calls in flight")
         assert len(worker_pids(server)) == 2
         with psycopg.connect(dsn) as conn:
-            holders = dict(conn.execute("SELECT split_part(worker_id, ':', 2)::int, count(*) FROM job_runs "
-                                        "WHERE status = 'executing' GROUP BY 1").fetchall())
+            holders = dict(
+                conn.execute(
+                    "SELECT split_part(worker_id, ':', 2)::int, count(*) FROM job_runs "
+                    "WHERE status = 'executing' GROUP BY 1"
+                ).fetchall()
+            )
         victim, owned = max(holders.items(), key=lambda kv: kv[1])
         assert victim in worker_pids(server) and owned > 0
         victims = [victim]
         os.kill(victims[0], signal.SIGKILL)
         with psycopg.connect(dsn, autocommit=True) as conn:
+
             def done() -> bool:
-                row = conn.execute("SELECT count(*) FILTER (WHERE status = 'completed'), count(*) "
-                                   "FROM job_runs").fetchone()
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FROM job_runs"
+                ).fetchone()
                 return row is not None and row[0] == row[1] == 40
+
             wait_for(done, timeout=40, what="every run completed")
             retried = conn.execute("SELECT count(*) FROM job_runs WHERE attempt = 2").fetchone()
         assert retried == (owned,), "exactly the killed worker's runs were dispatched again"
-        wait_for(lambda: len(worker_pids(server)) == 2 and victims[0] not in worker_pids(server),
-                 what="the worker process restarted")
+        wait_for(
+            lambda: len(worker_pids(server)) == 2 and victims[0] not in worker_pids(server),
+            what="the worker process restarted",
+        )
     finally:
         assert stop_strait(server) == 0
 

@@ -88,18 +88,33 @@ def test_outcomes_are_fenced_on_lease_and_attempt(dsn: str) -> None:
             runs = Queue(conn, worker_id="w", lease_secs=30).claim(3).runs
         a, b, c = runs
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
-            written = await queue.record_outcomes(aconn, [
-                _outcome(a.id, 1, a.lease_id, "completed", result='{"ok": true}'),
-                _outcome(b.id, 1, str(uuid.uuid4()), "completed"),  # a stale lease: dropped
-                _outcome(c.id, 1, c.lease_id, "queued", error="endpoint returned 503", error_class="server",
-                         retry_delay=30.0, priority_boost=1),
-            ])
+            written = await queue.record_outcomes(
+                aconn,
+                [
+                    _outcome(a.id, 1, a.lease_id, "completed", result='{"ok": true}'),
+                    _outcome(b.id, 1, str(uuid.uuid4()), "completed"),  # a stale lease: dropped
+                    _outcome(
+                        c.id,
+                        1,
+                        c.lease_id,
+                        "queued",
+                        error="endpoint returned 503",
+                        error_class="server",
+                        retry_delay=30.0,
+                        priority_boost=1,
+                    ),
+                ],
+            )
             assert written == {a.id, c.id}
             again = await queue.record_outcomes(aconn, [_outcome(a.id, 1, a.lease_id, "dead_letter")])
             assert again == set(), "a second outcome for the same attempt must be dropped"
         with psycopg.connect(dsn) as conn:
-            rows = {str(r[0]): r[1:] for r in conn.execute(
-                "SELECT id, status, attempt, priority, result, next_retry_at > now() FROM job_runs")}
+            rows = {
+                str(r[0]): r[1:]
+                for r in conn.execute(
+                    "SELECT id, status, attempt, priority, result, next_retry_at > now() FROM job_runs"
+                )
+            }
             assert rows[a.id][:2] == ("completed", 1) and rows[a.id][3] == {"ok": True}
             assert rows[b.id][:2] == ("executing", 1)
             assert rows[c.id][:3] == ("queued", 2, 1) and rows[c.id][4] is True

@@ -11,8 +11,7 @@ from tests.conftest import Endpoint, Server, wait_for
 
 def _job(c: Any, endpoint: Endpoint, **extra: Any) -> str:
     c.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}).raise_for_status()
-    r = c.post("/v1/jobs", json={"project_id": "p", "name": "J", "slug": "j", "endpoint_url": endpoint.url,
-                                 **extra})
+    r = c.post("/v1/jobs", json={"project_id": "p", "name": "J", "slug": "j", "endpoint_url": endpoint.url, **extra})
     r.raise_for_status()
     return str(r.json()["id"])
 
@@ -27,8 +26,10 @@ def test_bulk_dlq_replay_requeues_dead_letters(strait: Server, endpoint: Endpoin
         endpoint.behave = None
         r = c.post("/v1/runs/bulk-dlq-replay", json={"run_ids": ids[:2]})
         assert r.status_code == 200 and r.json()["count"] == 2 and set(r.json()["replayed"]) == set(ids[:2])
-        wait_for(lambda: [c.get(f"/v1/runs/{i}").json()["status"] for i in ids] ==
-                 ["completed", "completed", "dead_letter"], what="the two replayed runs complete")
+        wait_for(
+            lambda: [c.get(f"/v1/runs/{i}").json()["status"] for i in ids] == ["completed", "completed", "dead_letter"],
+            what="the two replayed runs complete",
+        )
         by_project = c.post("/v1/runs/bulk-dlq-replay", json={"project_id": "p", "limit": 10}).json()
         assert by_project == {"replayed": [ids[2]], "count": 1}
         bad = c.post("/v1/runs/bulk-dlq-replay", json={"run_ids": ids, "project_id": "p"})
@@ -36,8 +37,9 @@ def test_bulk_dlq_replay_requeues_dead_letters(strait: Server, endpoint: Endpoin
 
 
 def test_a_retry_carries_the_previous_error(strait: Server, endpoint: Endpoint) -> None:
-    endpoint.behave = lambda seen: (web.json_response({}, status=503)
-                                    if seen["headers"]["X-Attempt"] == "1" else {"ok": True})
+    endpoint.behave = lambda seen: (
+        web.json_response({}, status=503) if seen["headers"]["X-Attempt"] == "1" else {"ok": True}
+    )
     with strait.client("p") as c:
         job = _job(c, endpoint, max_attempts=2, retry_strategy="fixed")
         run = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {}}).json()

@@ -313,9 +313,8 @@ def test_guarded_session_cannot_reach_localhost_server() -> None:
     async def body(port: int) -> None:
         url = f"http://localhost:{port}/"
         # control: the default resolver reaches the loopback server
-        async with aiohttp.ClientSession() as session:
-            async with session.get(url) as resp:
-                assert resp.status == 200 and await resp.text() == "hello"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            assert resp.status == 200 and await resp.text() == "hello"
         connector = aiohttp.TCPConnector(resolver=GuardedResolver())
         async with aiohttp.ClientSession(connector=connector) as session:
             with pytest.raises(aiohttp.ClientConnectorError) as info:

@@ -38,12 +38,10 @@ class Fragile(SupervisedActor):
             raise RuntimeError("boom")
 
 
-def _tree(settings: Settings, policy: RestartPolicy) -> tuple[pykka.ActorRef[Any], TreeContext,
-                                                              threading.Event]:
+def _tree(settings: Settings, policy: RestartPolicy) -> tuple[pykka.ActorRef[Any], TreeContext, threading.Event]:
     ctx = TreeContext(settings=settings, dsn="unused", worker_id="w")
     failed = threading.Event()
-    ref = Supervisor.start(ctx, Clock(ctx.registry), [ChildSpec("fragile", lambda c: Fragile.start(c))],
-                           policy, failed)
+    ref = Supervisor.start(ctx, Clock(ctx.registry), [ChildSpec("fragile", lambda c: Fragile.start(c))], policy, failed)
     return ref, ctx, failed
 
 
@@ -54,8 +52,7 @@ def test_a_crashed_child_is_restarted(settings: Settings) -> None:
         first = wait_for(lambda: ctx.registry.get("fragile"), what="first start")
         assert Fragile.starts == 1
         assert ctx.registry.tell("fragile", Boom())
-        wait_for(lambda: Fragile.starts == 2 and ctx.registry.get("fragile") not in (None, first),
-                 what="restart")
+        wait_for(lambda: Fragile.starts == 2 and ctx.registry.get("fragile") not in (None, first), what="restart")
         assert not failed.is_set()
     finally:
         ref.stop(block=True, timeout=10)
@@ -63,8 +60,7 @@ def test_a_crashed_child_is_restarted(settings: Settings) -> None:
 
 def test_restart_intensity_cap_escalates(settings: Settings) -> None:
     Fragile.starts, Fragile.fail_on_start = 0, True
-    ref, _ctx, failed = _tree(settings, RestartPolicy(base_delay=0.01, max_delay=0.05, max_restarts=3,
-                                                      window=60))
+    ref, _ctx, failed = _tree(settings, RestartPolicy(base_delay=0.01, max_delay=0.05, max_restarts=3, window=60))
     try:
         wait_for(failed.is_set, timeout=10, what="escalation")
         assert Fragile.starts == 4  # the first start and three restarts
@@ -106,8 +102,7 @@ def test_dispatcher_crash_mid_dispatch_loses_no_run(dsn: str, settings: Settings
         tree.stop()
 
 
-def test_stop_drains_then_releases_what_is_still_in_flight(dsn: str, settings: Settings,
-                                                         endpoint: Endpoint) -> None:
+def test_stop_drains_then_releases_what_is_still_in_flight(dsn: str, settings: Settings, endpoint: Endpoint) -> None:
     """Calls that finish within the grace period are recorded; the rest go back to the queue."""
     import asyncio
 

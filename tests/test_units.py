@@ -18,16 +18,25 @@ def test_fsm_matches_the_contract() -> None:
     assert not fsm.can("completed", "queued") and not fsm.can("delayed", "executing")
     for terminal in fsm.TERMINAL - {"dead_letter"}:
         assert fsm.TRANSITIONS.get(terminal) is None
-    assert fsm.sources("canceled") == sorted(["delayed", "queued", "dequeued", "executing", "waiting",
-                                              "replay_staged", "paused"])
+    assert fsm.sources("canceled") == sorted(
+        ["delayed", "queued", "dequeued", "executing", "waiting", "replay_staged", "paused"]
+    )
     assert "dead_letter" in fsm.sources("queued")
 
 
-@pytest.mark.parametrize(("strategy", "attempt", "delays", "expected"), [
-    (None, 1, None, 1.0), (None, 4, None, 8.0), ("exponential", 20, None, 3600.0),
-    ("linear", 3, None, 3.0), ("fixed", 5, None, 1.0),
-    ("custom", 1, [5, 30], 5.0), ("custom", 7, [5, 30], 30.0), ("custom", 1, [], 1.0),
-])
+@pytest.mark.parametrize(
+    ("strategy", "attempt", "delays", "expected"),
+    [
+        (None, 1, None, 1.0),
+        (None, 4, None, 8.0),
+        ("exponential", 20, None, 3600.0),
+        ("linear", 3, None, 3.0),
+        ("fixed", 5, None, 1.0),
+        ("custom", 1, [5, 30], 5.0),
+        ("custom", 7, [5, 30], 30.0),
+        ("custom", 1, [], 1.0),
+    ],
+)
 def test_base_delays(strategy: str | None, attempt: int, delays: list[int] | None, expected: float) -> None:
     assert retry.base_delay(strategy, attempt, delays) == expected
 
@@ -39,10 +48,18 @@ def test_jitter_stays_within_twenty_percent() -> None:
     assert max(seen) - min(seen) > 0.3, "jitter must actually vary"
 
 
-@pytest.mark.parametrize(("status", "cls", "retryable"), [
-    (429, "rate_limited", True), (401, "auth", False), (403, "auth", False), (404, "client", False),
-    (500, "server", True), (503, "server", True), (302, "unknown", True),
-])
+@pytest.mark.parametrize(
+    ("status", "cls", "retryable"),
+    [
+        (429, "rate_limited", True),
+        (401, "auth", False),
+        (403, "auth", False),
+        (404, "client", False),
+        (500, "server", True),
+        (503, "server", True),
+        (302, "unknown", True),
+    ],
+)
 def test_status_classes(status: int, cls: str, retryable: bool) -> None:
     assert retry.classify_status(status) == cls
     assert retry.is_retryable(cls) is retryable
@@ -51,10 +68,13 @@ def test_status_classes(status: int, cls: str, retryable: bool) -> None:
 def test_settings_env_overrides_and_rules() -> None:
     s = load(environ={"PORT": "9001", "LOG_LEVEL": "WARN", "ALLOW_PRIVATE_ENDPOINTS": "yes"})
     assert (s.port, s.allow_private_endpoints) == (9001, True)
-    for env, needle in [({"INTERNAL_SECRET": "short"}, "INTERNAL_SECRET"),
-                        ({"JWT_SIGNING_KEY": "x" * 31}, "JWT_SIGNING_KEY"),
-                        ({"PORT": "abc"}, "PORT"), ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
-                        ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY")]:
+    for env, needle in [
+        ({"INTERNAL_SECRET": "short"}, "INTERNAL_SECRET"),
+        ({"JWT_SIGNING_KEY": "x" * 31}, "JWT_SIGNING_KEY"),
+        ({"PORT": "abc"}, "PORT"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY"),
+    ]:
         with pytest.raises(SettingsError, match=needle):
             load(environ=env)
 
@@ -85,7 +105,13 @@ def test_run_token_claims_and_expiry() -> None:
     key = "k" * 32
     token = tokens.mint_run_token(key, "run-1", 2, "lease-1", expires_at=None, timeout_secs=10, now=1000)
     claims = jwt.decode(token, key, algorithms=["HS256"], options={"verify_exp": False})
-    assert claims == {"iss": "strait:run-token", "sub": "run-1", "attempt": 2, "iat": 1000, "exp": 1070,
-                      "lease_id": "lease-1"}
+    assert claims == {
+        "iss": "strait:run-token",
+        "sub": "run-1",
+        "attempt": 2,
+        "iat": 1000,
+        "exp": 1070,
+        "lease_id": "lease-1",
+    }
     with pytest.raises(jwt.InvalidTokenError):
         tokens.decode_run_token("z" * 32, token)

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -25,9 +25,13 @@ from strait_actors.api.validation import (
 )
 from strait_actors.errors import ApiError
 
-NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
-BASE: dict[str, Any] = {"project_id": "proj", "name": "Send email", "slug": "send-email",
-                        "endpoint_url": "https://example.com/hook"}
+NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+BASE: dict[str, Any] = {
+    "project_id": "proj",
+    "name": "Send email",
+    "slug": "send-email",
+    "endpoint_url": "https://example.com/hook",
+}
 SECRET_A = "a" * 16
 SECRET_B = "b" * 32
 
@@ -94,8 +98,7 @@ def test_canonical_payload_empty_hash() -> None:
 @pytest.mark.parametrize(
     ("payload", "expected"),
     [
-        ({"b": 1, "a": {"d": [3, {"z": 1, "y": 2}], "c": None}},
-         b'{"a":{"c":null,"d":[3,{"y":2,"z":1}]},"b":1}'),
+        ({"b": 1, "a": {"d": [3, {"z": 1, "y": 2}], "c": None}}, b'{"a":{"c":null,"d":[3,{"y":2,"z":1}]},"b":1}'),
         ([3, "x", True], b'[3,"x",true]'),
         ("text", b'"text"'),
         (0, b"0"),
@@ -139,11 +142,23 @@ def test_canonical_payload_too_deep_is_400() -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("queue_name", "default"), ("execution_mode", "http"), ("enabled", True), ("max_attempts", 3),
-        ("timeout_secs", 300), ("retry_priority_boost", 1), ("version_policy", "pin"),
-        ("cron_overlap_policy", "allow"), ("tags", {}), ("default_run_metadata", {}),
-        ("retry_delays_secs", None), ("signing_secret", None), ("description", None), ("cron", None),
-        ("max_concurrency", None), ("payload_schema", None), ("webhook_url", None),
+        ("queue_name", "default"),
+        ("execution_mode", "http"),
+        ("enabled", True),
+        ("max_attempts", 3),
+        ("timeout_secs", 300),
+        ("retry_priority_boost", 1),
+        ("version_policy", "pin"),
+        ("cron_overlap_policy", "allow"),
+        ("tags", {}),
+        ("default_run_metadata", {}),
+        ("retry_delays_secs", None),
+        ("signing_secret", None),
+        ("description", None),
+        ("cron", None),
+        ("max_concurrency", None),
+        ("payload_schema", None),
+        ("webhook_url", None),
     ],
 )
 def test_create_defaults(key: str, value: Any) -> None:
@@ -158,23 +173,47 @@ def test_create_returns_every_column_and_no_raw_secret() -> None:
 
 
 def test_create_custom_defaults_and_zero_means_default() -> None:
-    job = validate_job_create({**BASE, "max_attempts": 0, "timeout_secs": 0},
-                              defaults=JobDefaults(max_attempts=7, timeout_secs=60))
+    job = validate_job_create(
+        {**BASE, "max_attempts": 0, "timeout_secs": 0}, defaults=JobDefaults(max_attempts=7, timeout_secs=60)
+    )
     assert (job["max_attempts"], job["timeout_secs"]) == (7, 60)
 
 
 def test_create_full_body_normalised() -> None:
     job = create(
-        description="d", group_id="g", environment_id="env", cron="*/5 * * * *", timezone="Europe/Paris",
-        execution_window_cron="0 9-17 * * MON-FRI", fallback_endpoint_url="http://localhost:9000/fb",
-        webhook_url="https://hooks.example.com/x", max_attempts=100, timeout_secs=86400,
-        max_concurrency=0, max_concurrency_per_key=2, rate_limit_max=10, rate_limit_window_secs=60,
-        dedup_window_secs=30, run_ttl_secs=2592000, retry_strategy="custom", retry_delays_secs=[1, 5, 30],
-        retry_priority_boost=0, version_policy="minor", cron_overlap_policy="cancel_running",
-        debounce_window_secs=5, batch_window_secs=0, batch_max_size=10, execution_mode="http",
-        enabled=False, queue_name="fast", poison_pill_threshold=3, tags={"team": "core"},
-        default_run_metadata={"k": "v"}, payload_schema={"type": "object", "required": ["to"]},
-        result_schema={"type": "string"}, on_complete_trigger_job="j2",
+        description="d",
+        group_id="g",
+        environment_id="env",
+        cron="*/5 * * * *",
+        timezone="Europe/Paris",
+        execution_window_cron="0 9-17 * * MON-FRI",
+        fallback_endpoint_url="http://localhost:9000/fb",
+        webhook_url="https://hooks.example.com/x",
+        max_attempts=100,
+        timeout_secs=86400,
+        max_concurrency=0,
+        max_concurrency_per_key=2,
+        rate_limit_max=10,
+        rate_limit_window_secs=60,
+        dedup_window_secs=30,
+        run_ttl_secs=2592000,
+        retry_strategy="custom",
+        retry_delays_secs=[1, 5, 30],
+        retry_priority_boost=0,
+        version_policy="minor",
+        cron_overlap_policy="cancel_running",
+        debounce_window_secs=5,
+        batch_window_secs=0,
+        batch_max_size=10,
+        execution_mode="http",
+        enabled=False,
+        queue_name="fast",
+        poison_pill_threshold=3,
+        tags={"team": "core"},
+        default_run_metadata={"k": "v"},
+        payload_schema={"type": "object", "required": ["to"]},
+        result_schema={"type": "string"},
+        on_complete_trigger_job="j2",
         on_complete_payload_mapping={"a": "b"},
     )
     assert job["retry_delays_secs"] == [1, 5, 30]
@@ -213,8 +252,11 @@ def test_create_signing_secret(secrets: dict[str, str], expected: str | None) ->
         ({"slug": "a.b_c-9"}, "slug", "a.b_c-9"),
         ({"cron": "@daily"}, "cron", "@daily"),
         ({"execution_mode": "worker", "endpoint_url": None}, "endpoint_url", None),
-        ({"payload_schema": {"$schema": "https://example.com/unknown", "type": "object"}},
-         "payload_schema", {"$schema": "https://example.com/unknown", "type": "object"}),
+        (
+            {"payload_schema": {"$schema": "https://example.com/unknown", "type": "object"}},
+            "payload_schema",
+            {"$schema": "https://example.com/unknown", "type": "object"},
+        ),
     ],
 )
 def test_create_normalises(overrides: dict[str, Any], key: str, expected: Any) -> None:
@@ -260,10 +302,20 @@ def test_create_normalises(overrides: dict[str, Any], key: str, expected: Any) -
         ({"run_ttl_secs": 2592001}, "run_ttl_secs: failed on 'max'"),
         ({"poison_pill_threshold": 0}, "poison_pill_threshold: failed on 'min'"),
         ({"max_concurrency": 2**31}, "max_concurrency: failed on 'max'"),
-        *[({name: -1}, f"{name}: failed on 'min'") for name in (
-            "max_concurrency", "max_concurrency_per_key", "rate_limit_max", "rate_limit_window_secs",
-            "dedup_window_secs", "run_ttl_secs", "debounce_window_secs", "batch_window_secs",
-            "batch_max_size")],
+        *[
+            ({name: -1}, f"{name}: failed on 'min'")
+            for name in (
+                "max_concurrency",
+                "max_concurrency_per_key",
+                "rate_limit_max",
+                "rate_limit_window_secs",
+                "dedup_window_secs",
+                "run_ttl_secs",
+                "debounce_window_secs",
+                "batch_window_secs",
+                "batch_max_size",
+            )
+        ],
     ],
 )
 def test_create_422(overrides: dict[str, Any], detail: str) -> None:
@@ -273,12 +325,19 @@ def test_create_422(overrides: dict[str, Any], detail: str) -> None:
 
 def test_create_422_collects_every_field_in_order() -> None:
     err = expect_error(lambda: validate_job_create({}, defaults=JobDefaults()), 422, "validation_failed", "")
-    assert err.details == ["project_id: failed on 'required'", "name: failed on 'required'",
-                           "slug: failed on 'required'"]
+    assert err.details == [
+        "project_id: failed on 'required'",
+        "name: failed on 'required'",
+        "slug: failed on 'required'",
+    ]
     bad = {"name": "", "max_attempts": "x", "tags": [], "enabled": "yes"}
     err = expect_error(lambda: create(**bad), 422, "validation_failed", "")
-    assert err.details == ["name: failed on 'required'", "max_attempts: failed on 'type'",
-                           "enabled: failed on 'type'", "tags: failed on 'type'"]
+    assert err.details == [
+        "name: failed on 'required'",
+        "max_attempts: failed on 'type'",
+        "enabled: failed on 'type'",
+        "tags: failed on 'type'",
+    ]
 
 
 def test_create_422_wins_over_400() -> None:
@@ -302,8 +361,7 @@ def test_create_422_wins_over_400() -> None:
         ({"endpoint_url": "http://example.com:99999/"}, "invalid endpoint_url: "),
         ({"endpoint_url": "http://example.com:abc/"}, "invalid endpoint_url: "),
         ({"endpoint_url": "http://[::1/"}, "invalid endpoint_url: "),
-        ({"endpoint_url": "https://e.com/" + "x" * 2040},
-         "invalid endpoint_url: must be at most 2048 characters"),
+        ({"endpoint_url": "https://e.com/" + "x" * 2040}, "invalid endpoint_url: must be at most 2048 characters"),
         ({"fallback_endpoint_url": "nope"}, "invalid fallback_endpoint_url: scheme must be http or https"),
         ({"webhook_url": "mailto:x@y.z"}, "invalid webhook_url: scheme must be http or https"),
         ({"timeout_secs": 86401}, "timeout_secs must be <= 86400"),
@@ -340,10 +398,14 @@ def test_create_400(overrides: dict[str, Any], message: str) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"timeout_secs": 86400}, {"debounce_window_secs": 5, "batch_window_secs": 0},
-        {"tags": {str(i): "v" * 256 for i in range(20)}}, {"tags": {"k" * 64: ""}},
-        {"retry_delays_secs": [1] * 100}, {"endpoint_url": "http://localhost:8080/x?y=1#z"},
-        {"endpoint_url": "https://e.com/" + "x" * 2034}, {"timezone": "UTC"},
+        {"timeout_secs": 86400},
+        {"debounce_window_secs": 5, "batch_window_secs": 0},
+        {"tags": {str(i): "v" * 256 for i in range(20)}},
+        {"tags": {"k" * 64: ""}},
+        {"retry_delays_secs": [1] * 100},
+        {"endpoint_url": "http://localhost:8080/x?y=1#z"},
+        {"endpoint_url": "https://e.com/" + "x" * 2034},
+        {"timezone": "UTC"},
         {"payload_schema": {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object"}},
         {"payload_schema": {}},
     ],
@@ -354,8 +416,12 @@ def test_create_400_boundaries_pass(overrides: dict[str, Any]) -> None:
 
 def test_create_rejects_non_object_body() -> None:
     for body in ([], "x", None, 3):
-        expect_error(lambda b=body: validate_job_create(b, defaults=JobDefaults()), 400, "bad_request",
-                     "invalid request body: expected a JSON object")
+        expect_error(
+            lambda b=body: validate_job_create(b, defaults=JobDefaults()),
+            400,
+            "bad_request",
+            "invalid request body: expected a JSON object",
+        )
 
 
 def test_create_url_check_hook() -> None:
@@ -371,12 +437,20 @@ def test_create_url_check_hook() -> None:
     assert seen == ["https://example.com/hook", "http://fb.example.com", "http://wh.example.com"]
     for name in ("endpoint_url", "fallback_endpoint_url", "webhook_url"):
         body = {**BASE, name: "http://10.0.0.1/"}
-        expect_error(lambda b=body: validate_job_create(b, defaults=JobDefaults(), url_check=check),
-                     400, "bad_request", f"invalid {name}: private address not allowed")
+        expect_error(
+            lambda b=body: validate_job_create(b, defaults=JobDefaults(), url_check=check),
+            400,
+            "bad_request",
+            f"invalid {name}: private address not allowed",
+        )
     seen.clear()
     body = {**BASE, "endpoint_url": "gopher://x"}
-    expect_error(lambda: validate_job_create(body, defaults=JobDefaults(), url_check=check),
-                 400, "bad_request", "invalid endpoint_url: scheme")
+    expect_error(
+        lambda: validate_job_create(body, defaults=JobDefaults(), url_check=check),
+        400,
+        "bad_request",
+        "invalid endpoint_url: scheme",
+    )
     assert seen == []  # syntax errors are reported before the SSRF hook runs
 
 
@@ -390,8 +464,10 @@ def test_create_url_check_hook() -> None:
         ({"name": "New"}, {"name": "New"}),
         ({"project_id": "other", "name": "n"}, {"name": "n"}),
         ({"project_id": 5}, {}),  # ignored, so not even type-checked
-        ({"description": "", "cron": "", "retry_strategy": ""}, {"description": None, "cron": None,
-                                                                "retry_strategy": None}),
+        (
+            {"description": "", "cron": "", "retry_strategy": ""},
+            {"description": None, "cron": None, "retry_strategy": None},
+        ),
         ({"execution_mode": "", "queue_name": ""}, {"execution_mode": "http", "queue_name": "default"}),
         ({"description": None, "max_attempts": None}, {}),  # null = not sent
         ({"max_attempts": 5, "enabled": False}, {"max_attempts": 5, "enabled": False}),
@@ -448,16 +524,23 @@ def test_patch_400(body: dict[str, Any], message: str) -> None:
 def test_patch_422_collects_every_field() -> None:
     body = {"backwards_compatible": "yes", "name": "", "project_id": [], "tags": "x"}
     err = expect_error(lambda: validate_job_patch(body), 422, "validation_failed", "validation failed")
-    assert err.details == ["name: failed on 'required'", "tags: failed on 'type'",
-                           "backwards_compatible: failed on 'type'"]
+    assert err.details == [
+        "name: failed on 'required'",
+        "tags: failed on 'type'",
+        "backwards_compatible: failed on 'type'",
+    ]
 
 
 def test_patch_url_check_hook() -> None:
     def deny(url: str) -> None:
         raise ValueError("port not allowed")
 
-    expect_error(lambda: validate_job_patch({"webhook_url": "http://e.com:1234"}, url_check=deny),
-                 400, "bad_request", "invalid webhook_url: port not allowed")
+    expect_error(
+        lambda: validate_job_patch({"webhook_url": "http://e.com:1234"}, url_check=deny),
+        400,
+        "bad_request",
+        "invalid webhook_url: port not allowed",
+    )
     assert validate_job_patch({"webhook_url": ""}, url_check=deny) == {"webhook_url": None}
 
 
@@ -466,8 +549,7 @@ def test_patch_url_check_hook() -> None:
     [
         ({"execution_mode": "http", "endpoint_url": None}, "endpoint_url is required"),
         ({"endpoint_url": ""}, "endpoint_url is required"),
-        ({"execution_mode": "worker", "debounce_window_secs": 1, "batch_window_secs": 2},
-         "mutually exclusive"),
+        ({"execution_mode": "worker", "debounce_window_secs": 1, "batch_window_secs": 2}, "mutually exclusive"),
     ],
 )
 def test_check_job_invariants(job: dict[str, Any], message: str) -> None:
@@ -483,20 +565,41 @@ def trigger(body: Any, index: int | None = None) -> TriggerInput:
 
 
 def test_trigger_empty_body_defaults() -> None:
-    assert trigger({}) == TriggerInput(payload={}, tags={}, scheduled_at=None, priority=0, dry_run=False,
-                                       ttl_secs=None, concurrency_key=None, debounce_key=None, batch_key=None,
-                                       idempotency_key=None, metadata={})
+    assert trigger({}) == TriggerInput(
+        payload={},
+        tags={},
+        scheduled_at=None,
+        priority=0,
+        dry_run=False,
+        ttl_secs=None,
+        concurrency_key=None,
+        debounce_key=None,
+        batch_key=None,
+        idempotency_key=None,
+        metadata={},
+    )
     assert trigger({"payload": None}).payload == {}
 
 
 def test_trigger_full_body() -> None:
-    got = trigger({
-        "payload": [1, {"a": "b"}], "tags": {"env": "prod\x00"}, "scheduled_at": "2026-06-02T12:00:00Z",
-        "priority": 10, "dry_run": True, "ttl_secs": 0, "concurrency_key": "ck", "debounce_key": "dk",
-        "batch_key": "bk", "idempotency_key": "ik\x00", "metadata": {"traceparent": "00-abc"}, "extra": 1,
-    })
+    got = trigger(
+        {
+            "payload": [1, {"a": "b"}],
+            "tags": {"env": "prod\x00"},
+            "scheduled_at": "2026-06-02T12:00:00Z",
+            "priority": 10,
+            "dry_run": True,
+            "ttl_secs": 0,
+            "concurrency_key": "ck",
+            "debounce_key": "dk",
+            "batch_key": "bk",
+            "idempotency_key": "ik\x00",
+            "metadata": {"traceparent": "00-abc"},
+            "extra": 1,
+        }
+    )
     assert got.payload == [1, {"a": "b"}] and got.tags == {"env": "prod"}
-    assert got.scheduled_at == datetime(2026, 6, 2, 12, tzinfo=timezone.utc)
+    assert got.scheduled_at == datetime(2026, 6, 2, 12, tzinfo=UTC)
     assert (got.priority, got.dry_run, got.ttl_secs) == (10, True, 0)
     keys = (got.concurrency_key, got.debounce_key, got.batch_key, got.idempotency_key)
     assert keys == ("ck", "dk", "bk", "ik")
@@ -508,12 +611,12 @@ def test_trigger_full_body() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("2026-06-02T12:00:00Z", datetime(2026, 6, 2, 12, tzinfo=timezone.utc)),
-        ("2026-06-02T14:00:00+02:00", datetime(2026, 6, 2, 12, tzinfo=timezone.utc)),
-        ("2026-06-02t12:00:00.123456789z", datetime(2026, 6, 2, 12, 0, 0, 123456, tzinfo=timezone.utc)),
-        ("2026-06-02 12:00:00.5-00:30", datetime(2026, 6, 2, 12, 30, 0, 500000, tzinfo=timezone.utc)),
-        ("2026-06-01T11:59:59.5Z", datetime(2026, 6, 1, 11, 59, 59, 500000, tzinfo=timezone.utc)),  # slack
-        ("2026-07-01T12:00:00Z", datetime(2026, 7, 1, 12, tzinfo=timezone.utc)),  # exactly 30 days
+        ("2026-06-02T12:00:00Z", datetime(2026, 6, 2, 12, tzinfo=UTC)),
+        ("2026-06-02T14:00:00+02:00", datetime(2026, 6, 2, 12, tzinfo=UTC)),
+        ("2026-06-02t12:00:00.123456789z", datetime(2026, 6, 2, 12, 0, 0, 123456, tzinfo=UTC)),
+        ("2026-06-02 12:00:00.5-00:30", datetime(2026, 6, 2, 12, 30, 0, 500000, tzinfo=UTC)),
+        ("2026-06-01T11:59:59.5Z", datetime(2026, 6, 1, 11, 59, 59, 500000, tzinfo=UTC)),  # slack
+        ("2026-07-01T12:00:00Z", datetime(2026, 7, 1, 12, tzinfo=UTC)),  # exactly 30 days
     ],
 )
 def test_trigger_scheduled_at_accepts(text: str, expected: datetime) -> None:
@@ -540,7 +643,7 @@ def test_trigger_scheduled_at_400(value: str, message: str) -> None:
 
 def test_trigger_naive_now_is_utc() -> None:
     got = validate_trigger({"scheduled_at": "2026-06-02T12:00:00Z"}, now=NOW.replace(tzinfo=None))
-    assert got.scheduled_at == datetime(2026, 6, 2, 12, tzinfo=timezone.utc)
+    assert got.scheduled_at == datetime(2026, 6, 2, 12, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -557,10 +660,14 @@ def test_trigger_naive_now_is_utc() -> None:
         ({"scheduled_at": 1700000000}, "scheduled_at must be a string", "scheduled_at: failed on 'type'"),
         ({"tags": ["a"]}, "tags must be an object of string values", "tags: failed on 'type'"),
         ({"metadata": {"a": 1}}, "metadata must be an object of string values", "metadata: failed on 'type'"),
-        *[({k: "x" * 257}, f"{k} must be at most 256 characters", f"{k}: failed on 'max'")
-          for k in ("concurrency_key", "debounce_key", "batch_key", "idempotency_key")],
-        *[({k: 7}, f"{k} must be a string", f"{k}: failed on 'type'")
-          for k in ("concurrency_key", "debounce_key", "batch_key", "idempotency_key")],
+        *[
+            ({k: "x" * 257}, f"{k} must be at most 256 characters", f"{k}: failed on 'max'")
+            for k in ("concurrency_key", "debounce_key", "batch_key", "idempotency_key")
+        ],
+        *[
+            ({k: 7}, f"{k} must be a string", f"{k}: failed on 'type'")
+            for k in ("concurrency_key", "debounce_key", "batch_key", "idempotency_key")
+        ],
     ],
 )
 def test_trigger_422(body: dict[str, Any], message: str, detail: str) -> None:
@@ -571,12 +678,16 @@ def test_trigger_422(body: dict[str, Any], message: str, detail: str) -> None:
 @pytest.mark.parametrize(
     ("body", "attr", "expected"),
     [
-        ({"priority": 0}, "priority", 0), ({"priority": 10}, "priority", 10),
+        ({"priority": 0}, "priority", 0),
+        ({"priority": 10}, "priority", 10),
         ({"priority": None}, "priority", 0),
-        ({"ttl_secs": 2592000}, "ttl_secs", 2592000), ({"ttl_secs": None}, "ttl_secs", None),
+        ({"ttl_secs": 2592000}, "ttl_secs", 2592000),
+        ({"ttl_secs": None}, "ttl_secs", None),
         ({"concurrency_key": "k" * 256}, "concurrency_key", "k" * 256),
-        ({"concurrency_key": ""}, "concurrency_key", None), ({"debounce_key": "\x00"}, "debounce_key", None),
-        ({"dry_run": None}, "dry_run", False), ({"tags": None}, "tags", {}),
+        ({"concurrency_key": ""}, "concurrency_key", None),
+        ({"debounce_key": "\x00"}, "debounce_key", None),
+        ({"dry_run": None}, "dry_run", False),
+        ({"tags": None}, "tags", {}),
     ],
 )
 def test_trigger_boundaries(body: dict[str, Any], attr: str, expected: Any) -> None:
@@ -600,8 +711,10 @@ def test_trigger_400(body: Any, message: str) -> None:
     [
         ({"priority": 11}, "invalid trigger item for item 3: priority must be between 0 and 10"),
         ({"ttl_secs": "x"}, "invalid trigger item for item 3: ttl_secs must be an integer"),
-        ({"scheduled_at": "2020-01-01T00:00:00Z"},
-         "invalid trigger item for item 3: scheduled_at must not be in the past"),
+        (
+            {"scheduled_at": "2020-01-01T00:00:00Z"},
+            "invalid trigger item for item 3: scheduled_at must not be in the past",
+        ),
         ({"tags": {"": "v"}}, "invalid trigger item for item 3: tag keys must be 1-64 characters"),
         ("x", "invalid trigger item for item 3: invalid request body: expected a JSON object"),
     ],

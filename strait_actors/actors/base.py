@@ -77,8 +77,12 @@ class SupervisedActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self.cleanup()
 
-    def on_failure(self, exception_type: type[BaseException] | None, exception_value: BaseException | None,
-                   traceback: TracebackType | None) -> None:
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         try:
             self.cleanup()
         finally:

@@ -55,6 +55,5 @@ class Clock:
                     return
                 _at, _seq, name, message, interval = heapq.heappop(self._heap)
                 if interval:
-                    heapq.heappush(self._heap, (time.monotonic() + interval, next(self._seq), name, message,
-                                                interval))
+                    heapq.heappush(self._heap, (time.monotonic() + interval, next(self._seq), name, message, interval))
             self.registry.tell(name, message)

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 
 from strait_actors import outbound
-from strait_actors.aio import new_event_loop
 from strait_actors.actors.base import SupervisedActor, TreeContext
+from strait_actors.aio import new_event_loop
 from strait_actors.messages import (
     ClaimedRun,
     Dispatch,
@@ -80,7 +80,7 @@ class DispatcherPool(SupervisedActor):
             fut = asyncio.run_coroutine_threadsafe(self._drain(grace), self.loop)
             try:
                 fut.result(timeout=grace + 15)
-            except Exception:  # noqa: BLE001 - shutdown must go on; leases cover what is left
+            except Exception:
                 log.exception("drain did not finish")
         self.cleanup()
 
@@ -91,7 +91,7 @@ class DispatcherPool(SupervisedActor):
         if loop.is_running():
             try:
                 asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=10)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("dispatch loop did not close cleanly")
             loop.call_soon_threadsafe(loop.stop)
         if self.thread is not None:
@@ -132,9 +132,13 @@ class DispatcherPool(SupervisedActor):
 
     async def _call(self, run: ClaimedRun) -> None:
         s = self.ctx.settings
-        outcome = await outbound.call(self.client, run, jwt_key=s.jwt_signing_key,
-                                      http_timeout_cap=s.executor_http_timeout_secs,
-                                      max_response_bytes=s.max_response_bytes)
+        outcome = await outbound.call(
+            self.client,
+            run,
+            jwt_key=s.jwt_signing_key,
+            http_timeout_cap=s.executor_http_timeout_secs,
+            max_response_bytes=s.max_response_bytes,
+        )
         self.pending.append(outcome)
         if not self.flushing:
             self.flushing = True

@@ -21,7 +21,6 @@ from strait_actors.store.queue import Queue
 log = logging.getLogger(__name__)
 
 
-
 class Listener:
     """LISTEN on the wake channel in a thread of its own; reconnects with backoff."""
 
@@ -71,8 +70,7 @@ class Poller(SupervisedActor):
 
     def started(self) -> None:
         self.conn = queue.connect(self.ctx.dsn)
-        self.queue = Queue(self.conn, worker_id=self.ctx.worker_id,
-                           lease_secs=self.ctx.settings.stale_threshold_secs)
+        self.queue = Queue(self.conn, worker_id=self.ctx.worker_id, lease_secs=self.ctx.settings.stale_threshold_secs)
         self.listener = Listener(self.ctx.dsn, self._notified)
         self.listener.start()
         self.ctx.registry.tell("dispatcher", ReportCapacity())

@@ -43,14 +43,20 @@ class RestartPolicy:
 
     def delay(self, recent: int) -> float:
         d = min(self.base_delay * 2 ** max(0, recent - 1), self.max_delay)
-        return d * random.uniform(0.8, 1.2)
+        return float(d * random.uniform(0.8, 1.2))
 
 
 class Supervisor(pykka.ThreadingActor):
     """Owns the clock and the children of one worker process."""
 
-    def __init__(self, ctx: TreeContext, clock: Clock, children: list[ChildSpec],
-                 policy: RestartPolicy | None = None, failed: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        ctx: TreeContext,
+        clock: Clock,
+        children: list[ChildSpec],
+        policy: RestartPolicy | None = None,
+        failed: threading.Event | None = None,
+    ) -> None:
         super().__init__()
         self.ctx = ctx
         self.clock = clock
@@ -88,8 +94,7 @@ class Supervisor(pykka.ThreadingActor):
         while self.restarts and self.restarts[0] < now - self.policy.window:
             self.restarts.popleft()
         if len(self.restarts) > self.policy.max_restarts:
-            log.critical("restart intensity exceeded (%d in %.0f s); giving up", len(self.restarts),
-                         self.policy.window)
+            log.critical("restart intensity exceeded (%d in %.0f s); giving up", len(self.restarts), self.policy.window)
             self.failed.set()
             return
         self.restart_counts[message.name] = self.restart_counts.get(message.name, 0) + 1

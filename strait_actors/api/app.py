@@ -32,8 +32,7 @@ async def preconditions(request: web.Request, handler: Handler) -> web.StreamRes
         if request.method in ("POST", "PUT", "PATCH"):
             ctype = request.headers.get("Content-Type")
             has_body = request.content_length not in (None, 0) or request.headers.get("Transfer-Encoding")
-            if (ctype is not None or has_body) and (ctype or "").split(";")[0].strip().lower() != \
-                    "application/json":
+            if (ctype is not None or has_body) and (ctype or "").split(";")[0].strip().lower() != "application/json":
                 raise ApiError(415, "unsupported media type: send application/json")
     return await handler(request)
 
@@ -46,7 +45,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     redis = None
     if settings.redis_url:
-        import redis.asyncio as aioredis  # noqa: PLC0415 - only with REDIS_URL
+        import redis.asyncio as aioredis
 
         redis = aioredis.Redis.from_url(settings.redis_url)
     app[LIMITER] = RateLimiter(settings.rate_limit_requests, settings.trigger_rate_limit_requests, redis)

@@ -93,7 +93,7 @@ class TriggerBatcher:
                 groups = self._take()
                 try:
                     await self._write(groups)
-                except Exception as exc:  # noqa: BLE001 - every caller must get an answer
+                except Exception as exc:
                     for _runs, fut in groups:
                         if not fut.done():
                             fut.set_exception(exc)
@@ -119,8 +119,7 @@ class TriggerBatcher:
                 if not fut.done():
                     fut.set_result(receipts)
 
-    async def _write_each(self, conn: Any,
-                          groups: list[tuple[list[NewRun], asyncio.Future[list[Receipt]]]]) -> None:
+    async def _write_each(self, conn: Any, groups: list[tuple[list[NewRun], asyncio.Future[list[Receipt]]]]) -> None:
         for group, fut in groups:
             try:
                 inserted = await store.insert_runs(conn, group)

@@ -20,7 +20,7 @@ async def _db_ok(request: web.Request) -> bool:
     try:
         async with request.app[POOL].connection(timeout=2) as conn:
             await conn.execute("SELECT 1")
-    except Exception:  # noqa: BLE001 - any failure means not ready
+    except Exception:
         return False
     return True
 
@@ -30,8 +30,11 @@ async def health(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"status": "ok", "version": __version__, "timestamp": now_ts()}
     if internal_secret_ok(request):
         db = await _db_ok(request)
-        body.update(edition="self-hosted", uptime_seconds=int(time.monotonic() - request.app[STARTED]),
-                    subsystems={"database": "ok" if db else "down"})
+        body.update(
+            edition="self-hosted",
+            uptime_seconds=int(time.monotonic() - request.app[STARTED]),
+            subsystems={"database": "ok" if db else "down"},
+        )
         if not db:
             body["status"] = "degraded"
     return json_response(body)

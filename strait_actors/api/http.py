@@ -75,8 +75,7 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
         resp = json_response(error_body(request, ApiError(exc.status, message)), exc.status)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        resp = json_response(error_body(request, ApiError(500, "internal server error",
-                                                          code="internal_error")), 500)
+        resp = json_response(error_body(request, ApiError(500, "internal server error", code="internal_error")), 500)
     resp.headers["X-Request-Id"] = rid
     resp.headers["X-API-Version"] = "v1"
     return resp

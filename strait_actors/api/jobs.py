@@ -31,8 +31,9 @@ routes = web.RouteTableDef()
 
 def _url_check(request: web.Request) -> Any:
     s = request.app[SETTINGS]
-    return functools.partial(ssrf.check_url, allow_private=s.allow_private_endpoints,
-                             require_tls=s.endpoint_require_tls)
+    return functools.partial(
+        ssrf.check_url, allow_private=s.allow_private_endpoints, require_tls=s.endpoint_require_tls
+    )
 
 
 async def _off_loop(func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -67,9 +68,12 @@ async def create_job(request: web.Request) -> web.Response:
     body = await read_object(request)
     s = request.app[SETTINGS]
     _project_for_create(request, body)
-    values = await _off_loop(validate_job_create, body,
-                             defaults=JobDefaults(s.default_job_max_attempts, s.default_job_timeout_secs),
-                             url_check=_url_check(request))
+    values = await _off_loop(
+        validate_job_create,
+        body,
+        defaults=JobDefaults(s.default_job_max_attempts, s.default_job_timeout_secs),
+        url_check=_url_check(request),
+    )
     try:
         row = await store.insert_job(request.app[POOL], values["project_id"], values, who.actor)
     except store.SlugTaken:
@@ -87,9 +91,16 @@ async def list_jobs(request: web.Request) -> web.Response:
     tag_key, tag_value = request.query.get("tag_key"), request.query.get("tag_value")
     if tag_value is not None and tag_key is None:
         raise bad_request("tag_value requires tag_key")
-    rows = await store.list_jobs(request.app[POOL], project, slug=request.query.get("slug"), tag_key=tag_key,
-                                 tag_value=tag_value, limit=page.limit + 1, after_ts=page.after_ts,
-                                 after_id=page.after_id)
+    rows = await store.list_jobs(
+        request.app[POOL],
+        project,
+        slug=request.query.get("slug"),
+        tag_key=tag_key,
+        tag_value=tag_value,
+        limit=page.limit + 1,
+        after_ts=page.after_ts,
+        after_id=page.after_id,
+    )
     return json_response(respond(rows, page, render.job))
 
 
@@ -157,5 +168,3 @@ async def get_version(request: web.Request) -> web.Response:
     if row is None:
         raise not_found("version not found")
     return json_response(render.job_version(row))
-
-

@@ -42,9 +42,12 @@ class RateLimiter:
         used = await self._count(kind, who, n, window)
         if used > limit:
             retry = WINDOW_SECS - int(now) % WINDOW_SECS
-            raise ApiError(429, "rate limit exceeded", code="rate_limited",
-                           headers={"Retry-After": str(retry), "X-RateLimit-Limit": str(limit),
-                                    "X-RateLimit-Remaining": "0"})
+            raise ApiError(
+                429,
+                "rate limit exceeded",
+                code="rate_limited",
+                headers={"Retry-After": str(retry), "X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": "0"},
+            )
 
     async def _count(self, kind: str, who: str, n: int, window: int) -> int:
         if self.redis is not None:
@@ -55,7 +58,7 @@ class RateLimiter:
                     pipe.expire(key, WINDOW_SECS * 2)
                     used, _ = await pipe.execute()
                 return int(used)
-            except Exception as exc:  # noqa: BLE001 - fail open
+            except Exception as exc:
                 log.warning("rate limiter: redis unavailable (%s); not limiting", exc)
                 return 0
         if window != self.window:

@@ -59,8 +59,9 @@ def page_of(request: web.Request, id_kind: str = "uuid") -> Page:
     return Page(limit, after_ts, after_id)
 
 
-def respond(rows: list[dict[str, Any]], page: Page, render: Callable[[dict[str, Any]], dict[str, Any]],
-            key: str = "created_at") -> dict[str, Any]:
+def respond(
+    rows: list[dict[str, Any]], page: Page, render: Callable[[dict[str, Any]], dict[str, Any]], key: str = "created_at"
+) -> dict[str, Any]:
     """Rows were fetched with limit + 1: trim, and point the cursor at the last kept row."""
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]

@@ -19,12 +19,32 @@ from strait_actors.store import projects as store
 
 routes = web.RouteTableDef()
 
-SCOPES = frozenset({
-    "*", "jobs:read", "jobs:write", "jobs:trigger", "runs:read", "runs:write", "workflows:read",
-    "workflows:write", "workflows:trigger", "secrets:read", "secrets:write", "webhooks:read",
-    "webhooks:write", "api-keys:manage", "rbac:manage", "stats:read", "projects:read", "projects:write",
-    "projects:manage", "workers:connect", "dlq:*", "outbox:*",
-})
+SCOPES = frozenset(
+    {
+        "*",
+        "jobs:read",
+        "jobs:write",
+        "jobs:trigger",
+        "runs:read",
+        "runs:write",
+        "workflows:read",
+        "workflows:write",
+        "workflows:trigger",
+        "secrets:read",
+        "secrets:write",
+        "webhooks:read",
+        "webhooks:write",
+        "api-keys:manage",
+        "rbac:manage",
+        "stats:read",
+        "projects:read",
+        "projects:write",
+        "projects:manage",
+        "workers:connect",
+        "dlq:*",
+        "outbox:*",
+    }
+)
 
 
 def _required_str(body: dict[str, Any], name: str, max_len: int = 255, min_len: int = 1) -> str:
@@ -108,9 +128,17 @@ async def create_api_key(request: web.Request) -> web.Response:
     if not who.internal and who.scopes and "*" not in who.scopes and not set(scopes) <= who.scopes:
         raise forbidden("cannot grant scopes the caller does not hold")
     raw = ids.api_key()
-    values = {"id": ids.uuid7(), "project_id": pid, "org_id": body.get("org_id"), "name": name,
-              "key_hash": ids.hash_key(raw), "key_prefix": raw[:12], "scopes": scopes,
-              "environment_id": body.get("environment_id"), "expires_at": _expiry(body)}
+    values = {
+        "id": ids.uuid7(),
+        "project_id": pid,
+        "org_id": body.get("org_id"),
+        "name": name,
+        "key_hash": ids.hash_key(raw),
+        "key_prefix": raw[:12],
+        "scopes": scopes,
+        "environment_id": body.get("environment_id"),
+        "expires_at": _expiry(body),
+    }
     try:
         row = await store.insert_api_key(request.app[POOL], values)
     except psycopg.errors.ForeignKeyViolation:
@@ -136,5 +164,3 @@ async def revoke_api_key(request: web.Request) -> web.Response:
         raise not_found("api key not found")
     request.app[KEYS].forget()
     return json_response(render.api_key(row))
-
-

@@ -20,32 +20,71 @@ def _put(out: dict[str, Any], key: str, value: Any) -> None:
 
 
 def project(row: dict[str, Any]) -> dict[str, Any]:
-    return {"id": row["id"], "org_id": row["org_id"], "name": row["name"],
-            "created_at": ts(row["created_at"]), "updated_at": ts(row["updated_at"])}
+    return {
+        "id": row["id"],
+        "org_id": row["org_id"],
+        "name": row["name"],
+        "created_at": ts(row["created_at"]),
+        "updated_at": ts(row["updated_at"]),
+    }
 
 
 _JOB_FIELDS = (
-    "group_id", "description", "cron", "timezone", "execution_window_cron", "endpoint_url",
-    "fallback_endpoint_url", "tags", "payload_schema", "result_schema", "max_concurrency",
-    "max_concurrency_per_key", "rate_limit_max", "rate_limit_window_secs", "dedup_window_secs",
-    "run_ttl_secs", "debounce_window_secs", "batch_window_secs", "batch_max_size", "retry_strategy",
-    "retry_delays_secs", "pause_reason", "webhook_url", "environment_id", "default_run_metadata",
-    "poison_pill_threshold", "created_by", "updated_by",
+    "group_id",
+    "description",
+    "cron",
+    "timezone",
+    "execution_window_cron",
+    "endpoint_url",
+    "fallback_endpoint_url",
+    "tags",
+    "payload_schema",
+    "result_schema",
+    "max_concurrency",
+    "max_concurrency_per_key",
+    "rate_limit_max",
+    "rate_limit_window_secs",
+    "dedup_window_secs",
+    "run_ttl_secs",
+    "debounce_window_secs",
+    "batch_window_secs",
+    "batch_max_size",
+    "retry_strategy",
+    "retry_delays_secs",
+    "pause_reason",
+    "webhook_url",
+    "environment_id",
+    "default_run_metadata",
+    "poison_pill_threshold",
+    "created_by",
+    "updated_by",
 )
 
 
 def job(row: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": str(row["id"]), "project_id": row["project_id"], "name": row["name"],
-                           "slug": row["slug"]}
+    out: dict[str, Any] = {
+        "id": str(row["id"]),
+        "project_id": row["project_id"],
+        "name": row["name"],
+        "slug": row["slug"],
+    }
     for key in _JOB_FIELDS:
         _put(out, key, row.get(key))
     out.update(
-        max_attempts=row["max_attempts"], timeout_secs=row["timeout_secs"],
-        retry_priority_boost=row["retry_priority_boost"], enabled=row["enabled"], paused=row["paused"],
-        version=row["version"], version_id=row["version_id"], version_policy=row["version_policy"],
-        cron_overlap_policy=row["cron_overlap_policy"], execution_mode=row["execution_mode"],
-        queue=row["queue_name"], queue_name=row["queue_name"],
-        created_at=ts(row["created_at"]), updated_at=ts(row["updated_at"]),
+        max_attempts=row["max_attempts"],
+        timeout_secs=row["timeout_secs"],
+        retry_priority_boost=row["retry_priority_boost"],
+        enabled=row["enabled"],
+        paused=row["paused"],
+        version=row["version"],
+        version_id=row["version_id"],
+        version_policy=row["version_policy"],
+        cron_overlap_policy=row["cron_overlap_policy"],
+        execution_mode=row["execution_mode"],
+        queue=row["queue_name"],
+        queue_name=row["queue_name"],
+        created_at=ts(row["created_at"]),
+        updated_at=ts(row["updated_at"]),
     )
     if row.get("paused_at"):
         out["paused_at"] = ts(row["paused_at"])
@@ -54,19 +93,37 @@ def job(row: dict[str, Any]) -> dict[str, Any]:
 
 _RUN_TIMES = ("scheduled_at", "started_at", "finished_at", "heartbeat_at", "next_retry_at", "expires_at")
 _RUN_OPTIONAL = (
-    "error", "error_class", "parent_run_id", "continuation_of", "workflow_step_run_id", "idempotency_key",
-    "concurrency_key", "batch_id", "job_version_id", "created_by", "replayed_run_id",
+    "error",
+    "error_class",
+    "parent_run_id",
+    "continuation_of",
+    "workflow_step_run_id",
+    "idempotency_key",
+    "concurrency_key",
+    "batch_id",
+    "job_version_id",
+    "created_by",
+    "replayed_run_id",
 )
 
 
 def run(row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "id": str(row["id"]), "job_id": str(row["job_id"]), "project_id": row["project_id"],
-        "status": row["status"], "attempt": row["attempt"], "payload": row["payload"],
-        "tags": row["tags"], "metadata": row["metadata"], "triggered_by": row["triggered_by"],
-        "priority": row["priority"], "lineage_depth": row["lineage_depth"],
-        "job_version": row["job_version"], "debug_mode": row["debug_mode"],
-        "execution_mode": row["execution_mode"], "queue_name": row["queue_name"],
+        "id": str(row["id"]),
+        "job_id": str(row["job_id"]),
+        "project_id": row["project_id"],
+        "status": row["status"],
+        "attempt": row["attempt"],
+        "payload": row["payload"],
+        "tags": row["tags"],
+        "metadata": row["metadata"],
+        "triggered_by": row["triggered_by"],
+        "priority": row["priority"],
+        "lineage_depth": row["lineage_depth"],
+        "job_version": row["job_version"],
+        "debug_mode": row["debug_mode"],
+        "execution_mode": row["execution_mode"],
+        "queue_name": row["queue_name"],
         "created_at": ts(row["created_at"]),
     }
     if row.get("result") is not None:
@@ -82,17 +139,40 @@ def run(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_event(row: dict[str, Any]) -> dict[str, Any]:
-    return {"id": str(row["id"]), "run_id": str(row["run_id"]), "type": row["type"], "level": row["level"],
-            "message": row["message"], "data": row["data"], "created_at": ts(row["created_at"])}
+    return {
+        "id": str(row["id"]),
+        "run_id": str(row["run_id"]),
+        "type": row["type"],
+        "level": row["level"],
+        "message": row["message"],
+        "data": row["data"],
+        "created_at": ts(row["created_at"]),
+    }
 
 
 def job_version(row: dict[str, Any]) -> dict[str, Any]:
     snap = dict(row["snapshot"])
-    keep = ("name", "slug", "description", "cron", "payload_schema", "tags", "endpoint_url",
-            "fallback_endpoint_url", "max_attempts", "timeout_secs", "webhook_url", "run_ttl_secs")
-    out: dict[str, Any] = {"id": str(row["id"]), "job_id": str(row["job_id"]), "version": row["version"],
-                           "version_id": row["version_id"],
-                           "backwards_compatible": row["backwards_compatible"]}
+    keep = (
+        "name",
+        "slug",
+        "description",
+        "cron",
+        "payload_schema",
+        "tags",
+        "endpoint_url",
+        "fallback_endpoint_url",
+        "max_attempts",
+        "timeout_secs",
+        "webhook_url",
+        "run_ttl_secs",
+    )
+    out: dict[str, Any] = {
+        "id": str(row["id"]),
+        "job_id": str(row["job_id"]),
+        "version": row["version"],
+        "version_id": row["version_id"],
+        "backwards_compatible": row["backwards_compatible"],
+    }
     for key in keep:
         _put(out, key, snap.get(key))
     out["created_at"] = ts(row["created_at"])
@@ -100,9 +180,14 @@ def job_version(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def api_key(row: dict[str, Any], raw_key: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": str(row["id"]), "project_id": row["project_id"], "name": row["name"],
-                           "key_prefix": row["key_prefix"], "scopes": list(row["scopes"]),
-                           "created_at": ts(row["created_at"])}
+    out: dict[str, Any] = {
+        "id": str(row["id"]),
+        "project_id": row["project_id"],
+        "name": row["name"],
+        "key_prefix": row["key_prefix"],
+        "scopes": list(row["scopes"]),
+        "created_at": ts(row["created_at"]),
+    }
     if raw_key is not None:
         out["key"] = raw_key
     if row.get("expires_at"):

@@ -69,11 +69,17 @@ def _filters(request: web.Request) -> dict[str, Any]:
             raise bad_request("payload_contains must be valid JSON") from None
         contains = orjson.dumps(contains).decode()
     return {
-        "statuses": _statuses(request), "job_id": _uuid_filter(request, "job_id"),
-        "batch_id": _uuid_filter(request, "batch_id"), "triggered_by": qs.get("triggered_by"),
-        "execution_mode": qs.get("execution_mode"), "error_class": qs.get("error_class"),
-        "tag_key": qs.get("tag_key"), "tag_value": qs.get("tag_value"), "meta_key": qs.get("metadata_key"),
-        "meta_value": qs.get("metadata_value"), "payload_contains": contains,
+        "statuses": _statuses(request),
+        "job_id": _uuid_filter(request, "job_id"),
+        "batch_id": _uuid_filter(request, "batch_id"),
+        "triggered_by": qs.get("triggered_by"),
+        "execution_mode": qs.get("execution_mode"),
+        "error_class": qs.get("error_class"),
+        "tag_key": qs.get("tag_key"),
+        "tag_value": qs.get("tag_value"),
+        "meta_key": qs.get("metadata_key"),
+        "meta_value": qs.get("metadata_value"),
+        "payload_contains": contains,
     }
 
 
@@ -82,8 +88,12 @@ async def list_runs(request: web.Request) -> web.Response:
     require(request, "runs:read")
     project = project_scope(request)
     page = page_of(request)
-    filters = _filters(request) | {"project_id": project, "limit": page.limit + 1, "after_ts": page.after_ts,
-                                   "after_id": page.after_id}
+    filters = _filters(request) | {
+        "project_id": project,
+        "limit": page.limit + 1,
+        "after_ts": page.after_ts,
+        "after_id": page.after_id,
+    }
     rows = await store.list_runs(request.app[POOL], filters)
     return json_response(respond(rows, page, render.run))
 
@@ -180,7 +190,12 @@ async def list_events(request: web.Request) -> web.Response:
     require(request, "runs:read")
     run = await load_run(request)
     page = page_of(request, id_kind="int")
-    rows = await store.list_events(request.app[POOL], run["id"], level=request.query.get("level"),
-                                   type_=request.query.get("type"), limit=page.limit + 1,
-                                   after_id=page.after_id)
+    rows = await store.list_events(
+        request.app[POOL],
+        run["id"],
+        level=request.query.get("level"),
+        type_=request.query.get("type"),
+        limit=page.limit + 1,
+        after_id=page.after_id,
+    )
     return json_response(respond(rows, page, render.run_event))

@@ -11,15 +11,15 @@ from strait_actors.settings import Settings
 
 if TYPE_CHECKING:
     from strait_actors.api.auth import KeyCache
-    from strait_actors.api.limits import RateLimiter
     from strait_actors.api.batcher import TriggerBatcher
+    from strait_actors.api.limits import RateLimiter
     from strait_actors.store.jobs import JobCache
 
 SETTINGS = web.AppKey("settings", Settings)
 DSN = web.AppKey("dsn", str)
 POOL = web.AppKey("pool", AsyncConnectionPool)
-KEYS = web.AppKey("keys", "KeyCache")
-LIMITER = web.AppKey("limiter", "RateLimiter")
-BATCHER = web.AppKey("batcher", "TriggerBatcher")
-JOBS = web.AppKey("jobs", "JobCache")
+KEYS: web.AppKey[KeyCache] = web.AppKey("keys")
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+BATCHER: web.AppKey[TriggerBatcher] = web.AppKey("batcher")
+JOBS: web.AppKey[JobCache] = web.AppKey("jobs")
 STARTED = web.AppKey("started", float)

@@ -66,9 +66,11 @@ def _header_key(request: web.Request) -> str | None:
 
 def _trace_metadata(request: web.Request) -> dict[str, str]:
     """W3C trace headers are copied into every run's metadata (and forwarded on dispatch)."""
-    return {key: request.headers[header] for header, key in (("Traceparent", "traceparent"),
-                                                               ("Tracestate", "tracestate"))
-            if request.headers.get(header)}
+    return {
+        key: request.headers[header]
+        for header, key in (("Traceparent", "traceparent"), ("Tracestate", "tracestate"))
+        if request.headers.get(header)
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,18 +92,32 @@ def new_run(ctx: TriggerContext, t: TriggerInput, key: str | None) -> tuple[NewR
     metadata = {**(job["default_run_metadata"] or {}), **t.metadata, **ctx.trace}
     tags = {**job["tags"], **t.tags} if job["tags"] else t.tags
     run = NewRun(
-        id=ids.uuid7(), job_id=job["id"], project_id=job["project_id"], status="delayed" if delayed else "queued",
-        priority=t.priority, payload=payload.decode(), payload_hash=digest, tags=tags, metadata=metadata,
-        triggered_by="manual", scheduled_at=t.scheduled_at if delayed else None, ttl_secs=float(ttl),
-        idempotency_key=key, concurrency_key=t.concurrency_key, batch_id=ctx.batch_id,
-        job_version=job["version"], job_version_id=job["version_id"], created_by=ctx.actor,
+        id=ids.uuid7(),
+        job_id=job["id"],
+        project_id=job["project_id"],
+        status="delayed" if delayed else "queued",
+        priority=t.priority,
+        payload=payload.decode(),
+        payload_hash=digest,
+        tags=tags,
+        metadata=metadata,
+        triggered_by="manual",
+        scheduled_at=t.scheduled_at if delayed else None,
+        ttl_secs=float(ttl),
+        idempotency_key=key,
+        concurrency_key=t.concurrency_key,
+        batch_id=ctx.batch_id,
+        job_version=job["version"],
+        job_version_id=job["version_id"],
+        created_by=ctx.actor,
     )
     return run, digest
 
 
 async def enqueue(request: web.Request, job: Row, runs: list[NewRun]) -> list[Receipt]:
     if not (job["dedup_window_secs"] or job["rate_limit_max"]):
-        return await request.app[BATCHER].submit(runs)
+        receipts: list[Receipt] = await request.app[BATCHER].submit(runs)
+        return receipts
     return await _admitted(request, job, runs)
 
 
@@ -110,18 +126,20 @@ async def _admitted(request: web.Request, job: Row, runs: list[NewRun]) -> list[
     async with request.app[POOL].connection() as conn, conn.transaction():
         await conn.execute(q("lock_job"), {"id": job["id"]})
         if job["rate_limit_max"]:
-            cur = await conn.execute(q("count_recent_runs"),
-                                     {"job_id": job["id"], "window": job["rate_limit_window_secs"] or 60})
+            cur = await conn.execute(
+                q("count_recent_runs"), {"job_id": job["id"], "window": job["rate_limit_window_secs"] or 60}
+            )
             row = await cur.fetchone()
             if row is not None and next(iter(row.values())) + len(runs) > job["rate_limit_max"]:
-                raise ApiError(429, "job rate limit exceeded", code="enqueue_throttled",
-                               headers={"Retry-After": "5"})
+                raise ApiError(429, "job rate limit exceeded", code="enqueue_throttled", headers={"Retry-After": "5"})
         out: list[Receipt | None] = [None] * len(runs)
         fresh: list[tuple[int, NewRun]] = []
         for i, run in enumerate(runs):
             if job["dedup_window_secs"]:
-                cur = await conn.execute(q("recent_run_with_payload"), {
-                    "job_id": job["id"], "payload_hash": run.payload_hash, "window": job["dedup_window_secs"]})
+                cur = await conn.execute(
+                    q("recent_run_with_payload"),
+                    {"job_id": job["id"], "payload_hash": run.payload_hash, "window": job["dedup_window_secs"]},
+                )
                 hit = await cur.fetchone()
                 if hit is not None:
                     out[i] = Receipt(hit["id"], hit["status"], False)
@@ -136,11 +154,19 @@ async def _admitted(request: web.Request, job: Row, runs: list[NewRun]) -> list[
 
 def _dry_run(job: Row, run: NewRun, digest: str, t: TriggerInput) -> web.Response:
     body: dict[str, Any] = {
-        "job": {"id": str(job["id"]), "name": job["name"], "slug": job["slug"],
-                "execution_mode": job["execution_mode"], "queue": job["queue_name"],
-                "timeout_secs": job["timeout_secs"], "max_attempts": job["max_attempts"],
-                "version": job["version"], "version_id": job["version_id"]},
-        "payload_hash": digest, "payload": t.payload if t.payload is not None else {},
+        "job": {
+            "id": str(job["id"]),
+            "name": job["name"],
+            "slug": job["slug"],
+            "execution_mode": job["execution_mode"],
+            "queue": job["queue_name"],
+            "timeout_secs": job["timeout_secs"],
+            "max_attempts": job["max_attempts"],
+            "version": job["version"],
+            "version_id": job["version_id"],
+        },
+        "payload_hash": digest,
+        "payload": t.payload if t.payload is not None else {},
     }
     if run.scheduled_at is not None:
         body["scheduled_at"] = render.ts(run.scheduled_at)
@@ -164,8 +190,9 @@ async def trigger(request: web.Request) -> web.Response:
     (receipt,) = await enqueue(request, job, [run])
     if receipt.idempotency_hit:
         return json_response({"id": str(receipt.id), "status": receipt.status, "idempotency_hit": True})
-    return json_response({"id": str(receipt.id), "status": receipt.status, "payload_hash": digest,
-                          "idempotency_hit": False}, 201)
+    return json_response(
+        {"id": str(receipt.id), "status": receipt.status, "payload_hash": digest, "idempotency_hit": False}, 201
+    )
 
 
 @routes.post("/v1/jobs/{job_id}/trigger/bulk")
@@ -185,5 +212,4 @@ async def trigger_bulk(request: web.Request) -> web.Response:
     receipts = await enqueue(request, job, runs)
     results = [{"id": str(r.id), "status": r.status, "idempotency_hit": r.idempotency_hit} for r in receipts]
     created = sum(1 for r, run in zip(receipts, runs, strict=True) if r.id == run.id)
-    return json_response({"batch_id": str(batch_id), "results": results, "total": len(runs),
-                          "created": created}, 201)
+    return json_response({"batch_id": str(batch_id), "results": results, "total": len(runs), "created": created}, 201)

@@ -10,13 +10,14 @@ always fail with 400 `invalid trigger item for item <n>: <message>`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -89,42 +90,67 @@ _NONNEG = _Int()
 
 # Order = order of `details`; required fields first so `{}` reads naturally.
 _JOB_FIELDS: Final[dict[str, _Spec]] = {
-    "project_id": _Str(), "name": _Str(max_len=255), "slug": _Str(max_len=128, slug=True),
-    "group_id": _Str(), "description": _Str(max_len=2000), "environment_id": _Str(),
-    "cron": _Str(), "timezone": _Str(), "execution_window_cron": _Str(),
-    "endpoint_url": _URL, "fallback_endpoint_url": _URL, "webhook_url": _URL,
-    "endpoint_signing_secret": _SECRET, "webhook_secret": _SECRET,
+    "project_id": _Str(),
+    "name": _Str(max_len=255),
+    "slug": _Str(max_len=128, slug=True),
+    "group_id": _Str(),
+    "description": _Str(max_len=2000),
+    "environment_id": _Str(),
+    "cron": _Str(),
+    "timezone": _Str(),
+    "execution_window_cron": _Str(),
+    "endpoint_url": _URL,
+    "fallback_endpoint_url": _URL,
+    "webhook_url": _URL,
+    "endpoint_signing_secret": _SECRET,
+    "webhook_secret": _SECRET,
     "execution_mode": _Str(choices=frozenset({"http", "worker"})),
     "queue_name": _Str(),
     "version_policy": _Str(choices=frozenset({"pin", "latest", "minor"})),
     "cron_overlap_policy": _Str(choices=frozenset({"allow", "skip", "cancel_running"})),
     "retry_strategy": _Str(choices=frozenset({"exponential", "linear", "fixed", "custom"})),
     "retry_delays_secs": "int_list",
-    "max_attempts": _Int(1, 100), "timeout_secs": _Int(1, None),
-    "retry_priority_boost": _Int(0, 10), "poison_pill_threshold": _Int(1),
-    "max_concurrency": _NONNEG, "max_concurrency_per_key": _NONNEG, "rate_limit_max": _NONNEG,
-    "rate_limit_window_secs": _NONNEG, "dedup_window_secs": _NONNEG,
-    "run_ttl_secs": _Int(0, MAX_TTL_SECS), "debounce_window_secs": _NONNEG,
-    "batch_window_secs": _NONNEG, "batch_max_size": _NONNEG,
-    "enabled": "bool", "tags": "str_map", "default_run_metadata": "str_map",
-    "payload_schema": "json", "result_schema": "json",
-    "on_complete_trigger_job": _Str(), "on_complete_trigger_workflow": _Str(),
-    "on_failure_trigger_job": _Str(), "on_failure_trigger_workflow": _Str(),
-    "on_complete_payload_mapping": "json", "on_failure_payload_mapping": "json",
+    "max_attempts": _Int(1, 100),
+    "timeout_secs": _Int(1, None),
+    "retry_priority_boost": _Int(0, 10),
+    "poison_pill_threshold": _Int(1),
+    "max_concurrency": _NONNEG,
+    "max_concurrency_per_key": _NONNEG,
+    "rate_limit_max": _NONNEG,
+    "rate_limit_window_secs": _NONNEG,
+    "dedup_window_secs": _NONNEG,
+    "run_ttl_secs": _Int(0, MAX_TTL_SECS),
+    "debounce_window_secs": _NONNEG,
+    "batch_window_secs": _NONNEG,
+    "batch_max_size": _NONNEG,
+    "enabled": "bool",
+    "tags": "str_map",
+    "default_run_metadata": "str_map",
+    "payload_schema": "json",
+    "result_schema": "json",
+    "on_complete_trigger_job": _Str(),
+    "on_complete_trigger_workflow": _Str(),
+    "on_failure_trigger_job": _Str(),
+    "on_failure_trigger_workflow": _Str(),
+    "on_complete_payload_mapping": "json",
+    "on_failure_payload_mapping": "json",
 }
 _REQUIRED: Final = ("project_id", "name", "slug")
 _URL_FIELDS: Final = ("endpoint_url", "fallback_endpoint_url", "webhook_url")
 _SECRET_FIELDS: Final = ("webhook_secret", "endpoint_signing_secret")
 # Column defaults; an empty string on these resets to the default rather than NULL (NOT NULL columns).
 _STR_DEFAULTS: Final = {
-    "queue_name": "default", "execution_mode": "http", "version_policy": "pin",
+    "queue_name": "default",
+    "execution_mode": "http",
+    "version_policy": "pin",
     "cron_overlap_policy": "allow",
 }
 # Go's `omitempty` treats 0 as "not sent" on create, so 0 means "use the default" there.
 _ZERO_IS_DEFAULT: Final = frozenset({"max_attempts", "timeout_secs"})
 # A patch cannot move a job between projects (§4.3.4) but may flag a compatible change.
 _PATCH_FIELDS: Final[dict[str, _Spec]] = {
-    **{k: v for k, v in _JOB_FIELDS.items() if k != "project_id"}, "backwards_compatible": "bool",
+    **{k: v for k, v in _JOB_FIELDS.items() if k != "project_id"},
+    "backwards_compatible": "bool",
 }
 
 
@@ -342,15 +368,17 @@ def check_job_invariants(job: Mapping[str, Any]) -> None:
         raise bad_request("endpoint_url is required")
 
 
-def validate_job_create(
-    body: Any, *, defaults: JobDefaults, url_check: UrlCheck | None = None
-) -> dict[str, Any]:
+def validate_job_create(body: Any, *, defaults: JobDefaults, url_check: UrlCheck | None = None) -> dict[str, Any]:
     """POST /v1/jobs body → every `jobs` column the request controls, defaults applied."""
     out = _collect(_require_object(body), patch=False)
     _, out["signing_secret"] = _pop_signing_secret(out)
     filled: dict[str, Any] = {
-        "max_attempts": defaults.max_attempts, "timeout_secs": defaults.timeout_secs,
-        "retry_priority_boost": 1, "enabled": True, "tags": {}, "default_run_metadata": {},
+        "max_attempts": defaults.max_attempts,
+        "timeout_secs": defaults.timeout_secs,
+        "retry_priority_boost": 1,
+        "enabled": True,
+        "tags": {},
+        "default_run_metadata": {},
         **_STR_DEFAULTS,
     }
     for name in _JOB_FIELDS:
@@ -416,7 +444,7 @@ def _parse_rfc3339(text: str) -> datetime:
     if not _RFC3339_RE.match(text):
         raise ValueError(text)  # fromisoformat alone would also take dates without time or zone
     # 3.11's fromisoformat truncates Go's nanoseconds to µs and rejects bad days/offsets
-    return datetime.fromisoformat(text.upper()).astimezone(timezone.utc)
+    return datetime.fromisoformat(text.upper()).astimezone(UTC)
 
 
 def _scheduled_at(raw: Any, now: datetime) -> datetime | None:
@@ -428,7 +456,7 @@ def _scheduled_at(raw: Any, now: datetime) -> datetime | None:
         when = _parse_rfc3339(raw)
     except ValueError:
         raise bad_request("scheduled_at must be a valid RFC3339 timestamp") from None
-    now = now if now.tzinfo is not None else now.replace(tzinfo=timezone.utc)
+    now = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
     if when < now - SCHEDULE_SLACK:
         raise bad_request("scheduled_at must not be in the past")
     if when > now + MAX_SCHEDULE_AHEAD:
@@ -494,10 +522,9 @@ def _dump_clean(payload: Any) -> bytes:
 def canonical_payload(payload: Any) -> tuple[bytes, str]:
     """Compact JSON with sorted keys (§4.3.6) and its lowercase hex SHA-256; None → {}."""
     raw: bytes | None = None
-    try:
+    # a lone surrogate, an int beyond 64 bits or nesting beyond 255 takes the slow path below
+    with contextlib.suppress(TypeError):
         raw = orjson.dumps({} if payload is None else payload, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # lone surrogate, int beyond 64 bits or nesting beyond 255: slow path
-        pass
     if raw is None or b"\\u0000" in raw:  # orjson escapes every NUL, so this finds them all
         try:
             raw = _dump_clean({} if payload is None else payload)

@@ -15,18 +15,54 @@ from strait_actors import ids
 from strait_actors.store.sql import Row, fetch_all, fetch_one, q
 
 COLUMNS = (
-    "name", "slug", "description", "group_id", "cron", "timezone", "execution_window_cron",
-    "cron_overlap_policy", "payload_schema", "result_schema", "tags", "endpoint_url", "fallback_endpoint_url",
-    "signing_secret", "webhook_url", "max_attempts", "timeout_secs", "max_concurrency",
-    "max_concurrency_per_key", "rate_limit_max", "rate_limit_window_secs", "dedup_window_secs",
-    "run_ttl_secs", "debounce_window_secs", "batch_window_secs", "batch_max_size", "retry_strategy",
-    "retry_delays_secs", "retry_priority_boost", "poison_pill_threshold", "enabled", "environment_id",
-    "default_run_metadata", "version_policy", "execution_mode", "queue_name",
+    "name",
+    "slug",
+    "description",
+    "group_id",
+    "cron",
+    "timezone",
+    "execution_window_cron",
+    "cron_overlap_policy",
+    "payload_schema",
+    "result_schema",
+    "tags",
+    "endpoint_url",
+    "fallback_endpoint_url",
+    "signing_secret",
+    "webhook_url",
+    "max_attempts",
+    "timeout_secs",
+    "max_concurrency",
+    "max_concurrency_per_key",
+    "rate_limit_max",
+    "rate_limit_window_secs",
+    "dedup_window_secs",
+    "run_ttl_secs",
+    "debounce_window_secs",
+    "batch_window_secs",
+    "batch_max_size",
+    "retry_strategy",
+    "retry_delays_secs",
+    "retry_priority_boost",
+    "poison_pill_threshold",
+    "enabled",
+    "environment_id",
+    "default_run_metadata",
+    "version_policy",
+    "execution_mode",
+    "queue_name",
 )
 _JSON = ("payload_schema", "result_schema", "tags", "default_run_metadata")
-_DEFAULTS: dict[str, Any] = {"tags": {}, "default_run_metadata": {}, "cron_overlap_policy": "allow",
-                             "retry_priority_boost": 1, "enabled": True, "version_policy": "pin",
-                             "execution_mode": "http", "queue_name": "default"}
+_DEFAULTS: dict[str, Any] = {
+    "tags": {},
+    "default_run_metadata": {},
+    "cron_overlap_policy": "allow",
+    "retry_priority_boost": 1,
+    "enabled": True,
+    "version_policy": "pin",
+    "execution_mode": "http",
+    "queue_name": "default",
+}
 
 
 class SlugTaken(Exception):
@@ -46,8 +82,12 @@ def _params(values: dict[str, Any]) -> dict[str, Any]:
 
 
 async def insert_job(pool: AsyncConnectionPool, project_id: str, values: dict[str, Any], actor: str) -> Row:
-    params = _params(values) | {"id": ids.uuid7(), "project_id": project_id, "version_id": ids.version_id(),
-                                "created_by": actor or None}
+    params = _params(values) | {
+        "id": ids.uuid7(),
+        "project_id": project_id,
+        "version_id": ids.version_id(),
+        "created_by": actor or None,
+    }
     try:
         row = await fetch_one(pool, "insert_job", params)
     except psycopg.errors.UniqueViolation:
@@ -56,38 +96,66 @@ async def insert_job(pool: AsyncConnectionPool, project_id: str, values: dict[st
     return row
 
 
-async def update_job(pool: AsyncConnectionPool, current: Row, changes: dict[str, Any], actor: str,
-                     snapshot_of_current: dict[str, Any]) -> Row:
+async def update_job(
+    pool: AsyncConnectionPool, current: Row, changes: dict[str, Any], actor: str, snapshot_of_current: dict[str, Any]
+) -> Row:
     """New version = current + changes; the outgoing version is snapshotted in the same transaction."""
     merged = {c: current.get(c) for c in COLUMNS} | {k: v for k, v in changes.items() if k in COLUMNS}
-    params = _params(merged) | {"id": current["id"], "version": current["version"],
-                                "version_id": ids.version_id(), "updated_by": actor or None,
-                                "backwards_compatible": bool(changes.get("backwards_compatible", False))}
-    snapshot = {"id": ids.uuid7(), "job_id": current["id"], "version": current["version"],
-                "version_id": current["version_id"],
-                "backwards_compatible": current["backwards_compatible"],
-                "snapshot": Jsonb(snapshot_of_current)}
+    params = _params(merged) | {
+        "id": current["id"],
+        "version": current["version"],
+        "version_id": ids.version_id(),
+        "updated_by": actor or None,
+        "backwards_compatible": bool(changes.get("backwards_compatible", False)),
+    }
+    snapshot = {
+        "id": ids.uuid7(),
+        "job_id": current["id"],
+        "version": current["version"],
+        "version_id": current["version_id"],
+        "backwards_compatible": current["backwards_compatible"],
+        "snapshot": Jsonb(snapshot_of_current),
+    }
     async with pool.connection() as conn, conn.transaction():
         try:
             cur = await conn.execute(q("update_job"), params)
         except psycopg.errors.UniqueViolation:
             raise SlugTaken from None
-        row: Row | None = await cur.fetchone()
+        row: Any = await cur.fetchone()
         if row is None:
             raise VersionConflict
         await conn.execute(q("insert_job_version"), snapshot)
-    return row
+    return row  # type: ignore[no-any-return]
 
 
 async def get_job(pool: AsyncConnectionPool, job_id: uuid.UUID) -> Row | None:
     return await fetch_one(pool, "get_job", {"id": job_id})
 
 
-async def list_jobs(pool: AsyncConnectionPool, project_id: str, *, slug: str | None, tag_key: str | None,
-                    tag_value: str | None, limit: int, after_ts: datetime | None, after_id: Any) -> list[Row]:
-    return await fetch_all(pool, "list_jobs", {"project_id": project_id, "slug": slug, "tag_key": tag_key,
-                                               "tag_value": tag_value, "limit": limit, "after_ts": after_ts,
-                                               "after_id": after_id})
+async def list_jobs(
+    pool: AsyncConnectionPool,
+    project_id: str,
+    *,
+    slug: str | None,
+    tag_key: str | None,
+    tag_value: str | None,
+    limit: int,
+    after_ts: datetime | None,
+    after_id: Any,
+) -> list[Row]:
+    return await fetch_all(
+        pool,
+        "list_jobs",
+        {
+            "project_id": project_id,
+            "slug": slug,
+            "tag_key": tag_key,
+            "tag_value": tag_value,
+            "limit": limit,
+            "after_ts": after_ts,
+            "after_id": after_id,
+        },
+    )
 
 
 async def delete_job(pool: AsyncConnectionPool, job_id: uuid.UUID) -> bool:
@@ -96,17 +164,19 @@ async def delete_job(pool: AsyncConnectionPool, job_id: uuid.UUID) -> bool:
     async with pool.connection() as conn, conn.transaction():
         await conn.execute(q("lock_job"), {"id": job_id})
         cur = await conn.execute(q("job_has_active_runs"), {"id": job_id})
-        row = await cur.fetchone()
-        if row is not None and next(iter(row.values())):
+        active: Any = await cur.fetchone()
+        if active is not None and next(iter(active.values())):
             return False
         await conn.execute(q("delete_job"), {"id": job_id})
     return True
 
 
-async def list_versions(pool: AsyncConnectionPool, job_id: uuid.UUID, limit: int,
-                        after_version: int | None) -> list[Row]:
-    return await fetch_all(pool, "list_job_versions", {"job_id": job_id, "limit": limit,
-                                                       "after_version": after_version})
+async def list_versions(
+    pool: AsyncConnectionPool, job_id: uuid.UUID, limit: int, after_version: int | None
+) -> list[Row]:
+    return await fetch_all(
+        pool, "list_job_versions", {"job_id": job_id, "limit": limit, "after_version": after_version}
+    )
 
 
 async def get_version(pool: AsyncConnectionPool, job_id: uuid.UUID, version_id: str) -> Row | None:
@@ -137,5 +207,3 @@ class JobCache:
 
     def forget(self, job_id: uuid.UUID) -> None:
         self._rows.pop(job_id, None)
-
-

@@ -33,10 +33,12 @@ async def api_key_by_hash(pool: AsyncConnectionPool, digest: str) -> Row | None:
     return await fetch_one(pool, "api_key_by_hash", {"key_hash": digest})
 
 
-async def list_api_keys(pool: AsyncConnectionPool, project_id: str, limit: int,
-                        after_ts: datetime | None, after_id: Any) -> list[Row]:
-    return await fetch_all(pool, "list_api_keys", {"project_id": project_id, "limit": limit,
-                                                   "after_ts": after_ts, "after_id": after_id})
+async def list_api_keys(
+    pool: AsyncConnectionPool, project_id: str, limit: int, after_ts: datetime | None, after_id: Any
+) -> list[Row]:
+    return await fetch_all(
+        pool, "list_api_keys", {"project_id": project_id, "limit": limit, "after_ts": after_ts, "after_id": after_id}
+    )
 
 
 async def revoke_api_key(pool: AsyncConnectionPool, key_id: Any, project_id: str | None) -> Row | None:

@@ -11,7 +11,6 @@ import psycopg
 from strait_actors.messages import ClaimedRun, Outcome
 from strait_actors.store.sql import q
 
-
 # Worker connections run only the queue's statements, whose right plan is always an index walk.
 # On a young or fast-growing job_runs the planner's statistics lag far behind (autoanalyze runs
 # once a minute at best) and it picks a bitmap scan + sort over every queued run: 10 ms per claim
@@ -50,10 +49,19 @@ class Queue:
         promoted = bool(rows and rows[0][13])
         runs = [
             ClaimedRun(
-                id=str(r[0]), job_id=str(r[1]), attempt=r[2], payload=r[3].encode(), lease_id=lease,
-                expires_at=r[4], previous_error=r[5], endpoint_url=r[6] or "", timeout_secs=r[7],
-                max_attempts=r[8], retry_strategy=r[9],
-                retry_delays_secs=tuple(r[10]) if r[10] else None, retry_priority_boost=r[11],
+                id=str(r[0]),
+                job_id=str(r[1]),
+                attempt=r[2],
+                payload=r[3].encode(),
+                lease_id=lease,
+                expires_at=r[4],
+                previous_error=r[5],
+                endpoint_url=r[6] or "",
+                timeout_secs=r[7],
+                max_attempts=r[8],
+                retry_strategy=r[9],
+                retry_delays_secs=tuple(r[10]) if r[10] else None,
+                retry_priority_boost=r[11],
                 signing_secret=r[12],
             )
             for r in rows

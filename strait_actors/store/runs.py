@@ -39,9 +39,26 @@ class NewRun:
     debug_mode: bool = False
 
 
-_INSERT_FIELDS = ("id", "job_id", "project_id", "status", "priority", "payload", "payload_hash", "tags",
-                  "metadata", "triggered_by", "scheduled_at", "idempotency_key", "concurrency_key",
-                  "batch_id", "job_version", "job_version_id", "created_by", "debug_mode")
+_INSERT_FIELDS = (
+    "id",
+    "job_id",
+    "project_id",
+    "status",
+    "priority",
+    "payload",
+    "payload_hash",
+    "tags",
+    "metadata",
+    "triggered_by",
+    "scheduled_at",
+    "idempotency_key",
+    "concurrency_key",
+    "batch_id",
+    "job_version",
+    "job_version_id",
+    "created_by",
+    "debug_mode",
+)
 
 
 def insert_params(runs: list[NewRun]) -> dict[str, list[Any]]:
@@ -76,16 +93,17 @@ async def list_runs(pool: AsyncConnectionPool, filters: dict[str, Any]) -> list[
     return await fetch_all(pool, "list_runs", filters)
 
 
-async def list_dead_letter(pool: AsyncConnectionPool, project_id: str, limit: int,
-                           after_ts: datetime | None, after_id: Any) -> list[Row]:
-    return await fetch_all(pool, "list_dead_letter", {"project_id": project_id, "limit": limit,
-                                                      "after_ts": after_ts, "after_id": after_id})
+async def list_dead_letter(
+    pool: AsyncConnectionPool, project_id: str, limit: int, after_ts: datetime | None, after_id: Any
+) -> list[Row]:
+    return await fetch_all(
+        pool, "list_dead_letter", {"project_id": project_id, "limit": limit, "after_ts": after_ts, "after_id": after_id}
+    )
 
 
 async def cancel_run(pool: AsyncConnectionPool, run_id: uuid.UUID, actor: str) -> Row | None:
     """The canceled run, or None when it was terminal (or vanished) at the time of the write."""
-    return await fetch_one(pool, "cancel_run", {"id": run_id, "sources": fsm.sources(fsm.S.CANCELED),
-                                                "actor": actor})
+    return await fetch_one(pool, "cancel_run", {"id": run_id, "sources": fsm.sources(fsm.S.CANCELED), "actor": actor})
 
 
 async def dlq_replay(pool: AsyncConnectionPool, run_id: uuid.UUID, actor: str) -> Row | None:
@@ -96,14 +114,24 @@ async def replay_run(pool: AsyncConnectionPool, run_id: uuid.UUID, actor: str) -
     return await fetch_one(pool, "replay_run", {"id": run_id, "new_id": ids.uuid7(), "actor": actor or None})
 
 
-async def list_events(pool: AsyncConnectionPool, run_id: uuid.UUID, *, level: str | None, type_: str | None,
-                      limit: int, after_id: int | None) -> list[Row]:
-    return await fetch_all(pool, "list_run_events", {"run_id": run_id, "level": level, "type": type_,
-                                                     "limit": limit, "after_id": after_id})
+async def list_events(
+    pool: AsyncConnectionPool,
+    run_id: uuid.UUID,
+    *,
+    level: str | None,
+    type_: str | None,
+    limit: int,
+    after_id: int | None,
+) -> list[Row]:
+    return await fetch_all(
+        pool, "list_run_events", {"run_id": run_id, "level": level, "type": type_, "limit": limit, "after_id": after_id}
+    )
 
 
-async def bulk_dlq_replay(pool: AsyncConnectionPool, project_id: str, run_ids: list[uuid.UUID] | None,
-                          limit: int, actor: str) -> list[uuid.UUID]:
-    rows = await fetch_all(pool, "bulk_dlq_replay", {"project_id": project_id, "ids": run_ids, "limit": limit,
-                                                     "actor": actor})
+async def bulk_dlq_replay(
+    pool: AsyncConnectionPool, project_id: str, run_ids: list[uuid.UUID] | None, limit: int, actor: str
+) -> list[uuid.UUID]:
+    rows = await fetch_all(
+        pool, "bulk_dlq_replay", {"project_id": project_id, "ids": run_ids, "limit": limit, "actor": actor}
+    )
     return [r["id"] for r in rows]
