@@ -24,6 +24,7 @@ import yarl
 from strait_actors import ssrf
 
 MAX_IDLE_PER_HOST = 512
+MAX_CONNECTING = 32
 
 
 class HttpError(Exception):
@@ -165,6 +166,7 @@ class HttpClient:
     def __init__(self, *, allow_private: bool) -> None:
         self.allow_private = allow_private
         self.idle: dict[tuple[str, str, int], list[_Conn]] = defaultdict(list)
+        self.connecting: dict[tuple[str, str, int], asyncio.Semaphore] = {}
         self._ssl: ssl.SSLContext | None = None
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -195,6 +197,16 @@ class HttpClient:
             raise ConnectionFailed(f"cannot connect to {target.host}:{target.port}: {exc}") from exc
         return conn
 
+    async def _new_or_pooled(self, loop: asyncio.AbstractEventLoop, target: Target) -> _Conn:
+        """Open a connection, at most MAX_CONNECTING at once per host: a burst of hundreds of
+        connects overflows an endpoint's listen backlog (its SYNs are then retried after 1 s)."""
+        gate = self.connecting.get(target.key)
+        if gate is None:
+            gate = self.connecting[target.key] = asyncio.Semaphore(MAX_CONNECTING)
+        async with gate:
+            conn = self._pooled(target.key)  # freed while we waited
+            return conn if conn is not None else await self._connect(loop, target)
+
     def _pooled(self, key: tuple[str, str, int]) -> _Conn | None:
         idle = self.idle.get(key)
         while idle:
@@ -219,7 +231,7 @@ class HttpClient:
                         if conn.got_bytes:
                             raise
                         # the server closed an idle keep-alive connection: once more on a new one
-                conn = await self._connect(loop, target)
+                conn = await self._new_or_pooled(loop, target)
                 return await self._exchange(loop, conn, data, max_body)
         except BaseException:
             if conn is not None:

@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark of `strait --mode all`, measured from outside through the REST API only.
+
+It starts strait once (embedded PostgreSQL in a fresh temp STRAIT_DATA_DIR, or --database-url) and
+a no-op aiohttp endpoint in a separate process that counts deliveries (distinct X-Run-ID and total
+hits) and records time.time() when it first sees each run. Over the public API (internal secret +
+X-Project-Id) it creates project "bench" and a job (max_attempts 1) pointing at the endpoint, then:
+
+- bulk:    N runs via POST /v1/jobs/{id}/trigger/bulk in requests of 500, sent one after another;
+- single:  N runs via POST /v1/jobs/{id}/trigger from --clients concurrent clients;
+  both time first trigger -> the endpoint has seen all N and the last run reads `completed`
+  (runs/s), and for N >= 20000 compare the rate of the first half of runs with the second half
+  (from the endpoint's first-seen times);
+- latency: at idle, 200 single triggers 20 ms apart; latency = endpoint receive time - send time.
+
+A sampler thread reads VmRSS of the strait parent (api), its worker children and the endpoint from
+/proc every 0.25 s; peak RSS, VmHWM and RSS at the start/end of each scenario are printed. The
+script reports and exits 0; it does not judge. Example: python scripts/bench_e2e.py --runs 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+SECRET = "bench-internal-secret-0123456789abcdef"
+FAILED = {"failed", "timed_out", "crashed", "system_failed", "canceled", "expired", "dead_letter"}
+HEADERS = {"Authorization": f"Bearer {SECRET}", "X-Project-Id": "bench", "X-Actor-Id": "bench"}
+ENDPOINT = textwrap.dedent("""
+    import asyncio, sys, time
+    from aiohttp import web
+    DELAY = float(sys.argv[2]) / 1000
+    seen = {}  # run id -> time.time() of its first delivery
+    hits = 0
+    async def job(request):
+        global hits
+        await request.read()
+        now = time.time()
+        hits += 1
+        seen.setdefault(request.headers.get("X-Run-ID", ""), now)
+        if DELAY:
+            await asyncio.sleep(DELAY)
+        return web.json_response({"ok": True})
+    async def count(request):  # GET /count?all=1 adds the first-seen time of every run
+        return web.json_response({"count": len(seen), "hits": hits, "seen": seen if "all" in request.query else {}})
+    app = web.Application()
+    app.add_routes([web.post("/job", job), web.get("/count", count)])
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, backlog=4096)
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM of a process in kB; {} once it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: int(v.split()[0]) for k, _, v in (ln.partition(":") for ln in lines) if k in ("VmRSS", "VmHWM")}
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+class MemSampler(threading.Thread):
+    """VmRSS of strait's parent (api), its worker children and the endpoint, every 0.25 s."""
+
+    def __init__(self, api_pid: int, endpoint_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.api_pid, self.roles = api_pid, {api_pid: "api", endpoint_pid: "endpoint"}
+        self.peak: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.hwm: dict[int, int] = {}
+        self.marks: list[tuple[str, dict[int, int]]] = []  # (scenario, RSS) at its start, then its end
+        self.lock = threading.Lock()
+
+    def sample(self) -> None:
+        with self.lock:
+            for c in children(self.api_pid):  # a restarted worker shows up as a new worker-N
+                with contextlib.suppress(OSError):  # gone between listing and reading
+                    if c not in self.roles and b"--worker-child" in Path(f"/proc/{c}/cmdline").read_bytes():
+                        self.roles[c] = f"worker-{sum(r.startswith('worker') for r in self.roles.values()) + 1}"
+            for pid in self.roles:
+                if "VmRSS" in (st := proc_status(pid)):
+                    self.last[pid], self.hwm[pid] = st["VmRSS"], st.get("VmHWM", 0)
+                    self.peak[pid] = max(self.peak.get(pid, 0), st["VmRSS"])
+
+    def run(self) -> None:
+        while True:
+            time.sleep(0.25)
+            self.sample()
+
+    def mark(self, label: str) -> None:
+        self.sample()
+        with self.lock:
+            self.marks.append((label, dict(self.last)))
+
+    def report(self) -> list[str]:
+        self.sample()
+        lines = []
+        for pid, role in sorted(self.roles.items(), key=lambda x: x[1]):
+            flow = " ".join(
+                f"{a[0]} {a[1].get(pid, 0) / 1024:.0f}->{b[1].get(pid, 0) / 1024:.0f}"
+                for a, b in zip(self.marks[::2], self.marks[1::2], strict=False)
+            )
+            lines.append(
+                f"memory: {role:<9} pid={pid:<7} peak_rss_mib={self.peak.get(pid, 0) / 1024:.0f} "
+                f"vmhwm_mib={self.hwm.get(pid, 0) / 1024:.0f}  rss_mib start->end: {flow}"
+            )
+        return lines
+
+
+async def check(r: aiohttp.ClientResponse) -> Any:
+    body = await r.json(content_type=None)
+    if r.status >= 300:
+        raise SystemExit(f"{r.method} {r.url.path} answered {r.status}: {str(body)[:300]}")
+    return body
+
+
+async def answers(s: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with s.get(url) as r:
+            return r.status < 500
+    except aiohttp.ClientError:
+        return False
+
+
+class Bench:
+    def __init__(self, s: aiohttp.ClientSession, base: str, ep: str, job: str, args: argparse.Namespace) -> None:
+        self.s, self.base, self.ep, self.job, self.args = s, base, ep, job, args
+
+    async def count(self) -> dict[str, Any]:
+        async with self.s.get(f"{self.ep}/count") as r:
+            return dict(await r.json())
+
+    async def seen(self) -> dict[str, float]:
+        async with self.s.get(f"{self.ep}/count?all=1") as r:
+            return dict((await r.json())["seen"])
+
+    async def status(self, run_id: str) -> dict[str, Any]:
+        async with self.s.get(f"{self.base}/v1/runs/{run_id}") as r:
+            return dict(await check(r))
+
+    async def wait_seen(self, label: str, ids: list[str], before: int, t0: float, deadline: float) -> None:
+        """Until the endpoint has seen all `ids`; progress every 10 s; fail fast when runs fail."""
+        next_print = time.monotonic() + 10
+        while (seen := int((await self.count())["count"]) - before) < len(ids):
+            if time.monotonic() > next_print:
+                next_print += 10
+                run = await self.status(ids[0])
+                print(
+                    f"{label}: ... endpoint saw {seen}/{len(ids)} after {time.monotonic() - t0:.0f} s; "
+                    f"first run {run.get('status')}",
+                    flush=True,
+                )
+                if run.get("status") in FAILED:
+                    raise SystemExit(f"{label}: run {ids[0]} ended {run['status']}: {run.get('error')}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{label}: timed out: the endpoint saw {seen}/{len(ids)} runs")
+            await asyncio.sleep(0.05)
+
+    async def trigger(self, i: int) -> str:
+        async with self.s.post(f"{self.base}/v1/jobs/{self.job}/trigger", json={"payload": {"i": i}}) as r:
+            return str((await check(r))["id"])
+
+    async def throughput(self, mode: str) -> str:
+        n, before = self.args.runs, await self.count()
+        ids: list[str] = []
+        t0, t0_wall = time.monotonic(), time.time()
+        if mode == "bulk":
+            for i in range(0, n, 500):
+                items = [{"payload": {"i": k}} for k in range(i, min(n, i + 500))]
+                async with self.s.post(f"{self.base}/v1/jobs/{self.job}/trigger/bulk", json={"items": items}) as r:
+                    ids += [x["id"] for x in (await check(r))["results"]]
+        else:
+            todo = iter(range(n))
+
+            async def client() -> None:
+                for k in todo:
+                    ids.append(await self.trigger(k))
+
+            await asyncio.gather(*[client() for _ in range(self.args.clients)])
+        t_trig = time.monotonic() - t0
+        deadline = time.monotonic() + 120 + n / 50 + n * self.args.endpoint_delay_ms / 1000 / 100
+
+        await self.wait_seen(mode, ids, before["count"], t0, deadline)
+        t_seen = time.monotonic() - t0
+        while (last := (await self.status(ids[-1])).get("status")) != "completed":
+            if last in FAILED or time.monotonic() > deadline:
+                raise SystemExit(f"{mode}: run {ids[-1]} is {last}, not completed")
+            await asyncio.sleep(0.02)
+        total = time.monotonic() - t0
+        after = await self.count()
+        hits = after["hits"] - before["hits"]
+        print(
+            f"{mode}: triggered {n} in {t_trig:.2f} s ({n / t_trig:.0f}/s); endpoint saw all after "
+            f"{t_seen:.2f} s; last run completed after {total:.2f} s; endpoint hits {hits} "
+            f"(duplicates {hits - n})",
+            flush=True,
+        )
+        if n >= 20000:
+            seen = await self.seen()
+            ts = sorted(seen[i] for i in ids if i in seen)
+            h = len(ts) // 2
+            first, second = ts[h - 1] - t0_wall, ts[-1] - ts[h - 1]
+            r1, r2 = h / first, (len(ts) - h) / second
+            print(
+                f"{mode}: first half {h} runs in {first:.2f} s ({r1:.0f}/s), second half {len(ts) - h} in "
+                f"{second:.2f} s ({r2:.0f}/s): second half rate {(r2 / r1 - 1) * 100:+.1f} % vs the first"
+            )
+        return f"{mode}: runs_per_s={n / total:.0f} (N={n}, delay={self.args.endpoint_delay_ms}ms)"
+
+    async def latency(self) -> str:
+        n, before = 200, await self.count()
+        sent: dict[str, float] = {}
+        start = time.monotonic() + 0.1
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(max(0.0, start + i * 0.02 - time.monotonic()))
+            t = time.time()
+            sent[await self.trigger(i)] = t
+
+        await asyncio.gather(*[one(i) for i in range(n)])
+
+        await self.wait_seen("latency", list(sent), before["count"], start, time.monotonic() + 60)
+        seen = await self.seen()
+        lat = sorted((seen[i] - t) * 1000 for i, t in sent.items())
+        p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        print(
+            f"latency: {n} triggers 20 ms apart; min {lat[0]:.1f} ms, p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+            f"max {lat[-1]:.1f} ms",
+            flush=True,
+        )
+        return f"latency: p50_ms={p50:.1f} p99_ms={p99:.1f}"
+
+
+async def bench(
+    args: argparse.Namespace, port: int, eport: int, strait: subprocess.Popen[bytes], mem: MemSampler, log: Path
+) -> list[str]:
+    base, ep = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{eport}"
+    async with aiohttp.ClientSession(
+        headers=HEADERS,
+        timeout=aiohttp.ClientTimeout(total=120),
+        connector=aiohttp.TCPConnector(limit=max(args.clients, 10)),
+    ) as s:
+        deadline = time.monotonic() + 180
+        for url in (f"{ep}/count", f"{base}/health"):
+            while not await answers(s, url):
+                if strait.poll() is not None or time.monotonic() > deadline:
+                    print(log.read_text(errors="replace")[-3000:])
+                    raise SystemExit(f"no answer from {url}")
+                await asyncio.sleep(0.3)
+        await check(await s.post(f"{base}/v1/projects", json={"id": "bench", "org_id": "bench", "name": "Bench"}))
+        job = await check(
+            await s.post(
+                f"{base}/v1/jobs",
+                json={
+                    "project_id": "bench",
+                    "name": "Noop",
+                    "slug": "noop",
+                    "endpoint_url": f"{ep}/job",
+                    "max_attempts": 1,
+                    "timeout_secs": 30,
+                },
+            )
+        )
+        b = Bench(s, base, ep, str(job["id"]), args)
+        t = time.monotonic()  # one run end to end first: the workers are up and dispatch works
+        await b.wait_seen("warm-up", [await b.trigger(-1)], 0, t, t + 60)
+        summary = []
+        for sc in ("bulk", "single", "latency"):
+            if args.scenario in (sc, "all"):
+                mem.mark(sc)
+                summary.append(await (b.latency() if sc == "latency" else b.throughput(sc)))
+                mem.mark(sc)
+        await asyncio.sleep(1.0)  # late duplicates show in the final count
+        c = await b.count()
+        print(f"endpoint total: {c['hits']} hits for {c['count']} distinct runs (duplicates {c['hits'] - c['count']})")
+        return summary
+
+
+def stop_group(p: subprocess.Popen[bytes], grace: float) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=grace)
+    except (OSError, subprocess.TimeoutExpired):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20000)
+    ap.add_argument("--database-url", default="", help="default: embedded PostgreSQL in a temp data dir")
+    ap.add_argument("--endpoint-delay-ms", type=int, default=0)
+    ap.add_argument("--scenario", choices=["bulk", "single", "latency", "all"], default="all")
+    ap.add_argument("--clients", type=int, default=64, help="concurrent clients of the single scenario")
+    ap.add_argument("--processes", type=int, help="passed to strait --processes")
+    ap.add_argument("--strait", default=os.path.join(os.path.dirname(sys.executable), "strait"))
+    ap.add_argument("--keep", action="store_true", help="keep the temp data dir (server.log, database)")
+    args = ap.parse_args()
+    port, eport = free_port(), free_port()
+    data = Path(tempfile.mkdtemp(prefix="strait-bench-"))
+    log = data / "server.log"
+    env = dict(
+        os.environ,
+        PORT=str(port),
+        STRAIT_DATA_DIR=str(data),
+        INTERNAL_SECRET=SECRET,
+        JWT_SIGNING_KEY="bench-jwt-signing-key-0123456789abcdef0123",
+        ALLOW_PRIVATE_ENDPOINTS="true",
+        LOG_LEVEL="warn",
+    )
+    for k in ("DATABASE_URL", "REDIS_URL"):
+        env.pop(k, None)
+    if args.database_url:
+        env["DATABASE_URL"] = args.database_url
+    cmd = [*args.strait.split(), "--mode", "all"] + (["--processes", str(args.processes)] if args.processes else [])
+    procs: list[subprocess.Popen[bytes]] = []
+    mem: MemSampler | None = None
+    ok = False
+    try:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", ENDPOINT, str(eport), str(args.endpoint_delay_ms)], start_new_session=True
+            )
+        )
+        with open(log, "wb") as out:
+            procs.append(
+                subprocess.Popen(cmd, env=env, cwd=data, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            )
+        mem = MemSampler(procs[1].pid, procs[0].pid)
+        mem.start()
+        summary = asyncio.run(bench(args, port, eport, procs[1], mem, log))
+        ok = True
+    finally:
+        try:
+            for line in mem.report() if mem else []:
+                print(line)
+            bad = [
+                ln
+                for ln in (log.read_text(errors="replace") if log.exists() else "").splitlines()
+                if any(w in ln for w in ("ERROR", "WARNING", "Traceback", "CRITICAL", "Error"))
+            ]
+            print(f"server log: {len(bad)} warning/error lines" + "".join(f"\n  {ln[:300]}" for ln in bad[:15]))
+        finally:
+            for p in reversed(procs):
+                stop_group(p, 60)
+            pidfile = data / "pg" / "postmaster.pid"  # embedded postgres runs in its own session
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pg = int(pidfile.read_text().split()[0])
+                if b"postgres" in Path(f"/proc/{pg}/cmdline").read_bytes():
+                    os.kill(pg, signal.SIGTERM)
+            if args.keep or not ok:
+                print(f"data dir kept: {data}")
+            else:
+                shutil.rmtree(data, ignore_errors=True)
+    for line in summary:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
