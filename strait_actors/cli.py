@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import psycopg
+
 from strait_actors import runtime
 from strait_actors.settings import SettingsError, load
 
@@ -29,14 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     runtime.configure_logging(settings)
     if args.worker_child:
         return runtime.run_worker_child(settings)
-    if args.command == "migrate":
-        p = runtime.prepare(settings)
-        print(f"migrations applied; database ready ({'embedded' if p.embedded_pg else 'DATABASE_URL'})")
-        return 0
     if args.processes is not None and args.processes < 1:
         print("strait: --processes: must be at least 1", file=sys.stderr)
         return 2
-    return runtime.run(args.mode, settings, args.processes)
+    try:
+        if args.command == "migrate":
+            p = runtime.prepare(settings)
+            print(f"migrations applied; database ready ({'embedded' if p.embedded_pg else 'DATABASE_URL'})")
+            return 0
+        return runtime.run(args.mode, settings, args.processes)
+    except psycopg.OperationalError as exc:
+        reason = " ".join(str(exc).split())
+        print(f"strait: cannot use the database: {reason}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
