@@ -407,25 +407,6 @@ WITH cur AS (
 )
 SELECT * FROM upd
 
--- name: dlq_replay
--- Put a dead-lettered run back in the queue in place: attempt 1, errors and times cleared, fresh TTL.
-WITH upd AS (
-    UPDATE job_runs r SET status = 'queued', attempt = 1, error = NULL, error_class = NULL, result = NULL,
-        started_at = NULL, finished_at = NULL, heartbeat_at = NULL, next_retry_at = NULL,
-        expires_at = now() + make_interval(secs => COALESCE(j.run_ttl_secs, j.timeout_secs + 60))
-    FROM jobs j
-    WHERE r.id = %(id)s AND r.status = 'dead_letter' AND j.id = r.job_id
-    RETURNING r.*
-), ev AS (
-    INSERT INTO run_events (run_id, type, message, data)
-    SELECT id, 'state_change', 'dead_letter -> queued (dlq replay)',
-           jsonb_build_object('from', 'dead_letter', 'to', 'queued', 'attempt', 1, 'actor', %(actor)s::text)
-    FROM upd
-), wake AS (
-    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM upd LIMIT 1) q
-)
-SELECT upd.*, (SELECT count(*) FROM wake) AS woke FROM upd
-
 -- name: replay_run
 -- A new run from a finished one: same payload, tags, priority and job version; attempt 1; queued.
 WITH src AS (
@@ -453,11 +434,13 @@ WHERE run_id = %(run_id)s
 ORDER BY id
 LIMIT %(limit)s
 
--- name: bulk_dlq_replay
--- Put many dead-lettered runs back in the queue in one statement (by ids, or the project's oldest N).
+-- name: dlq_replay
+-- Put dead-lettered runs back in the queue in place (by ids, or a project's oldest N): attempt 1,
+-- errors and times cleared, a fresh TTL. One statement for one run or five hundred.
 WITH pick AS (
     SELECT r.id FROM job_runs r
-    WHERE r.status = 'dead_letter' AND r.project_id = %(project_id)s
+    WHERE r.status = 'dead_letter'
+      AND (%(project_id)s::text IS NULL OR r.project_id = %(project_id)s)
       AND (%(ids)s::uuid[] IS NULL OR r.id = ANY(%(ids)s))
     ORDER BY r.created_at
     LIMIT %(limit)s
@@ -468,13 +451,13 @@ WITH pick AS (
         expires_at = now() + make_interval(secs => COALESCE(j.run_ttl_secs, j.timeout_secs + 60))
     FROM pick, jobs j
     WHERE r.id = pick.id AND j.id = r.job_id
-    RETURNING r.id
+    RETURNING r.*
 ), ev AS (
     INSERT INTO run_events (run_id, type, message, data)
-    SELECT id, 'state_change', 'dead_letter -> queued (bulk dlq replay)',
+    SELECT id, 'state_change', 'dead_letter -> queued (dlq replay)',
            jsonb_build_object('from', 'dead_letter', 'to', 'queued', 'attempt', 1, 'actor', %(actor)s::text)
     FROM upd
 ), wake AS (
     SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM upd LIMIT 1) q
 )
-SELECT upd.id, (SELECT count(*) FROM wake) AS woke FROM upd
+SELECT upd.*, (SELECT count(*) FROM wake) AS woke FROM upd

@@ -107,7 +107,7 @@ async def cancel_run(pool: AsyncConnectionPool, run_id: uuid.UUID, actor: str) -
 
 
 async def dlq_replay(pool: AsyncConnectionPool, run_id: uuid.UUID, actor: str) -> Row | None:
-    return await fetch_one(pool, "dlq_replay", {"id": run_id, "actor": actor})
+    return await fetch_one(pool, "dlq_replay", {"ids": [run_id], "project_id": None, "limit": 1, "actor": actor})
 
 
 async def replay_run(pool: AsyncConnectionPool, run_id: uuid.UUID, actor: str) -> Row | None:
@@ -132,6 +132,6 @@ async def bulk_dlq_replay(
     pool: AsyncConnectionPool, project_id: str, run_ids: list[uuid.UUID] | None, limit: int, actor: str
 ) -> list[uuid.UUID]:
     rows = await fetch_all(
-        pool, "bulk_dlq_replay", {"project_id": project_id, "ids": run_ids, "limit": limit, "actor": actor}
+        pool, "dlq_replay", {"project_id": project_id, "ids": run_ids, "limit": limit, "actor": actor}
     )
     return [r["id"] for r in rows]
