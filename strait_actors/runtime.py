@@ -36,6 +36,7 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if level != "DEBUG":
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+        logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs initdb's whole output at INFO
 
 
 def prepare(settings: Settings) -> Prepared:

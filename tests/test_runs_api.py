@@ -50,3 +50,60 @@ def test_a_retry_carries_the_previous_error(strait: Server, endpoint: Endpoint) 
     assert "X-Previous-Error" not in first["headers"]
     assert retry["headers"]["X-Previous-Error"] == "endpoint returned 503"
     assert retry["headers"]["X-Run-Token"] != first["headers"]["X-Run-Token"], "a fresh token per attempt"
+
+
+def test_a_timeout_is_retried_then_ends_timed_out(strait: Server, endpoint: Endpoint) -> None:
+    import asyncio
+
+    async def hang(_: dict[str, Any]) -> dict[str, bool]:
+        await asyncio.sleep(5)
+        return {"late": True}
+
+    endpoint.behave = hang
+    with strait.client("p") as c:
+        job = _job(c, endpoint, max_attempts=2, timeout_secs=1, retry_strategy="fixed")
+        run_id = c.post(f"/v1/jobs/{job}/trigger", json={}).json()["id"]
+        final = wait_for(
+            lambda: (r := c.get(f"/v1/runs/{run_id}").json())["status"] == "timed_out" and r, what="timed_out"
+        )
+    assert (final["attempt"], final["error"], final["error_class"]) == (2, "execution timed out", "transient")
+    assert len(endpoint.requests) == 2
+
+
+def test_dedup_window_and_job_rate_limit(strait: Server, endpoint: Endpoint) -> None:
+    with strait.client("p") as c:
+        job = _job(c, endpoint, dedup_window_secs=60, rate_limit_max=3, rate_limit_window_secs=60)
+        first = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"a": 1, "b": 2}})
+        again = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"b": 2, "a": 1}})  # same canonical payload
+        assert first.status_code == again.status_code == 201
+        assert again.json()["id"] == first.json()["id"] and again.json()["idempotency_hit"] is False
+        assert c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"a": 2}}).status_code == 201
+        assert c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"a": 3}}).status_code == 201
+        refused = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"a": 4}})
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "enqueue_throttled"
+        assert len(c.get("/v1/runs", params={"job_id": job}).json()["data"]) == 3
+
+
+def test_run_list_filters_by_status_and_job(strait: Server, endpoint: Endpoint) -> None:
+    with strait.client("p") as c:
+        job = _job(c, endpoint)
+        other = c.post(
+            "/v1/jobs", json={"project_id": "p", "name": "K", "slug": "k", "endpoint_url": endpoint.url}
+        ).json()["id"]
+        done = c.post(f"/v1/jobs/{job}/trigger", json={}).json()["id"]
+        later = c.post(f"/v1/jobs/{other}/trigger", json={"scheduled_at": "2999-01-01T00:00:00Z"})
+        assert later.status_code == 400  # more than 30 days ahead
+        soon = c.post(f"/v1/jobs/{other}/trigger", json={"scheduled_at": _in(3600)}).json()["id"]
+        wait_for(lambda: c.get(f"/v1/runs/{done}").json()["status"] == "completed", what="completed")
+        ids = lambda **q: [r["id"] for r in c.get("/v1/runs", params=q).json()["data"]]  # noqa: E731
+        assert ids(status="completed") == [done]
+        assert ids(status="delayed") == [soon]
+        assert ids(job_id=other) == [soon]
+        assert sorted(ids(statuses=["delayed", "completed"])) == sorted([done, soon])
+        assert c.get("/v1/runs", params={"status": "bogus"}).status_code == 400
+
+
+def _in(seconds: int) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
