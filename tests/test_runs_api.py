@@ -107,3 +107,29 @@ def _in(seconds: int) -> str:
     from datetime import UTC, datetime, timedelta
 
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+def test_a_lost_database_is_a_503_not_a_500(dsn: str, pg_dsn: str, tmp_path: Any) -> None:
+    import psycopg
+
+    from tests.conftest import start_strait, stop_strait
+
+    server = start_strait({"DATABASE_URL": dsn, "DB_POOL_SIZE": "2"}, tmp_path, mode="api")
+    try:
+        with server.client("p") as c:
+            assert c.get("/v1/runs").status_code == 200
+            name = dsn.split("/")[3].split("?")[0]
+            with psycopg.connect(pg_dsn, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            try:
+                r = c.get("/v1/runs")
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "service_unavailable"
+                assert c.get("/health/ready").status_code == 503
+            finally:
+                with psycopg.connect(pg_dsn, autocommit=True) as admin:
+                    admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            wait_for(lambda: c.get("/v1/runs").status_code == 200, what="recovery")
+    finally:
+        stop_strait(server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -19,6 +20,18 @@ from strait_actors.store.jobs import JobCache
 from strait_actors.store.sql import make_pool
 
 _ACCEPTABLE = ("", "*/*", "application/json", "application/*", "application/x-ndjson", "text/csv")
+
+
+@web.middleware
+async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """REQUEST_TIMEOUT bounds every /v1 handler (api.md §2.5): a stuck request answers 503."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].request_timeout_secs):
+            return await handler(request)
+    except TimeoutError:
+        raise ApiError(503, "request timed out", headers={"Retry-After": "1"}) from None
 
 
 @web.middleware
@@ -57,7 +70,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
     app = web.Application(
-        middlewares=[envelope, preconditions, auth_middleware, limit_middleware],
+        middlewares=[envelope, deadline, preconditions, auth_middleware, limit_middleware],
         client_max_size=settings.max_request_body_size,
     )
     app[SETTINGS] = settings

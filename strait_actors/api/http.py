@@ -9,7 +9,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import psycopg
 from aiohttp import web
+from psycopg_pool import PoolTimeout
 
 from strait_actors.api.state import SETTINGS
 from strait_actors.api.validation import parse_json_body
@@ -65,6 +67,12 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
     request[REQUEST_ID] = rid
     try:
         resp = await handler(request)
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        # the database is unreachable or saturated: a retryable 503, not a bug
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
+        err = ApiError(503, "database unavailable, retry shortly", headers={"Retry-After": "1"})
+        resp = json_response(error_body(request, err), 503)
+        resp.headers.update(err.headers)
     except ApiError as err:
         resp = json_response(error_body(request, err), err.status)
         resp.headers.update(err.headers)
