@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from strait_actors.api import health, jobs, projects, runs, triggers
-from strait_actors.api.auth import KeyCache, auth_middleware
+from strait_actors.api.auth import CALLER, KeyCache, authenticate
 from strait_actors.api.batcher import TriggerBatcher
 from strait_actors.api.http import Handler, envelope
-from strait_actors.api.limits import RateLimiter, limit_middleware
+from strait_actors.api.limits import RateLimiter, take_request
 from strait_actors.api.state import BATCHER, DSN, JOBS, KEYS, LIMITER, POOL, SETTINGS, STARTED
 from strait_actors.errors import ApiError
 from strait_actors.settings import Settings
@@ -22,32 +22,34 @@ from strait_actors.store.sql import make_pool
 _ACCEPTABLE = ("", "*/*", "application/json", "application/*", "application/x-ndjson", "text/csv")
 
 
+def check_media_types(request: web.Request) -> None:
+    """Accept and Content-Type rules of the JSON group (api.md §2.5)."""
+    accept = request.headers.get("Accept", "")
+    if accept not in _ACCEPTABLE:
+        kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+        if not any(k in _ACCEPTABLE for k in kinds):
+            raise ApiError(406, "not acceptable: this API answers application/json")
+    if request.method in ("POST", "PUT", "PATCH"):
+        ctype = request.headers.get("Content-Type")
+        has_body = request.content_length not in (None, 0) or request.headers.get("Transfer-Encoding")
+        if (ctype is not None or has_body) and (ctype or "").split(";")[0].strip().lower() != "application/json":
+            raise ApiError(415, "unsupported media type: send application/json")
+
+
 @web.middleware
-async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """REQUEST_TIMEOUT bounds every /v1 handler (api.md §2.5): a stuck request answers 503."""
+async def v1_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Everything a /v1 request passes before its handler, in one layer (each middleware layer
+    costs every request): media types, authentication, the rate limit, REQUEST_TIMEOUT."""
     if not request.path.startswith("/v1/"):
         return await handler(request)
+    check_media_types(request)
+    request[CALLER] = await authenticate(request)
+    await take_request(request)
     try:
         async with asyncio.timeout(request.app[SETTINGS].request_timeout_secs):
             return await handler(request)
     except TimeoutError:
         raise ApiError(503, "request timed out", headers={"Retry-After": "1"}) from None
-
-
-@web.middleware
-async def preconditions(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Accept and Content-Type rules of the JSON group (api.md §2.5)."""
-    if request.path.startswith("/v1/"):
-        accept = request.headers.get("Accept", "")
-        kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-        if not any(k in _ACCEPTABLE for k in kinds):
-            raise ApiError(406, "not acceptable: this API answers application/json")
-        if request.method in ("POST", "PUT", "PATCH"):
-            ctype = request.headers.get("Content-Type")
-            has_body = request.content_length not in (None, 0) or request.headers.get("Transfer-Encoding")
-            if (ctype is not None or has_body) and (ctype or "").split(";")[0].strip().lower() != "application/json":
-                raise ApiError(415, "unsupported media type: send application/json")
-    return await handler(request)
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -70,7 +72,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
     app = web.Application(
-        middlewares=[envelope, deadline, preconditions, auth_middleware, limit_middleware],
+        middlewares=[envelope, v1_gate],
         client_max_size=settings.max_request_body_size,
     )
     app[SETTINGS] = settings

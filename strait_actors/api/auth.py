@@ -11,7 +11,6 @@ from typing import Any
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from strait_actors.api.http import Handler
 from strait_actors.api.state import KEYS, POOL, SETTINGS
 from strait_actors.errors import ApiError, forbidden, unauthorized
 from strait_actors.ids import hash_key
@@ -119,13 +118,6 @@ async def authenticate(request: web.Request) -> Caller:
         return await _api_key_caller(request, token)
     secret = request.headers.get("X-Internal-Secret")
     return _internal_caller(request, secret if secret is not None else token)
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/") or request.path == "/v1":
-        request[CALLER] = await authenticate(request)
-    return await handler(request)
 
 
 def internal_secret_ok(request: web.Request) -> bool:

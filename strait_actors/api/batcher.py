@@ -22,7 +22,7 @@ from strait_actors.store.runs import NewRun
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 2000
-MAX_FLUSHES = 2
+MAX_FLUSHES = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,6 @@ from typing import Any
 from aiohttp import web
 
 from strait_actors.api.auth import CALLER, Caller
-from strait_actors.api.http import Handler
 from strait_actors.api.state import LIMITER
 from strait_actors.errors import ApiError
 
@@ -79,8 +78,7 @@ async def take_triggers(request: web.Request, n: int) -> None:
     await request.app[LIMITER].take("trigger", caller_key(request), n)
 
 
-@web.middleware
-async def limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/") and not request.path.endswith(("/trigger", "/trigger/bulk")):
+async def take_request(request: web.Request) -> None:
+    """Every /v1 request but the trigger routes (those count their runs instead)."""
+    if not request.path.endswith(("/trigger", "/trigger/bulk")):
         await request.app[LIMITER].take("request", caller_key(request))
-    return await handler(request)
