@@ -94,7 +94,6 @@ class ProcessSupervisor:
 
     def _spawn(self, i: int) -> None:
         self.procs[i] = subprocess.Popen(self.argv, env=self.env)
-        self.started_at = time.monotonic()
         log.info("worker process %d started (pid %d)", i, self.procs[i].pid)  # type: ignore[union-attr]
 
     def _run(self) -> None:

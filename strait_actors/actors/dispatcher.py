@@ -48,8 +48,10 @@ class DispatcherPool(SupervisedActor):
         self.thread: threading.Thread | None = None
         self.inflight: dict[str, ClaimedRun] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.calls: set[asyncio.Task[None]] = set()  # the endpoint calls among the tasks
         self.pending: list[Outcome] = []
         self.flushing = False
+        self.flush_task: asyncio.Task[None] | None = None
         self.draining = False
         self.db: psycopg.AsyncConnection | None = None
 
@@ -116,10 +118,11 @@ class DispatcherPool(SupervisedActor):
         if self.db is not None:
             await self.db.close()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     def _start_calls(self, runs: tuple[ClaimedRun, ...]) -> None:
         for run in runs:
@@ -128,7 +131,9 @@ class DispatcherPool(SupervisedActor):
             self._spawn(self._release(list(runs)))
             return
         for run in runs:
-            self._spawn(self._call(run))
+            call = self._spawn(self._call(run))
+            self.calls.add(call)
+            call.add_done_callback(self.calls.discard)
 
     async def _call(self, run: ClaimedRun) -> None:
         s = self.ctx.settings
@@ -142,7 +147,7 @@ class DispatcherPool(SupervisedActor):
         self.pending.append(outcome)
         if not self.flushing:
             self.flushing = True
-            self._spawn(self._flush())
+            self.flush_task = self._spawn(self._flush())
 
     async def _flush(self) -> None:
         """Write outcomes in batches: while one batch commits, the next one gathers."""
@@ -195,20 +200,14 @@ class DispatcherPool(SupervisedActor):
         log.info("released %d run(s) back to the queue", n)
 
     async def _drain(self, grace: float) -> None:
+        """Calls in flight get the grace period; the rest are cancelled and their runs released."""
         self.draining = True
-        deadline = time.monotonic() + grace
-        while self.inflight and time.monotonic() < deadline:
-            unrecorded = {r for r in self.inflight} - {o.run_id for o in self.pending}
-            if not unrecorded and not self.flushing:
-                break
-            await asyncio.sleep(0.05)
-        calls = [t for t in self.tasks if t.get_coro().__name__ == "_call"]  # type: ignore[union-attr]
+        if self.calls:
+            await asyncio.wait(set(self.calls), timeout=grace)
+        calls = list(self.calls)
         for task in calls:
             task.cancel()
         await asyncio.gather(*calls, return_exceptions=True)
-        while self.flushing:
-            await asyncio.sleep(0.01)
-        if self.pending:
-            self.flushing = True
-            await self._flush()
+        if self.flush_task is not None:  # it takes every pending outcome with it
+            await self.flush_task
         await self._release(list(self.inflight.values()))

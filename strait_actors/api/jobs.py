@@ -54,12 +54,12 @@ async def load_job(request: web.Request, *, cached: bool = False) -> Row:
     return row
 
 
-def _project_for_create(request: web.Request, body: dict[str, Any]) -> str:
+def _check_create_project(request: web.Request, body: dict[str, Any]) -> None:
+    """A key (or X-Project-Id) bound to one project cannot create jobs in another."""
     who = caller(request)
     pid = body.get("project_id")
     if isinstance(pid, str) and pid and who.project_id and pid != who.project_id:
         raise forbidden("project_id does not match authenticated project")
-    return pid if isinstance(pid, str) else ""
 
 
 @routes.post("/v1/jobs")
@@ -67,7 +67,7 @@ async def create_job(request: web.Request) -> web.Response:
     who = require(request, "jobs:write")
     body = await read_object(request)
     s = request.app[SETTINGS]
-    _project_for_create(request, body)
+    _check_create_project(request, body)
     values = await _off_loop(
         validate_job_create,
         body,
