@@ -133,3 +133,28 @@ def test_a_lost_database_is_a_503_not_a_500(dsn: str, pg_dsn: str, tmp_path: Any
             wait_for(lambda: c.get("/v1/runs").status_code == 200, what="recovery")
     finally:
         stop_strait(server)
+
+
+def test_dry_run_validates_and_creates_nothing(strait: Server, endpoint: Endpoint) -> None:
+    with strait.client("p") as c:
+        job = _job(c, endpoint, timeout_secs=30)
+        r = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"b": 1, "a": 2}, "dry_run": True})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["job"]["id"] == job and body["job"]["timeout_secs"] == 30
+        assert body["payload"] == {"b": 1, "a": 2} and len(body["payload_hash"]) == 64
+        assert body["expires_at"].endswith("Z")
+        assert c.get("/v1/runs").json()["data"] == []
+
+
+def test_worker_mode_runs_are_not_posted(strait: Server, endpoint: Endpoint) -> None:
+    with strait.client("p") as c:
+        http_job = _job(c, endpoint)
+        worker_job = c.post(
+            "/v1/jobs", json={"project_id": "p", "name": "W", "slug": "w", "execution_mode": "worker"}
+        ).json()["id"]
+        parked = c.post(f"/v1/jobs/{worker_job}/trigger", json={"priority": 10}).json()["id"]
+        done = c.post(f"/v1/jobs/{http_job}/trigger", json={}).json()["id"]
+        wait_for(lambda: c.get(f"/v1/runs/{done}").json()["status"] == "completed", what="the http run")
+        assert c.get(f"/v1/runs/{parked}").json()["status"] == "queued"
+    assert endpoint.run_ids() == [done]

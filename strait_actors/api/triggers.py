@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
@@ -168,8 +168,10 @@ def _dry_run(job: Row, run: NewRun, digest: str, t: TriggerInput) -> web.Respons
         "payload_hash": digest,
         "payload": t.payload if t.payload is not None else {},
     }
+    base = run.scheduled_at or datetime.now(UTC)
     if run.scheduled_at is not None:
         body["scheduled_at"] = render.ts(run.scheduled_at)
+    body["expires_at"] = render.ts(base + timedelta(seconds=run.ttl_secs))
     return json_response(body)
 
 

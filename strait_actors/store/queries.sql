@@ -31,6 +31,7 @@ WITH due AS (
       AND (r.next_retry_at IS NULL OR r.next_retry_at <= now())
       AND (r.expires_at IS NULL OR r.expires_at > now() OR r.attempt > 1)
       AND j.enabled AND NOT j.paused
+      AND j.execution_mode = 'http'  -- worker-mode jobs wait for the worker plane (not built yet)
     ORDER BY r.priority DESC, r.created_at
     LIMIT %(limit)s
     FOR UPDATE OF r SKIP LOCKED
