@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from strait_actors.store.jobs import COLUMNS as JOB_COLUMNS
+
 
 def ts(value: datetime | None) -> str | None:
     if value is None:
@@ -29,36 +31,24 @@ def project(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_JOB_FIELDS = (
-    "group_id",
-    "description",
-    "cron",
-    "timezone",
-    "execution_window_cron",
-    "endpoint_url",
-    "fallback_endpoint_url",
-    "tags",
-    "payload_schema",
-    "result_schema",
-    "max_concurrency",
-    "max_concurrency_per_key",
-    "rate_limit_max",
-    "rate_limit_window_secs",
-    "dedup_window_secs",
-    "run_ttl_secs",
-    "debounce_window_secs",
-    "batch_window_secs",
-    "batch_max_size",
-    "retry_strategy",
-    "retry_delays_secs",
-    "pause_reason",
-    "webhook_url",
-    "environment_id",
-    "default_run_metadata",
-    "poison_pill_threshold",
-    "created_by",
-    "updated_by",
+# Always emitted (below), never emitted (the signing secret), else emitted when set: the rest of
+# the job columns, so a column added to the store shows up here without a second list.
+_JOB_ALWAYS = frozenset(
+    {
+        "name",
+        "slug",
+        "max_attempts",
+        "timeout_secs",
+        "retry_priority_boost",
+        "enabled",
+        "version_policy",
+        "cron_overlap_policy",
+        "execution_mode",
+        "queue_name",
+        "signing_secret",
+    }
 )
+_JOB_FIELDS = (*(c for c in JOB_COLUMNS if c not in _JOB_ALWAYS), "pause_reason", "created_by", "updated_by")
 
 
 def job(row: dict[str, Any]) -> dict[str, Any]:
