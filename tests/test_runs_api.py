@@ -158,3 +158,17 @@ def test_worker_mode_runs_are_not_posted(strait: Server, endpoint: Endpoint) -> 
         wait_for(lambda: c.get(f"/v1/runs/{done}").json()["status"] == "completed", what="the http run")
         assert c.get(f"/v1/runs/{parked}").json()["status"] == "queued"
     assert endpoint.run_ids() == [done]
+
+
+def test_trigger_of_a_job_deleted_elsewhere_is_404(strait: Server, endpoint: Endpoint, dsn: str) -> None:
+    import psycopg
+
+    with strait.client("p") as c:
+        job = _job(c, endpoint)
+        assert c.post(f"/v1/jobs/{job}/trigger", json={}).status_code == 201  # the API now caches the job
+        wait_for(lambda: c.get("/v1/runs").json()["data"][0]["status"] == "completed", what="completed")
+        with psycopg.connect(dsn, autocommit=True) as conn:  # another API process deletes it
+            conn.execute("DELETE FROM jobs WHERE id = %s", (job,))
+        r = c.post(f"/v1/jobs/{job}/trigger", json={})
+        assert r.status_code == 404 and r.json()["error"]["message"] == "job not found"
+    assert "Traceback" not in strait.logs()

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
+import psycopg
 from aiohttp import web
 
 from strait_actors import ids
@@ -22,9 +23,9 @@ from strait_actors.api.batcher import Receipt, resolve_conflicts
 from strait_actors.api.http import json_response, read_object
 from strait_actors.api.jobs import load_job
 from strait_actors.api.limits import take_triggers
-from strait_actors.api.state import BATCHER, POOL, SETTINGS
+from strait_actors.api.state import BATCHER, JOBS, POOL, SETTINGS
 from strait_actors.api.validation import TriggerInput, canonical_payload, validate_bulk, validate_trigger
-from strait_actors.errors import ApiError, bad_request, conflict
+from strait_actors.errors import ApiError, bad_request, conflict, not_found
 from strait_actors.store import runs as store
 from strait_actors.store.runs import NewRun
 from strait_actors.store.sql import Row, q
@@ -115,10 +116,15 @@ def new_run(ctx: TriggerContext, t: TriggerInput, key: str | None) -> tuple[NewR
 
 
 async def enqueue(request: web.Request, job: Row, runs: list[NewRun]) -> list[Receipt]:
-    if not (job["dedup_window_secs"] or job["rate_limit_max"]):
-        receipts: list[Receipt] = await request.app[BATCHER].submit(runs)
-        return receipts
-    return await _admitted(request, job, runs)
+    try:
+        if not (job["dedup_window_secs"] or job["rate_limit_max"]):
+            receipts: list[Receipt] = await request.app[BATCHER].submit(runs)
+            return receipts
+        return await _admitted(request, job, runs)
+    except psycopg.errors.ForeignKeyViolation:
+        # deleted after this process cached it (the cache holds a job for a second)
+        request.app[JOBS].forget(job["id"])
+        raise not_found("job not found") from None
 
 
 async def _admitted(request: web.Request, job: Row, runs: list[NewRun]) -> list[Receipt]:
