@@ -1,7 +1,8 @@
 """The run state machine (engine.md §1): one table of legal transitions.
 
-Every status write in SQL is guarded by it: callers pass `sources(to)` as the
-`WHERE status = ANY(...)` set, and nothing else decides legality.
+Every status write in SQL is guarded by it: the transition seam (`store/transitions.py`) expands
+each statement's declared edges into `WHERE status = ANY(<sources>)` from this table, and refuses
+to load a statement whose edges are not here. Nothing else decides legality.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ TERMINAL: frozenset[str] = frozenset(
 )
 ALL: frozenset[str] = frozenset(S)
 ACTIVE: frozenset[str] = ALL - TERMINAL
+# a run is created in one of these (a creation is not a transition: nothing to compare against)
+INITIAL: frozenset[str] = frozenset({S.QUEUED, S.DELAYED})
+# ended without success: a replay makes a new run from one of these (api.md §4.4)
+REPLAYABLE: frozenset[str] = frozenset({S.FAILED, S.TIMED_OUT, S.CRASHED, S.SYSTEM_FAILED})
 
 # from -> allowed targets. waiting -> queued is a first-class edge (engine.md §1.2 ⚠).
 TRANSITIONS: dict[str, frozenset[str]] = {

@@ -1,4 +1,5 @@
-"""Every message the actors exchange: frozen, slotted values (no rows, connections or exceptions).
+"""Every message the actors exchange: frozen, slotted values (no rows, connections or exceptions);
+the domain records they carry live in `model.py`.
 
 An in-memory message is only a hint ("look now"); the durable mailbox is PostgreSQL.
 """
@@ -6,7 +7,8 @@ An in-memory message is only a hint ("look now"); the durable mailbox is Postgre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+
+from strait_actors.model import ClaimedRun
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,26 +19,6 @@ class Tick:
 @dataclass(frozen=True, slots=True)
 class Wake:
     """New work may be in the queue (NOTIFY arrived)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedRun:
-    """A run claimed under a lease, with the job settings its dispatch needs."""
-
-    id: str
-    job_id: str
-    attempt: int
-    payload: bytes
-    lease_id: str
-    expires_at: datetime | None
-    previous_error: str | None
-    endpoint_url: str
-    timeout_secs: int
-    max_attempts: int
-    retry_strategy: str | None
-    retry_delays_secs: tuple[int, ...] | None
-    retry_priority_boost: int
-    signing_secret: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,27 +58,12 @@ class RestartChild:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one dispatch attempt decided, ready for the fenced batch write."""
-
-    run_id: str
-    attempt: int
-    lease_id: str
-    to_status: str
-    result: str | None  # JSON text
-    error: str | None
-    error_class: str | None
-    retry_delay: float
-    priority_boost: int
-
-
-@dataclass(frozen=True, slots=True)
 class ReportCapacity:
     """Poller -> DispatcherPool after the poller (re)starts: say how many slots are free."""
 
 
 @dataclass(frozen=True, slots=True)
 class LoopCrashed:
-    """The dispatch loop hit a bug: the DispatcherPool raises it in its own thread to be restarted."""
+    """A LoopActor's event loop hit a bug: the actor raises it in its own thread to be restarted."""
 
     reason: str

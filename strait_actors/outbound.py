@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 
 from strait_actors import retry, ssrf, tokens
+from strait_actors.fsm import S
 from strait_actors.httpclient import HttpClient, HttpError, encode_headers
-from strait_actors.messages import ClaimedRun, Outcome
+from strait_actors.model import ClaimedRun, Outcome
 
 
 def make_client(*, allow_private: bool) -> HttpClient:
@@ -28,7 +29,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return "v1=" + mac.hexdigest()
 
 
-def build_headers(run: ClaimedRun, jwt_key: str) -> dict[str, str]:
+def build_headers(run: ClaimedRun, jwt_key: str, body: bytes) -> dict[str, str]:
     headers = {
         "Content-Type": "application/json",
         "X-Run-ID": run.id,
@@ -41,7 +42,7 @@ def build_headers(run: ClaimedRun, jwt_key: str) -> dict[str, str]:
     if run.signing_secret:
         ts = int(time.time())
         headers["X-Strait-Timestamp"] = str(ts)
-        headers["X-Strait-Signature"] = sign(run.signing_secret, ts, run.payload)
+        headers["X-Strait-Signature"] = sign(run.signing_secret, ts, body)
     if run.attempt > 1 and run.previous_error:
         headers["X-Previous-Error"] = run.previous_error[:1024].replace("\r", " ").replace("\n", " ")
     return headers
@@ -76,9 +77,9 @@ def decide_failure(run: ClaimedRun, error: str, error_class: str, *, timed_out: 
     if can_retry:
         delay = retry.retry_delay(run.retry_strategy, run.attempt, list(run.retry_delays_secs or ()))
         return Outcome(
-            run.id, run.attempt, run.lease_id, "queued", None, error, error_class, delay, run.retry_priority_boost
+            run.id, run.attempt, run.lease_id, S.QUEUED, None, error, error_class, delay, run.retry_priority_boost
         )
-    final = "timed_out" if timed_out else "dead_letter"
+    final = S.TIMED_OUT if timed_out else S.DEAD_LETTER
     return Outcome(run.id, run.attempt, run.lease_id, final, None, error, error_class, 0.0, 0)
 
 
@@ -100,11 +101,12 @@ async def call(
     client: HttpClient, run: ClaimedRun, *, jwt_key: str, http_timeout_cap: float, max_response_bytes: int
 ) -> Outcome:
     """POST the raw payload to the endpoint and turn the answer into an Outcome."""
+    payload = run.payload.encode()
     try:
         status, body = await client.post(
             run.endpoint_url,
-            run.payload,
-            encode_headers(build_headers(run, jwt_key)),
+            payload,
+            encode_headers(build_headers(run, jwt_key, payload)),
             timeout=min(float(run.timeout_secs), http_timeout_cap),
             max_body=max_response_bytes,
         )
@@ -114,5 +116,5 @@ async def call(
         error, error_class = _network_failure(exc)
         return decide_failure(run, error, error_class)
     if 200 <= status < 300:
-        return Outcome(run.id, run.attempt, run.lease_id, "completed", result_json(body), None, None, 0.0, 0)
+        return Outcome(run.id, run.attempt, run.lease_id, S.COMPLETED, result_json(body), None, None, 0.0, 0)
     return decide_failure(run, f"endpoint returned {status}", retry.classify_status(status))

@@ -1,4 +1,8 @@
-"""The composition root: settings -> database -> API and/or worker processes. Nothing else wires."""
+"""The composition root: settings -> database -> API and/or worker processes. Nothing else wires.
+
+A worker process's actor tree is wired in one place, `actors/tree.py`, and only
+`run_worker_child` imports it: `--mode api` (and the parent of worker processes) loads no actor code.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from aiohttp import web
 
 from strait_actors import __version__, embedded
 from strait_actors.aio import new_event_loop
+from strait_actors.processes import ProcessSupervisor, worker_child_argv
 from strait_actors.settings import Settings, ensure_secrets
 from strait_actors.store import db
 
@@ -107,8 +112,6 @@ def _stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
 
 def run(mode: str, settings: Settings, processes: int | None = None) -> int:
     """`strait --mode all|api|worker`: exit 0 after a clean SIGTERM/SIGINT shutdown."""
-    from strait_actors.worker import ProcessSupervisor, worker_child_argv
-
     p = prepare(settings)
     count = processes or p.settings.worker_processes
     print(banner(p, mode, count), flush=True)
@@ -150,6 +153,6 @@ def _worker_app(p: Prepared) -> web.Application:
 
 def run_worker_child(settings: Settings) -> int:
     """One worker process (spawned by the process supervisor): its own actor tree."""
-    from strait_actors.worker import run_worker
+    from strait_actors.actors.tree import run_worker  # here, not at the top: the API imports no actor
 
     return run_worker(settings, settings.database_url)

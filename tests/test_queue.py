@@ -8,7 +8,7 @@ import uuid
 
 import psycopg
 
-from strait_actors.messages import Outcome
+from strait_actors.model import Outcome
 from strait_actors.store import queue
 from strait_actors.store.queue import Queue
 from tests.helpers import make_job, make_runs, statuses

@@ -12,9 +12,9 @@ import pykka
 from strait_actors.actors.base import SupervisedActor, TreeContext
 from strait_actors.actors.clock import Clock
 from strait_actors.actors.supervisor import ChildSpec, RestartPolicy, Supervisor
+from strait_actors.actors.tree import WorkerTree
 from strait_actors.messages import LoopCrashed
 from strait_actors.settings import Settings
-from strait_actors.worker import WorkerTree
 from tests.conftest import Endpoint, wait_for
 from tests.helpers import make_job, make_runs, statuses
 
@@ -126,3 +126,42 @@ def test_stop_drains_then_releases_what_is_still_in_flight(dsn: str, settings: S
         assert time.monotonic() - started < 8
         rows = conn.execute("SELECT status, attempt, lease_id FROM job_runs WHERE payload::text LIKE '%%slow%%'")
         assert [tuple(r) for r in rows] == [("queued", 1, None)] * 3
+
+
+def test_a_lost_database_connection_is_reconnected_and_no_outcome_is_lost(
+    dsn: str, settings: Settings, endpoint: Endpoint
+) -> None:
+    """The outcome writer reconnects (the store's `Unavailable`), so the calls' results are kept."""
+    release = threading.Event()
+
+    async def slow(_: dict[str, Any]) -> dict[str, bool]:
+        import asyncio
+
+        while not release.is_set():
+            await asyncio.sleep(0.02)
+        return {"ok": True}
+
+    endpoint.behave = slow
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, endpoint.url, max_attempts=3)
+        make_runs(conn, job, 10)
+    tree = WorkerTree(settings, dsn, policy=RestartPolicy(base_delay=0.05))
+    tree.start()
+    try:
+        wait_for(lambda: len(endpoint.requests) >= 10, what="10 calls in flight")
+        dispatcher = tree.ctx.registry.get("dispatcher")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+            assert killed is not None and killed[0] >= 2, "the worker's connections were cut"
+            release.set()
+            wait_for(lambda: statuses(conn) == {"completed": 10}, timeout=30, what="all completed")
+            attempts = {r[0] for r in conn.execute("SELECT attempt FROM job_runs")}
+        assert attempts == {1}, "the results of the first attempt were written after the reconnect"
+        assert tree.ctx.registry.get("dispatcher") is dispatcher, "the dispatcher did not crash"
+        assert not tree.failed.is_set()
+    finally:
+        release.set()
+        tree.stop()

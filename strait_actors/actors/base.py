@@ -66,6 +66,7 @@ class SupervisedActor(pykka.ThreadingActor):
         self.ctx = ctx
 
     def on_start(self) -> None:
+        """Run `started`; a failure is reported to the supervisor here (pykka calls no on_failure)."""
         try:
             self.started()
         except Exception as exc:
@@ -75,6 +76,7 @@ class SupervisedActor(pykka.ThreadingActor):
             raise
 
     def on_stop(self) -> None:
+        """A requested stop: release resources."""
         self.cleanup()
 
     def on_failure(
@@ -83,6 +85,7 @@ class SupervisedActor(pykka.ThreadingActor):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        """A handler raised: release resources, then report the death so the supervisor restarts us."""
         try:
             self.cleanup()
         finally:

@@ -16,6 +16,7 @@ import psycopg
 from strait_actors.actors.base import SupervisedActor, TreeContext
 from strait_actors.messages import Dispatch, DispatcherReady, ReportCapacity, SlotsFreed, Tick, Wake
 from strait_actors.store import queue
+from strait_actors.store.errors import StoreError
 from strait_actors.store.queue import Queue
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,15 @@ class Listener:
         backoff = 0.5
         while not self.stopped.is_set():
             try:
-                with psycopg.connect(self.dsn, autocommit=True) as conn:
-                    conn.execute("LISTEN strait_queue_wake")
+                listener = queue.WakeListener(self.dsn)
+                try:
                     backoff = 0.5
                     while not self.stopped.is_set():
-                        for _ in conn.notifies(timeout=0.5):
+                        if listener.wait(0.5):
                             self.on_notify()
-            except psycopg.Error as exc:
+                finally:
+                    listener.close()
+            except StoreError as exc:
                 log.warning("listener lost its connection (%s); retrying", exc)
                 self.stopped.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
@@ -69,6 +72,7 @@ class Poller(SupervisedActor):
         self.listener: Listener | None = None
 
     def started(self) -> None:
+        """Connect, start listening for NOTIFY, and ask the dispatcher how many slots are free."""
         self.conn = queue.connect(self.ctx.dsn)
         self.queue = Queue(self.conn, worker_id=self.ctx.worker_id, lease_secs=self.ctx.settings.stale_threshold_secs)
         self.listener = Listener(self.ctx.dsn, self._notified)
@@ -82,12 +86,14 @@ class Poller(SupervisedActor):
             self.actor_ref.tell(Wake())
 
     def cleanup(self) -> None:
+        """Stop the listener thread and close the claim connection."""
         if self.listener is not None:
             self.listener.stop()
         if self.conn is not None:
             self.conn.close()
 
     def on_receive(self, message: Any) -> None:
+        """Update the slot count from the dispatcher's reports, then claim (also on Wake and Tick)."""
         if isinstance(message, Wake):
             self.wake_pending.clear()
         elif isinstance(message, SlotsFreed):

@@ -25,13 +25,16 @@ class Reaper(SupervisedActor):
         self.conn: psycopg.Connection | None = None
 
     def started(self) -> None:
+        """Open the sweep connection."""
         self.conn = queue.connect(self.ctx.dsn)
 
     def cleanup(self) -> None:
+        """Close the sweep connection."""
         if self.conn is not None:
             self.conn.close()
 
     def on_receive(self, message: Any) -> None:
+        """Each tick: one sweep."""
         if isinstance(message, Tick):
             self.sweep()
 

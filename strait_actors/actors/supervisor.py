@@ -36,6 +36,8 @@ class ChildSpec:
 
 @dataclass(frozen=True)
 class RestartPolicy:
+    """Backoff between restarts, and the restart intensity (restarts per window) that escalates."""
+
     base_delay: float = 0.2
     max_delay: float = 10.0
     max_restarts: int = 10
@@ -64,11 +66,11 @@ class Supervisor(pykka.ThreadingActor):
         self.order = [c.name for c in children]
         self.policy = policy or RestartPolicy()
         self.restarts: deque[float] = deque()
-        self.restart_counts: dict[str, int] = {}
         self.failed = failed or threading.Event()
         self.stopping = False
 
     def on_start(self) -> None:
+        """Start the children in order, then the clock that ticks them."""
         self.ctx.registry.put("supervisor", self.actor_ref)
         for name in self.order:
             self._start_child(name)
@@ -79,6 +81,7 @@ class Supervisor(pykka.ThreadingActor):
         self.ctx.registry.put(name, ref)
 
     def on_receive(self, message: Any) -> None:
+        """A child died (schedule its restart or escalate), or its backoff is over (start it)."""
         if isinstance(message, ChildFailed):
             self._child_failed(message)
         elif isinstance(message, RestartChild) and not self.stopping and not self.failed.is_set():
@@ -97,12 +100,12 @@ class Supervisor(pykka.ThreadingActor):
             log.critical("restart intensity exceeded (%d in %.0f s); giving up", len(self.restarts), self.policy.window)
             self.failed.set()
             return
-        self.restart_counts[message.name] = self.restart_counts.get(message.name, 0) + 1
         delay = self.policy.delay(len(self.restarts))
         log.warning("%s died (%s); restart in %.2f s", message.name, message.reason, delay)
         self.clock.after(delay, "supervisor", RestartChild(message.name))
 
     def on_stop(self) -> None:
+        """Stop the clock, then the children in reverse start order."""
         self.stopping = True
         self.clock.stop()
         for name in reversed(self.order):

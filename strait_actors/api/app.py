@@ -10,12 +10,12 @@ from aiohttp import web
 
 from strait_actors.api import health, jobs, projects, runs, triggers
 from strait_actors.api.auth import CALLER, KeyCache, authenticate
-from strait_actors.api.batcher import TriggerBatcher
 from strait_actors.api.http import Handler, envelope
 from strait_actors.api.limits import RateLimiter, take_request
-from strait_actors.api.state import BATCHER, DSN, JOBS, KEYS, LIMITER, POOL, SETTINGS, STARTED
+from strait_actors.api.state import DSN, ENQUEUER, JOBS, KEYS, LIMITER, POOL, SETTINGS, STARTED
 from strait_actors.errors import ApiError
 from strait_actors.settings import Settings
+from strait_actors.store.enqueue import Enqueuer
 from strait_actors.store.jobs import JobCache
 from strait_actors.store.sql import make_pool
 
@@ -56,7 +56,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = make_pool(app[DSN], app[SETTINGS].db_pool_size)
     await pool.open(wait=True, timeout=30)
     app[POOL] = pool
-    app[BATCHER] = TriggerBatcher(pool)
+    app[ENQUEUER] = Enqueuer(pool)
     settings = app[SETTINGS]
     redis = None
     if settings.redis_url:

@@ -12,17 +12,13 @@ from strait_actors.api.auth import internal_secret_ok
 from strait_actors.api.http import json_response
 from strait_actors.api.render import now_ts
 from strait_actors.api.state import POOL, STARTED
+from strait_actors.store.sql import ping
 
 routes = web.RouteTableDef()
 
 
 async def _db_ok(request: web.Request) -> bool:
-    try:
-        async with request.app[POOL].connection(timeout=2) as conn:
-            await conn.execute("SELECT 1")
-    except Exception:
-        return False
-    return True
+    return await ping(request.app[POOL], timeout=2)
 
 
 @routes.get("/health")

@@ -9,13 +9,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import psycopg
 from aiohttp import web
-from psycopg_pool import PoolTimeout
 
 from strait_actors.api.state import SETTINGS
 from strait_actors.api.validation import parse_json_body
 from strait_actors.errors import ApiError
+from strait_actors.store.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
     request[REQUEST_ID] = rid
     try:
         resp = await handler(request)
-    except (psycopg.OperationalError, PoolTimeout) as exc:
+    except Unavailable as exc:
         # the database is unreachable or saturated: a retryable 503, not a bug
         log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
         err = ApiError(503, "database unavailable, retry shortly", headers={"Retry-After": "1"})

@@ -6,7 +6,6 @@ import asyncio
 import functools
 from typing import Any
 
-import psycopg
 from aiohttp import web
 
 from strait_actors import ssrf
@@ -24,6 +23,7 @@ from strait_actors.api.validation import (
 from strait_actors.errors import bad_request, conflict, forbidden, not_found
 from strait_actors.ids import parse_uuid
 from strait_actors.store import jobs as store
+from strait_actors.store.errors import MissingReference
 from strait_actors.store.sql import Row
 
 routes = web.RouteTableDef()
@@ -78,7 +78,7 @@ async def create_job(request: web.Request) -> web.Response:
         row = await store.insert_job(request.app[POOL], values["project_id"], values, who.actor)
     except store.SlugTaken:
         raise conflict(f"job with slug {values['slug']!r} already exists in this project") from None
-    except psycopg.errors.ForeignKeyViolation:
+    except MissingReference:
         raise not_found("project not found") from None
     return json_response(render.job(row), 201)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 from aiohttp import web
 
 from strait_actors import ids
@@ -16,6 +15,7 @@ from strait_actors.api.pagination import page_of, respond
 from strait_actors.api.state import KEYS, POOL
 from strait_actors.errors import bad_request, conflict, forbidden, not_found, unprocessable
 from strait_actors.store import projects as store
+from strait_actors.store.errors import MissingReference
 
 routes = web.RouteTableDef()
 
@@ -141,7 +141,7 @@ async def create_api_key(request: web.Request) -> web.Response:
     }
     try:
         row = await store.insert_api_key(request.app[POOL], values)
-    except psycopg.errors.ForeignKeyViolation:
+    except MissingReference:
         raise not_found("project not found") from None
     return json_response(render.api_key(row, raw), 201)
 

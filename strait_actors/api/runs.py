@@ -21,8 +21,6 @@ from strait_actors.store.sql import Row
 
 routes = web.RouteTableDef()
 
-REPLAYABLE = frozenset({"failed", "timed_out", "crashed", "system_failed"})
-
 
 async def load_run(request: web.Request) -> Row:
     run_id = parse_uuid(request.match_info["run_id"])
@@ -160,7 +158,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def replay_run(request: web.Request) -> web.Response:
     who = require(request, "runs:write")
     run = await load_run(request)
-    if run["status"] not in REPLAYABLE:
+    if run["status"] not in fsm.REPLAYABLE:
         raise bad_request("run is not replayable")
     job = await jobs_store.get_job(request.app[POOL], run["job_id"])
     if job is None or not job["enabled"]:
@@ -177,7 +175,7 @@ async def replay_run(request: web.Request) -> web.Response:
 async def dlq_replay(request: web.Request) -> web.Response:
     who = require(request, "runs:write")
     run = await load_run(request)
-    if run["status"] != "dead_letter":
+    if run["status"] != fsm.S.DEAD_LETTER:
         raise conflict("run is not in dead_letter status")
     row = await store.dlq_replay(request.app[POOL], run["id"], who.actor)
     if row is None:

@@ -11,8 +11,8 @@ from strait_actors.settings import Settings
 
 if TYPE_CHECKING:
     from strait_actors.api.auth import KeyCache
-    from strait_actors.api.batcher import TriggerBatcher
     from strait_actors.api.limits import RateLimiter
+    from strait_actors.store.enqueue import Enqueuer
     from strait_actors.store.jobs import JobCache
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -20,6 +20,6 @@ DSN = web.AppKey("dsn", str)
 POOL = web.AppKey("pool", AsyncConnectionPool)
 KEYS: web.AppKey[KeyCache] = web.AppKey("keys")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
-BATCHER: web.AppKey[TriggerBatcher] = web.AppKey("batcher")
+ENQUEUER: web.AppKey[Enqueuer] = web.AppKey("enqueuer")
 JOBS: web.AppKey[JobCache] = web.AppKey("jobs")
 STARTED = web.AppKey("started", float)

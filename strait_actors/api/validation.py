@@ -10,23 +10,22 @@ always fail with 400 `invalid trigger item for item <n>: <message>`.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import re
 import zoneinfo
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import orjson
 from croniter import croniter
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
 from strait_actors.errors import ApiError, bad_request, unprocessable
+from strait_actors.model import RunRequest
+from strait_actors.payloads import clean_json, clean_str
 
 UrlCheck = Callable[[str], None]
 
@@ -39,7 +38,6 @@ SCHEDULE_SLACK: Final = timedelta(seconds=1)  # client/server clock skew tolerat
 EMPTY_PAYLOAD_HASH: Final = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 
 _SLUG_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
-_SURROGATE_RE: Final = re.compile("[\ud800-\udfff]")
 _URL_BAD_CHARS_RE: Final = re.compile(r"[\x00-\x20\x7f]")
 _RFC3339_RE: Final = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)\Z")
 
@@ -48,23 +46,6 @@ _RFC3339_RE: Final = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz
 class JobDefaults:
     max_attempts: int = 3
     timeout_secs: int = 300
-
-
-@dataclass(frozen=True, slots=True)
-class TriggerInput:
-    """A validated trigger body (or bulk item); `payload` is raw, see canonical_payload."""
-
-    payload: Any = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    scheduled_at: datetime | None = None
-    priority: int = 0
-    dry_run: bool = False
-    ttl_secs: int | None = None
-    concurrency_key: str | None = None
-    debounce_key: str | None = None
-    batch_key: str | None = None
-    idempotency_key: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,23 +139,6 @@ class _Rule(Exception):
     """One failed struct rule (args[0]); becomes a `<field>: failed on '<rule>'` detail."""
 
 
-def _clean_str(s: str) -> str:
-    # Postgres text/jsonb reject NUL and lone surrogates (§0.3); Go maps the latter to U+FFFD.
-    if "\x00" in s:
-        s = s.replace("\x00", "")
-    return _SURROGATE_RE.sub("\ufffd", s)
-
-
-def _clean_json(value: Any) -> Any:
-    if isinstance(value, str):
-        return _clean_str(value)
-    if isinstance(value, dict):
-        return {_clean_str(k): _clean_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean_json(v) for v in value]
-    return value
-
-
 def _is_int(value: Any) -> bool:
     return type(value) is int  # bool is an int subclass; JSON true is not a number
 
@@ -182,7 +146,7 @@ def _is_int(value: Any) -> bool:
 def _str_map(raw: Any) -> dict[str, str]:
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
         raise _Rule("type")
-    return {_clean_str(k): _clean_str(v) for k, v in raw.items()}
+    return {clean_str(k): clean_str(v) for k, v in raw.items()}
 
 
 def _require_object(body: Any) -> dict[str, Any]:
@@ -194,7 +158,7 @@ def _require_object(body: Any) -> dict[str, Any]:
 def _coerce_str(spec: _Str, raw: Any) -> str | None:
     if not isinstance(raw, str):
         raise _Rule("type")
-    value = _clean_str(raw)
+    value = clean_str(raw)
     if value == "":
         return None  # empty = unset on create, "clear" on patch
     if len(value) < spec.min_len:
@@ -225,7 +189,7 @@ def _coerce(spec: _Spec, raw: Any) -> Any:
         if not isinstance(raw, list) or not all(_is_int(x) for x in raw):
             raise _Rule("type")
         return list(raw) or None  # [] = no custom delays
-    return _clean_json(raw)  # bool, or any JSON (schemas, payload mappings)
+    return clean_json(raw)  # bool, or any JSON (schemas, payload mappings)
 
 
 def _collect(body: Mapping[str, Any], *, patch: bool) -> dict[str, Any]:
@@ -425,7 +389,7 @@ def _trigger_key(body: Mapping[str, Any], name: str) -> str | None:
         return None
     if not isinstance(raw, str):
         raise _type_error(name, "a string")
-    value = _clean_str(raw)
+    value = clean_str(raw)
     if len(value) > MAX_KEY_LEN:
         message = f"{name} must be at most {MAX_KEY_LEN} characters"
         raise unprocessable(message, [f"{name}: failed on 'max'"])
@@ -464,7 +428,7 @@ def _scheduled_at(raw: Any, now: datetime) -> datetime | None:
     return when
 
 
-def _trigger(body: Any, now: datetime) -> TriggerInput:
+def _trigger(body: Any, now: datetime) -> RunRequest:
     body = _require_object(body)
     dry_run = body.get("dry_run")
     if dry_run is not None and not isinstance(dry_run, bool):
@@ -472,7 +436,7 @@ def _trigger(body: Any, now: datetime) -> TriggerInput:
     tags = _trigger_map(body, "tags")
     _check_tags(tags)
     payload = body.get("payload")
-    return TriggerInput(
+    return RunRequest(
         payload={} if payload is None else payload,
         tags=tags,
         scheduled_at=_scheduled_at(body.get("scheduled_at"), now),
@@ -487,7 +451,7 @@ def _trigger(body: Any, now: datetime) -> TriggerInput:
     )
 
 
-def validate_trigger(body: Any, *, now: datetime, index: int | None = None) -> TriggerInput:
+def validate_trigger(body: Any, *, now: datetime, index: int | None = None) -> RunRequest:
     """Trigger body (§4.3.6) or, with `index`, one bulk item (§4.3.7: always 400, prefixed)."""
     if index is None:
         return _trigger(body, now)
@@ -509,28 +473,6 @@ def validate_bulk(body: Any, *, max_items: int) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise bad_request(f"invalid trigger item for item {index}: item must be a JSON object")
     return items
-
-
-def _dump_clean(payload: Any) -> bytes:
-    clean = _clean_json(payload)
-    try:
-        return orjson.dumps(clean, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # orjson.JSONEncodeError: int beyond 64 bits or nesting beyond 255
-        return json.dumps(clean, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def canonical_payload(payload: Any) -> tuple[bytes, str]:
-    """Compact JSON with sorted keys (§4.3.6) and its lowercase hex SHA-256; None → {}."""
-    raw: bytes | None = None
-    # a lone surrogate, an int beyond 64 bits or nesting beyond 255 takes the slow path below
-    with contextlib.suppress(TypeError):
-        raw = orjson.dumps({} if payload is None else payload, option=orjson.OPT_SORT_KEYS)
-    if raw is None or b"\\u0000" in raw:  # orjson escapes every NUL, so this finds them all
-        try:
-            raw = _dump_clean({} if payload is None else payload)
-        except RecursionError:
-            raise bad_request("payload is nested too deeply") from None
-    return raw, hashlib.sha256(raw).hexdigest()
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

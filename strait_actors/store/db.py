@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psycopg
 
+from strait_actors.store.sql import q
+
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK = 0x5374726169744D67  # "StraitMg"
@@ -32,21 +34,18 @@ def migrate(dsn: str) -> list[str]:
     """Apply pending migrations; returns the names applied by this call."""
     applied: list[str] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(q("lock_migrations"), {"key": MIGRATION_LOCK})
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+            conn.execute(q("create_schema_migrations"))
+            done = {r[0] for r in conn.execute(q("applied_migrations"))}
             for path in migration_files():
                 if path.name in done:
                     continue
                 with conn.transaction():
                     conn.execute(path.read_text().encode())
-                    conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (path.name,))
+                    conn.execute(q("record_migration"), {"name": path.name})
                 applied.append(path.name)
                 log.info("applied migration %s", path.name)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            conn.execute(q("unlock_migrations"), {"key": MIGRATION_LOCK})
     return applied

@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import ids
+from strait_actors.store.errors import Duplicate, translated
 from strait_actors.store.sql import Row, fetch_all, fetch_one, q
 
 COLUMNS = (
@@ -90,7 +91,7 @@ async def insert_job(pool: AsyncConnectionPool, project_id: str, values: dict[st
     }
     try:
         row = await fetch_one(pool, "insert_job", params)
-    except psycopg.errors.UniqueViolation:
+    except Duplicate:
         raise SlugTaken from None
     assert row is not None
     return row
@@ -116,15 +117,16 @@ async def update_job(
         "backwards_compatible": current["backwards_compatible"],
         "snapshot": Jsonb(snapshot_of_current),
     }
-    async with pool.connection() as conn, conn.transaction():
-        try:
-            cur = await conn.execute(q("update_job"), params)
-        except psycopg.errors.UniqueViolation:
-            raise SlugTaken from None
-        row: Any = await cur.fetchone()
-        if row is None:
-            raise VersionConflict
-        await conn.execute(q("insert_job_version"), snapshot)
+    with translated():
+        async with pool.connection() as conn, conn.transaction():
+            try:
+                cur = await conn.execute(q("update_job"), params)
+            except psycopg.errors.UniqueViolation:
+                raise SlugTaken from None
+            row: Any = await cur.fetchone()
+            if row is None:
+                raise VersionConflict
+            await conn.execute(q("insert_job_version"), snapshot)
     return row  # type: ignore[no-any-return]
 
 
@@ -161,14 +163,15 @@ async def list_jobs(
 async def delete_job(pool: AsyncConnectionPool, job_id: uuid.UUID) -> bool:
     """False when the job still has live runs. The check and the delete share a transaction
     holding the job row, so a trigger cannot slip a run in between."""
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute(q("lock_job"), {"id": job_id})
-        cur = await conn.execute(q("job_has_active_runs"), {"id": job_id})
-        active: Any = await cur.fetchone()
-        if active is not None and next(iter(active.values())):
-            return False
-        await conn.execute(q("delete_job"), {"id": job_id})
-    return True
+    with translated():
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(q("lock_job"), {"id": job_id})
+            cur = await conn.execute(q("job_has_active_runs"), {"id": job_id})
+            active: Any = await cur.fetchone()
+            if active is not None and next(iter(active.values())):
+                return False
+            await conn.execute(q("delete_job"), {"id": job_id})
+        return True
 
 
 async def list_versions(

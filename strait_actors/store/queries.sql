@@ -1,12 +1,38 @@
 -- Every SQL statement of strait, by name. Parameters are always bound (%(name)s).
--- State changes are compare-and-set on the status set that fsm.sources() gives for the
--- target status, and each appends its run_events row in the same statement.
+-- Every status change goes through the transition seam (store/transitions.py): a statement declares
+-- `-- transition NAME: FROM -> TO`, and its {guard}, {unlease}, {after} and {wake} macros are
+-- expanded from fsm.TRANSITIONS: the compare-and-set, the lease release, the run event (and every
+-- later consequence of a state change) and the NOTIFY, written once for all of them.
+
+-- ===================================================================== migrations
+
+-- name: lock_migrations
+-- Serialise start-ups: one process applies the pending migrations, the others wait.
+SELECT pg_advisory_lock(%(key)s)
+
+-- name: unlock_migrations
+-- Let the next starting process look.
+SELECT pg_advisory_unlock(%(key)s)
+
+-- name: create_schema_migrations
+-- Which migration files are applied.
+CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())
+
+-- name: applied_migrations
+-- The files applied so far.
+SELECT name FROM schema_migrations
+
+-- name: record_migration
+-- One more file applied (in the transaction that applied it).
+INSERT INTO schema_migrations (name) VALUES (%(name)s)
 
 -- ===================================================================== queue (worker)
 
 -- name: claim_runs
 -- Promote due delayed runs, then claim queued runs for this worker under a fresh lease: one round trip.
--- Promoted runs are not visible to this statement's snapshot; the NOTIFY makes the next claim immediate.
+-- Promoted runs are not visible to this statement's snapshot; their wake makes the next claim immediate.
+-- transition promoted: delayed -> queued
+-- transition claimed: queued -> executing
 WITH due AS (
     SELECT id FROM job_runs
     WHERE status = 'delayed' AND scheduled_at <= now()
@@ -15,16 +41,9 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 ), promoted AS (
     UPDATE job_runs r SET status = 'queued'
-    FROM due WHERE r.id = due.id
-    RETURNING r.id, r.attempt
-), promoted_events AS (
-    INSERT INTO run_events (run_id, type, message, data)
-    SELECT id, 'state_change', 'delayed -> queued',
-           jsonb_build_object('from', 'delayed', 'to', 'queued', 'attempt', attempt)
-    FROM promoted
-), promoted_wake AS (
-    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM promoted LIMIT 1) p
-), candidates AS (
+    FROM due WHERE r.id = due.id AND {guard promoted}
+    RETURNING r.id, 'delayed'::text AS from_status, r.status AS to_status, r.attempt
+){after promoted}{wake promoted}, candidates AS (
     SELECT r.id
     FROM job_runs r JOIN jobs j ON j.id = r.job_id
     WHERE r.status = 'queued'
@@ -36,37 +55,34 @@ WITH due AS (
     LIMIT %(limit)s
     FOR UPDATE OF r SKIP LOCKED
 ), claimed AS (
-    UPDATE job_runs r
-    SET status = 'executing', started_at = now(), heartbeat_at = now(), finished_at = NULL,
+    UPDATE job_runs r SET status = 'executing',
+        started_at = now(), heartbeat_at = now(), finished_at = NULL,
         lease_id = %(lease_id)s, lease_expires_at = now() + make_interval(secs => %(lease_secs)s),
         worker_id = %(worker_id)s
     FROM candidates c
-    WHERE r.id = c.id
-    RETURNING r.id, r.job_id, r.attempt, r.payload::text AS payload, r.expires_at, r.error
-), claimed_events AS (
-    INSERT INTO run_events (run_id, type, message, data)
-    SELECT id, 'state_change', 'queued -> executing',
-           jsonb_build_object('from', 'queued', 'to', 'executing', 'attempt', attempt)
-    FROM claimed
-)
+    WHERE r.id = c.id AND {guard claimed}
+    RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.job_id,
+              r.payload::text AS payload, r.lease_id, r.expires_at, r.error AS previous_error
+){after claimed}
 -- always one row at least: (NULL id, promoted count) when nothing was claimed
-SELECT c.id, c.job_id, c.attempt, c.payload, c.expires_at, c.error,
-       j.endpoint_url, j.timeout_secs, j.max_attempts, j.retry_strategy, j.retry_delays_secs,
-       j.retry_priority_boost, j.signing_secret, w.n AS promoted
+SELECT c.id::text AS id, c.job_id::text AS job_id, c.attempt, c.payload, c.lease_id::text AS lease_id,
+       c.expires_at, c.previous_error, COALESCE(j.endpoint_url, '') AS endpoint_url, j.timeout_secs,
+       j.max_attempts, j.retry_strategy, j.retry_delays_secs, j.retry_priority_boost, j.signing_secret,
+       w.n AS promoted
 FROM (SELECT count(*) AS n FROM promoted_wake) w
 LEFT JOIN (claimed c JOIN jobs j ON j.id = c.job_id) ON true
 
 -- name: record_outcomes
 -- Write many dispatch outcomes at once, each fenced on (id, executing, attempt, lease); a run whose
 -- fence fails is skipped without touching the others. Retries go back to queued with attempt + 1.
+-- transition moved: executing -> completed failed timed_out dead_letter queued
 WITH v AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(leases)s::uuid[], %(statuses)s::text[],
                          %(results)s::jsonb[], %(errors)s::text[], %(classes)s::text[],
                          %(delays)s::float8[], %(boosts)s::int[])
         AS v(id, attempt, lease_id, to_status, result, error, error_class, delay, boost)
-), upd AS (
-    UPDATE job_runs r SET
-        status = v.to_status,
+), moved AS (
+    UPDATE job_runs r SET status = v.to_status,
         attempt = CASE WHEN v.to_status = 'queued' THEN r.attempt + 1 ELSE r.attempt END,
         result = v.result,
         error = v.error,
@@ -75,19 +91,16 @@ WITH v AS (
         finished_at = CASE WHEN v.to_status = 'queued' THEN NULL ELSE now() END,
         next_retry_at = CASE WHEN v.to_status = 'queued' THEN now() + make_interval(secs => v.delay) END,
         priority = CASE WHEN v.to_status = 'queued' THEN LEAST(10, r.priority + v.boost) ELSE r.priority END,
-        lease_id = NULL, lease_expires_at = NULL, worker_id = NULL
+        {unlease}
     FROM v
-    WHERE r.id = v.id AND r.status = 'executing' AND r.attempt = v.attempt AND r.lease_id = v.lease_id
-    RETURNING r.id, v.attempt, v.to_status, v.error
-), ev AS (
-    INSERT INTO run_events (run_id, type, level, message, data)
-    SELECT id, 'state_change', CASE WHEN to_status = 'completed' THEN 'info' ELSE 'warn' END,
-           'executing -> ' || to_status,
-           jsonb_build_object('from', 'executing', 'to', to_status, 'attempt', attempt)
-             || CASE WHEN error IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('error', error) END
-    FROM upd
-)
-SELECT id, to_status FROM upd
+    WHERE r.id = v.id AND r.attempt = v.attempt AND r.lease_id = v.lease_id AND {guard moved}
+    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, v.attempt, v.error
+){after moved}
+SELECT id::text AS id FROM moved
+
+-- name: listen_wake
+-- The pollers' wake-up channel: every {wake} of the transition seam NOTIFYs it.
+LISTEN strait_queue_wake
 
 -- name: extend_leases
 -- Heartbeat the runs this worker is still calling: the lease moves forward, fenced on the lease.
@@ -98,79 +111,68 @@ WHERE r.id = v.id AND r.lease_id = v.lease_id AND r.status = 'executing'
 
 -- name: release_runs
 -- Give unfinished runs back to the queue at shutdown, same attempt (nothing was decided about them).
-WITH upd AS (
-    UPDATE job_runs r
-    SET status = 'queued', started_at = NULL, lease_id = NULL, lease_expires_at = NULL, worker_id = NULL
+-- transition moved: executing -> queued
+WITH moved AS (
+    UPDATE job_runs r SET status = 'queued', started_at = NULL, {unlease}
     FROM unnest(%(ids)s::uuid[], %(leases)s::uuid[]) AS v(id, lease_id)
-    WHERE r.id = v.id AND r.lease_id = v.lease_id AND r.status = 'executing'
-    RETURNING r.id, r.attempt
-), ev AS (
-    INSERT INTO run_events (run_id, type, message, data)
-    SELECT id, 'state_change', 'executing -> queued (worker shutdown)',
-           jsonb_build_object('from', 'executing', 'to', 'queued', 'attempt', attempt)
-    FROM upd
-), wake AS (
-    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM upd LIMIT 1) p
-)
-SELECT count(*) AS released, (SELECT count(*) FROM wake) AS woke FROM upd
+    WHERE r.id = v.id AND r.lease_id = v.lease_id AND {guard moved}
+    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt,
+              'worker shutdown'::text AS note
+){after moved}{wake moved}
+SELECT count(*) AS released, (SELECT count(*) FROM moved_wake) AS woke FROM moved
 
 -- ===================================================================== reaper
 
 -- name: reap_lost_leases
 -- Runs whose worker stopped heartbeating: retry (attempt + 1, backoff without jitter) or crashed.
 -- Clearing the lease fences out any late result from the lost attempt.
+-- transition moved: executing -> queued crashed
 WITH stale AS (
-    SELECT r.id, r.attempt, GREATEST(j.max_attempts, 1) AS max_attempts
+    SELECT r.id, r.attempt,
+           CASE WHEN r.attempt < GREATEST(j.max_attempts, 1) THEN 'queued' ELSE 'crashed' END AS to_status
     FROM job_runs r JOIN jobs j ON j.id = r.job_id
     WHERE r.status = 'executing' AND r.lease_expires_at < now()
     ORDER BY r.lease_expires_at
     LIMIT 1000
     FOR UPDATE OF r SKIP LOCKED
-), upd AS (
-    UPDATE job_runs r SET
-        status = CASE WHEN s.attempt < s.max_attempts THEN 'queued' ELSE 'crashed' END,
-        attempt = CASE WHEN s.attempt < s.max_attempts THEN r.attempt + 1 ELSE r.attempt END,
-        next_retry_at = CASE WHEN s.attempt < s.max_attempts
+), moved AS (
+    UPDATE job_runs r SET status = s.to_status,
+        attempt = CASE WHEN s.to_status = 'queued' THEN r.attempt + 1 ELSE r.attempt END,
+        next_retry_at = CASE WHEN s.to_status = 'queued'
                              THEN now() + make_interval(secs => LEAST(power(2, s.attempt - 1), 3600)) END,
-        error = CASE WHEN s.attempt < s.max_attempts THEN 'heartbeat lost; retry scheduled'
-                     ELSE 'heartbeat lost' END,
+        error = CASE WHEN s.to_status = 'queued' THEN 'heartbeat lost; retry scheduled' ELSE 'heartbeat lost' END,
         error_class = 'transient',
-        started_at = CASE WHEN s.attempt < s.max_attempts THEN NULL ELSE r.started_at END,
-        finished_at = CASE WHEN s.attempt < s.max_attempts THEN NULL ELSE now() END,
-        lease_id = NULL, lease_expires_at = NULL, worker_id = NULL
-    FROM stale s WHERE r.id = s.id
-    RETURNING r.id, s.attempt, r.status
-), ev AS (
-    INSERT INTO run_events (run_id, type, level, message, data)
-    SELECT id, 'state_change', 'warn', 'executing -> ' || status || ' (lease lost)',
-           jsonb_build_object('from', 'executing', 'to', status, 'attempt', attempt,
-                              'error', 'heartbeat lost')
-    FROM upd
-)
-SELECT status, count(*) AS n FROM upd GROUP BY status
+        started_at = CASE WHEN s.to_status = 'queued' THEN NULL ELSE r.started_at END,
+        finished_at = CASE WHEN s.to_status = 'queued' THEN NULL ELSE now() END,
+        {unlease}
+    FROM stale s WHERE r.id = s.id AND {guard moved}
+    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, s.attempt, r.error,
+              'lease lost'::text AS note
+){after moved}
+SELECT to_status AS status, count(*) AS n FROM moved GROUP BY to_status
 
 -- name: expire_runs
 -- Runs never started whose TTL passed go to expired (retried runs keep going: engine.md §2.7 ⚠).
 -- Scans the claim index (queued runs only): a delayed run past its TTL is past its schedule too, so
 -- the claim has promoted it; no index of its own, which every run would pay for.
+-- transition moved: queued -> expired
 WITH due AS (
-    SELECT id, status FROM job_runs
+    SELECT id FROM job_runs
     WHERE status = 'queued' AND expires_at <= now() AND attempt = 1
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
-), upd AS (
+), moved AS (
     UPDATE job_runs r SET status = 'expired', error = 'run expired', finished_at = now()
-    FROM due WHERE r.id = due.id
-    RETURNING r.id, due.status AS from_status, r.attempt
-), ev AS (
-    INSERT INTO run_events (run_id, type, level, message, data)
-    SELECT id, 'state_change', 'warn', from_status || ' -> expired',
-           jsonb_build_object('from', from_status, 'to', 'expired', 'attempt', attempt)
-    FROM upd
-)
-SELECT count(*) AS n FROM upd
+    FROM due WHERE r.id = due.id AND {guard moved}
+    RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt
+){after moved}
+SELECT count(*) AS n FROM moved
 
 -- ===================================================================== projects and API keys
+
+-- name: ping
+-- Health: the database answers.
+SELECT 1
 
 -- name: upsert_project
 -- Create a project, or rename it when the same id comes back with the same org (api.md §4.2).
@@ -281,8 +283,7 @@ LIMIT %(limit)s
 -- name: job_has_active_runs
 -- Delete guard: does the job have a run that is not terminal?
 SELECT EXISTS (SELECT 1 FROM job_runs WHERE job_id = %(id)s
-               AND status NOT IN ('completed', 'failed', 'timed_out', 'crashed', 'system_failed',
-                                  'canceled', 'expired', 'dead_letter'))
+               AND NOT status = ANY({terminal}))
 
 -- name: delete_job
 -- Remove a job with its versions and finished runs.
@@ -355,7 +356,7 @@ LIMIT 1
 
 -- name: count_recent_runs
 -- Job rate limit: runs created inside the window.
-SELECT count(*) FROM job_runs WHERE job_id = %(job_id)s AND created_at >= now() - make_interval(secs => %(window)s)
+SELECT count(*) AS n FROM job_runs WHERE job_id = %(job_id)s AND created_at >= now() - make_interval(secs => %(window)s)
 
 -- name: get_run
 -- One run by id.
@@ -391,27 +392,22 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
 -- name: cancel_run
--- Cancel a run that is not terminal (fsm sources of 'canceled'); its lease is cleared so a dispatch in
--- flight cannot record a result afterwards.
+-- Cancel a run that is not terminal; its lease is cleared so a dispatch in flight cannot record a
+-- result afterwards.
+-- transition moved: * -> canceled
 WITH cur AS (
-    SELECT id, status FROM job_runs WHERE id = %(id)s AND status = ANY(%(sources)s) FOR UPDATE
-), upd AS (
-    UPDATE job_runs r SET status = 'canceled', finished_at = now(), error = 'canceled by user',
-        lease_id = NULL, lease_expires_at = NULL, worker_id = NULL
-    FROM cur WHERE r.id = cur.id
-    RETURNING r.*, cur.status AS from_status
-), ev AS (
-    INSERT INTO run_events (run_id, type, message, data)
-    SELECT id, 'state_change', from_status || ' -> canceled',
-           jsonb_build_object('from', from_status, 'to', 'canceled', 'attempt', attempt, 'actor', %(actor)s::text)
-    FROM upd
-)
-SELECT * FROM upd
+    SELECT id, status AS from_status FROM job_runs WHERE id = %(id)s FOR UPDATE
+), moved AS (
+    UPDATE job_runs r SET status = 'canceled', finished_at = now(), error = 'canceled by user', {unlease}
+    FROM cur WHERE r.id = cur.id AND {guard moved}
+    RETURNING r.*, cur.from_status, r.status AS to_status, %(actor)s::text AS actor
+){after moved}
+SELECT * FROM moved
 
 -- name: replay_run
 -- A new run from a finished one: same payload, tags, priority and job version; attempt 1; queued.
 WITH src AS (
-    SELECT r.*, COALESCE(j.run_ttl_secs, j.timeout_secs + 60) AS ttl FROM job_runs r JOIN jobs j ON j.id = r.job_id
+    SELECT r.*, j.effective_run_ttl_secs AS ttl FROM job_runs r JOIN jobs j ON j.id = r.job_id
     WHERE r.id = %(id)s
 ), ins AS (
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
@@ -438,6 +434,7 @@ LIMIT %(limit)s
 -- name: dlq_replay
 -- Put dead-lettered runs back in the queue in place (by ids, or a project's oldest N): attempt 1,
 -- errors and times cleared, a fresh TTL. One statement for one run or five hundred.
+-- transition moved: dead_letter -> queued
 WITH pick AS (
     SELECT r.id FROM job_runs r
     WHERE r.status = 'dead_letter'
@@ -446,19 +443,13 @@ WITH pick AS (
     ORDER BY r.created_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-), upd AS (
+), moved AS (
     UPDATE job_runs r SET status = 'queued', attempt = 1, error = NULL, error_class = NULL, result = NULL,
         started_at = NULL, finished_at = NULL, heartbeat_at = NULL, next_retry_at = NULL,
-        expires_at = now() + make_interval(secs => COALESCE(j.run_ttl_secs, j.timeout_secs + 60))
+        expires_at = now() + make_interval(secs => j.effective_run_ttl_secs)
     FROM pick, jobs j
-    WHERE r.id = pick.id AND j.id = r.job_id
-    RETURNING r.*
-), ev AS (
-    INSERT INTO run_events (run_id, type, message, data)
-    SELECT id, 'state_change', 'dead_letter -> queued (dlq replay)',
-           jsonb_build_object('from', 'dead_letter', 'to', 'queued', 'attempt', 1, 'actor', %(actor)s::text)
-    FROM upd
-), wake AS (
-    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM upd LIMIT 1) q
-)
-SELECT upd.*, (SELECT count(*) FROM wake) AS woke FROM upd
+    WHERE r.id = pick.id AND j.id = r.job_id AND {guard moved}
+    RETURNING r.*, 'dead_letter'::text AS from_status, r.status AS to_status, %(actor)s::text AS actor,
+              'dlq replay'::text AS note
+){after moved}{wake moved}
+SELECT moved.*, (SELECT count(*) FROM moved_wake) AS woke FROM moved

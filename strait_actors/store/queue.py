@@ -1,14 +1,21 @@
-"""The queue as the worker sees it: claim under a lease, record outcomes fenced on it, reap."""
+"""The queue as the worker sees it: claim under a lease, record outcomes fenced on it, reap.
+
+Every status change here is a transition of `queries.sql`, written through the transition seam.
+Driver errors come out as `store.errors` types.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row, kwargs_row, scalar_row
 
-from strait_actors.messages import ClaimedRun, Outcome
+from strait_actors.model import ClaimedRun, Outcome
+from strait_actors.store.errors import translated
 from strait_actors.store.sql import q
 
 # Worker connections run only the queue's statements, whose right plan is always an index walk.
@@ -19,17 +26,24 @@ PLAN_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_sort=of
 
 
 def connect(dsn: str) -> psycopg.Connection:
-    return psycopg.connect(dsn, autocommit=True, options=PLAN_OPTIONS)
+    with translated():
+        return psycopg.connect(dsn, autocommit=True, options=PLAN_OPTIONS)
 
 
 async def connect_async(dsn: str) -> psycopg.AsyncConnection:
-    return await psycopg.AsyncConnection.connect(dsn, autocommit=True, options=PLAN_OPTIONS)
+    with translated():
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True, options=PLAN_OPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     runs: list[ClaimedRun]
     promoted: bool  # delayed runs became queued: claim again at once
+
+
+def _claimed(promoted: int, **row: Any) -> tuple[int, ClaimedRun | None]:
+    """A claim row by column name; the one row of an empty claim has no run, only the count."""
+    return promoted, ClaimedRun(**row) if row["id"] is not None else None
 
 
 class Queue:
@@ -41,33 +55,10 @@ class Queue:
         self.lease_secs = lease_secs
 
     def claim(self, limit: int) -> ClaimResult:
-        lease = str(uuid.uuid4())
-        rows = self.conn.execute(
-            q("claim_runs"),
-            {"limit": limit, "lease_id": lease, "lease_secs": self.lease_secs, "worker_id": self.worker_id},
-        ).fetchall()
-        promoted = bool(rows and rows[0][13])
-        runs = [
-            ClaimedRun(
-                id=str(r[0]),
-                job_id=str(r[1]),
-                attempt=r[2],
-                payload=r[3].encode(),
-                lease_id=lease,
-                expires_at=r[4],
-                previous_error=r[5],
-                endpoint_url=r[6] or "",
-                timeout_secs=r[7],
-                max_attempts=r[8],
-                retry_strategy=r[9],
-                retry_delays_secs=tuple(r[10]) if r[10] else None,
-                retry_priority_boost=r[11],
-                signing_secret=r[12],
-            )
-            for r in rows
-            if r[0] is not None
-        ]
-        return ClaimResult(runs, promoted)
+        params = {"limit": limit, "lease_id": uuid.uuid4(), "lease_secs": self.lease_secs, "worker_id": self.worker_id}
+        with translated(), self.conn.cursor(row_factory=kwargs_row(_claimed)) as cur:
+            rows = cur.execute(q("claim_runs"), params).fetchall()
+        return ClaimResult([run for _, run in rows if run is not None], bool(rows and rows[0][0]))
 
 
 def _pairs(runs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -91,24 +82,51 @@ async def record_outcomes(conn: psycopg.AsyncConnection, outcomes: list[Outcome]
         "delays": [o.retry_delay for o in outcomes],
         "boosts": [o.priority_boost for o in outcomes],
     }
-    cur = await conn.execute(q("record_outcomes"), params)
-    return {str(r[0]) for r in await cur.fetchall()}
+    with translated():
+        async with conn.cursor(row_factory=scalar_row) as cur:
+            await cur.execute(q("record_outcomes"), params)
+            return set(await cur.fetchall())
 
 
 async def extend_leases(conn: psycopg.AsyncConnection, runs: Iterable[tuple[str, str]], lease_secs: float) -> None:
-    await conn.execute(q("extend_leases"), {**_pairs(runs), "lease_secs": lease_secs})
+    with translated():
+        await conn.execute(q("extend_leases"), {**_pairs(runs), "lease_secs": lease_secs})
 
 
 async def release_runs(conn: psycopg.AsyncConnection, runs: Iterable[tuple[str, str]]) -> int:
-    cur = await conn.execute(q("release_runs"), _pairs(runs))
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
+    with translated():
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(q("release_runs"), _pairs(runs))
+            row = await cur.fetchone()
+    return int(row["released"]) if row else 0
 
 
 def reap_lost_leases(conn: psycopg.Connection) -> dict[str, int]:
-    return {r[0]: int(r[1]) for r in conn.execute(q("reap_lost_leases")).fetchall()}
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        return {r["status"]: int(r["n"]) for r in cur.execute(q("reap_lost_leases")).fetchall()}
 
 
 def expire_runs(conn: psycopg.Connection) -> int:
-    row = conn.execute(q("expire_runs")).fetchone()
-    return int(row[0]) if row else 0
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("expire_runs")).fetchone()
+    return int(row["n"]) if row else 0
+
+
+class WakeListener:
+    """LISTEN on the queue's wake channel, over a connection of its own."""
+
+    def __init__(self, dsn: str) -> None:
+        with translated():
+            self.conn = psycopg.connect(dsn, autocommit=True)
+            self.conn.execute(q("listen_wake"))
+
+    def wait(self, timeout: float) -> bool:
+        """True as soon as a wake arrives; False after `timeout` seconds of silence."""
+        got = False
+        with translated():
+            for _ in self.conn.notifies(timeout=timeout, stop_after=1):
+                got = True
+        return got
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,43 +1,17 @@
-"""Runs as the API sees them: enqueue, read, list, cancel, replay, events."""
+"""Runs as the API sees them: insert, read, list, cancel, replay, events (enqueueing: `enqueue.py`)."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from strait_actors import fsm, ids
+from strait_actors import ids
+from strait_actors.model import NewRun
 from strait_actors.store.sql import Row, fetch_all, fetch_one, q
-
-
-@dataclass(frozen=True, slots=True)
-class NewRun:
-    """One run to enqueue, fully decided by the API (status, expiry, merged tags)."""
-
-    id: uuid.UUID
-    job_id: uuid.UUID
-    project_id: str
-    status: str
-    priority: int
-    payload: str  # canonical JSON text
-    payload_hash: str
-    tags: dict[str, str]
-    metadata: dict[str, str]
-    triggered_by: str
-    scheduled_at: datetime | None
-    ttl_secs: float
-    idempotency_key: str | None
-    concurrency_key: str | None
-    batch_id: uuid.UUID | None
-    job_version: int
-    job_version_id: str | None
-    created_by: str | None
-    debug_mode: bool = False
-
 
 _INSERT_FIELDS = (
     "id",
@@ -103,7 +77,7 @@ async def list_dead_letter(
 
 async def cancel_run(pool: AsyncConnectionPool, run_id: uuid.UUID, actor: str) -> Row | None:
     """The canceled run, or None when it was terminal (or vanished) at the time of the write."""
-    return await fetch_one(pool, "cancel_run", {"id": run_id, "sources": fsm.sources(fsm.S.CANCELED), "actor": actor})
+    return await fetch_one(pool, "cancel_run", {"id": run_id, "actor": actor})
 
 
 async def dlq_replay(pool: AsyncConnectionPool, run_id: uuid.UUID, actor: str) -> Row | None:

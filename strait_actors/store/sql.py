@@ -8,9 +8,13 @@ from importlib import resources
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_dumps, set_json_loads
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from strait_actors.store import transitions
+from strait_actors.store.errors import translated
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
@@ -26,9 +30,14 @@ def parse(text: str) -> dict[str, str]:
     return queries
 
 
+def load(text: str) -> dict[str, str]:
+    """Named statements with the transition seam's macros expanded (see `transitions`)."""
+    return {name: transitions.expand(name, body) for name, body in parse(text).items()}
+
+
 @cache
 def queries() -> dict[str, str]:
-    return parse(resources.files("strait_actors.store").joinpath("queries.sql").read_text())
+    return load(resources.files("strait_actors.store").joinpath("queries.sql").read_text())
 
 
 def q(name: str) -> str:
@@ -51,15 +60,27 @@ def make_pool(dsn: str, size: int) -> AsyncConnectionPool:
 
 
 async def fetch_one(pool: AsyncConnectionPool, name: str, params: dict[str, Any]) -> Row | None:
-    """One row as a dict (the pool's connections use dict rows)."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(q(name), params)
-        row: Any = await cur.fetchone()
-        return row  # type: ignore[no-any-return]
+    """One row as a dict (the pool's connections use dict rows); driver errors come out translated."""
+    with translated():
+        async with pool.connection() as conn:
+            cur = await conn.execute(q(name), params)
+            row: Any = await cur.fetchone()
+            return row  # type: ignore[no-any-return]
 
 
 async def fetch_all(pool: AsyncConnectionPool, name: str, params: dict[str, Any]) -> list[Row]:
-    async with pool.connection() as conn:
-        cur = await conn.execute(q(name), params)
-        rows: Any = await cur.fetchall()
-        return rows  # type: ignore[no-any-return]
+    with translated():
+        async with pool.connection() as conn:
+            cur = await conn.execute(q(name), params)
+            rows: Any = await cur.fetchall()
+            return rows  # type: ignore[no-any-return]
+
+
+async def ping(pool: AsyncConnectionPool, timeout: float) -> bool:
+    """Can a connection be had and used within `timeout`? (health checks)"""
+    try:
+        async with pool.connection(timeout=timeout) as conn:
+            await conn.execute(q("ping"))
+    except (psycopg.Error, PoolTimeout, OSError):
+        return False
+    return True

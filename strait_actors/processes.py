@@ -1,76 +1,21 @@
-"""One worker process's actor tree, and the process-level supervisor that keeps N of them alive."""
+"""The process supervisor: keeps N worker OS processes alive, restarting one that dies with backoff.
+
+It knows processes, not actors: each worker process builds its own actor tree
+(`actors/tree.py`), so this module imports no actor code and `--mode api` stays actor-free.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
 
-import pykka
-
-from strait_actors.actors.base import TreeContext
-from strait_actors.actors.clock import Clock
-from strait_actors.actors.dispatcher import DispatcherPool
-from strait_actors.actors.poller import Poller
-from strait_actors.actors.reaper import Reaper
-from strait_actors.actors.supervisor import ChildSpec, RestartPolicy, Supervisor
-from strait_actors.messages import Tick
-from strait_actors.settings import Settings
-
 log = logging.getLogger(__name__)
-
-
-class WorkerTree:
-    """One process's actor tree: supervisor, clock and children, built by the composition root."""
-
-    def __init__(
-        self, settings: Settings, dsn: str, worker_id: str | None = None, policy: RestartPolicy | None = None
-    ) -> None:
-        self.ctx = TreeContext(
-            settings=settings, dsn=dsn, worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        )
-        self.clock = Clock(self.ctx.registry)
-        self.clock.every(settings.poller_interval_ms / 1000, "poller", Tick())
-        self.clock.every(settings.heartbeat_interval_secs, "dispatcher", Tick())
-        self.clock.every(settings.reaper_interval_secs, "reaper", Tick())
-        grace = settings.worker_drain_timeout_secs + 20
-        # dispatcher first: the poller asks it for capacity when it starts
-        self.children = [
-            ChildSpec("dispatcher", lambda c: DispatcherPool.start(c), stop_timeout=grace),
-            ChildSpec("poller", lambda c: Poller.start(c)),
-            ChildSpec("reaper", lambda c: Reaper.start(c)),
-        ]
-        self.policy = policy
-        self.failed = threading.Event()
-        self.ref: pykka.ActorRef[Supervisor] | None = None
-
-    def start(self) -> None:
-        self.ref = Supervisor.start(self.ctx, self.clock, self.children, self.policy, self.failed)
-
-    def stop(self) -> None:
-        if self.ref is not None:
-            self.ref.stop(block=True, timeout=self.ctx.settings.worker_drain_timeout_secs + 40)
-            self.ref = None
-
-
-def run_worker(settings: Settings, dsn: str) -> int:
-    """Run one actor tree until SIGTERM/SIGINT (exit 0) or escalation (exit 1)."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    tree = WorkerTree(settings, dsn)
-    tree.start()
-    while not stop.is_set() and not tree.failed.is_set():
-        stop.wait(0.2)
-    tree.stop()
-    return 1 if tree.failed.is_set() else 0
 
 
 class ProcessSupervisor:
@@ -132,4 +77,5 @@ class ProcessSupervisor:
 
 
 def worker_child_argv() -> list[str]:
+    """The command line of one worker process: this interpreter, running its own actor tree."""
     return [sys.executable, "-m", "strait_actors.cli", "--worker-child"]

@@ -1,8 +1,10 @@
-"""Enqueueing runs: concurrent trigger calls share one INSERT (and one commit).
+"""Enqueueing runs, for the API and for actors alike: shared INSERTs, admission, idempotency keys.
 
-Each caller is answered only after the statement holding its run has committed. A
-statement that fails is retried group by group, so one bad trigger cannot fail the
-others; an idempotency key already taken answers with the run that holds it.
+Concurrent callers' runs share one INSERT (and one commit); each caller is answered only after
+the statement holding its run has committed. A statement that fails is retried group by group,
+so one bad trigger cannot fail the others. An idempotency key already taken answers with the run
+that holds it. Only a job with an admission limit (dedup window, rate limit) takes its job row
+lock, in a transaction of its own (engine.md §2.5). Driver errors come out as `store.errors`.
 """
 
 from __future__ import annotations
@@ -10,28 +12,66 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from strait_actors import fsm
+from strait_actors.model import NewRun, Receipt
 from strait_actors.store import runs as store
-from strait_actors.store.runs import NewRun
+from strait_actors.store.errors import RateLimited, translated
+from strait_actors.store.sql import q
 
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 2000
 MAX_FLUSHES = 4
 
+_Group = tuple[list[NewRun], "asyncio.Future[list[Receipt]]"]
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """What the trigger API answers for one run."""
 
-    id: uuid.UUID
-    status: str
-    idempotency_hit: bool
+class Enqueuer:
+    """Enqueues runs of one job: the shared-INSERT batcher, or the job lock when admission needs it."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+        self.batcher = TriggerBatcher(pool)
+
+    async def enqueue(self, job: Mapping[str, Any], runs: list[NewRun]) -> list[Receipt]:
+        """Receipts in input order. Raises `RateLimited`, `MissingReference` (the job is gone)."""
+        with translated():
+            if job["dedup_window_secs"] or job["rate_limit_max"]:
+                return await self._admitted(job, runs)
+            return await self.batcher.submit(runs)
+
+    async def _admitted(self, job: Mapping[str, Any], runs: list[NewRun]) -> list[Receipt]:
+        """Dedup window and job rate limit, serialised on the job row."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(q("lock_job"), {"id": job["id"]})
+            if job["rate_limit_max"]:
+                window = job["rate_limit_window_secs"] or 60
+                cur = await conn.execute(q("count_recent_runs"), {"job_id": job["id"], "window": window})
+                row: Any = await cur.fetchone()  # dict rows (the pool's row factory)
+                if row is not None and row["n"] + len(runs) > job["rate_limit_max"]:
+                    raise RateLimited(retry_after=5)
+            out: list[Receipt | None] = [None] * len(runs)
+            fresh: list[tuple[int, NewRun]] = []
+            for i, run in enumerate(runs):
+                if job["dedup_window_secs"]:
+                    params = {"job_id": job["id"], "payload_hash": run.payload_hash, "window": job["dedup_window_secs"]}
+                    cur = await conn.execute(q("recent_run_with_payload"), params)
+                    hit: Any = await cur.fetchone()
+                    if hit is not None:
+                        out[i] = Receipt(hit["id"], hit["status"], False)
+                        continue
+                fresh.append((i, run))
+            new = [r for _, r in fresh]
+            inserted = await store.insert_runs(conn, new) if new else {}
+            for (i, _), receipt in zip(fresh, await resolve_conflicts(conn, new, inserted), strict=True):
+                out[i] = receipt
+        return [r for r in out if r is not None]
 
 
 async def resolve_conflicts(conn: Any, runs: list[NewRun], inserted: dict[uuid.UUID, str]) -> list[Receipt]:
@@ -51,7 +91,7 @@ async def _claim_key(conn: Any, run: NewRun) -> Receipt:
     assert run.idempotency_key is not None
     for _ in range(5):
         holder = await store.run_by_idempotency_key(conn, run.job_id, run.idempotency_key)
-        if holder is not None and not holder["stale"] and holder["status"] != "expired":
+        if holder is not None and not holder["stale"] and holder["status"] != fsm.S.EXPIRED:
             return Receipt(holder["id"], holder["status"], True)
         if holder is not None:
             await store.release_idempotency_key(conn, holder["id"])
@@ -62,11 +102,11 @@ async def _claim_key(conn: Any, run: NewRun) -> Receipt:
 
 
 class TriggerBatcher:
-    """Groups the runs of concurrent trigger requests into shared INSERT statements."""
+    """Groups the runs of concurrent callers into shared INSERT statements."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
-        self.waiting: list[tuple[list[NewRun], asyncio.Future[list[Receipt]]]] = []
+        self.waiting: list[_Group] = []
         self.flushes = 0
 
     async def submit(self, runs: list[NewRun]) -> list[Receipt]:
@@ -77,7 +117,7 @@ class TriggerBatcher:
             asyncio.get_running_loop().create_task(self._flush())
         return await fut
 
-    def _take(self) -> list[tuple[list[NewRun], asyncio.Future[list[Receipt]]]]:
+    def _take(self) -> list[_Group]:
         taken, rows = 0, 0
         for group, _fut in self.waiting:
             if taken and rows + len(group) > MAX_ROWS:
@@ -100,7 +140,7 @@ class TriggerBatcher:
         finally:
             self.flushes -= 1
 
-    async def _write(self, groups: list[tuple[list[NewRun], asyncio.Future[list[Receipt]]]]) -> None:
+    async def _write(self, groups: list[_Group]) -> None:
         everything = [r for group, _ in groups for r in group]
         async with self.pool.connection() as conn:
             try:
@@ -119,7 +159,7 @@ class TriggerBatcher:
                 if not fut.done():
                     fut.set_result(receipts)
 
-    async def _write_each(self, conn: Any, groups: list[tuple[list[NewRun], asyncio.Future[list[Receipt]]]]) -> None:
+    async def _write_each(self, conn: Any, groups: list[_Group]) -> None:
         for group, fut in groups:
             try:
                 inserted = await store.insert_runs(conn, group)

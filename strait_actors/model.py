@@ -1,0 +1,141 @@
+"""The domain model: typed records of runs as they are requested, enqueued, claimed and decided.
+
+The store reads rows into these by column name (psycopg's `class_row`/`kwargs_row`); the API and
+the actors build and pass them. Actor messages live in `messages.py` and only carry these.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from strait_actors import fsm, ids
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """What a caller asks of one run (a validated trigger body or bulk item, or a cron tick)."""
+
+    payload: Any = field(default_factory=dict)  # raw; canonicalised by the caller into payload text
+    tags: dict[str, str] = field(default_factory=dict)
+    scheduled_at: datetime | None = None
+    priority: int = 0
+    dry_run: bool = False
+    ttl_secs: int | None = None
+    concurrency_key: str | None = None
+    debounce_key: str | None = None
+    batch_key: str | None = None
+    idempotency_key: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunOrigin:
+    """What is the same for every run of one trigger: the job row, who asked, and when."""
+
+    job: Mapping[str, Any]
+    actor: str | None
+    now: datetime
+    trace: dict[str, str] = field(default_factory=dict)
+    batch_id: uuid.UUID | None = None
+    triggered_by: str = "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """One run to enqueue, fully decided (status, expiry, merged tags and metadata)."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    project_id: str
+    status: str
+    priority: int
+    payload: str  # canonical JSON text
+    payload_hash: str
+    tags: dict[str, str]
+    metadata: dict[str, str]
+    triggered_by: str
+    scheduled_at: datetime | None
+    ttl_secs: float
+    idempotency_key: str | None
+    concurrency_key: str | None
+    batch_id: uuid.UUID | None
+    job_version: int
+    job_version_id: str | None
+    created_by: str | None
+    debug_mode: bool = False
+
+
+def new_run(origin: RunOrigin, req: RunRequest, payload: str, payload_hash: str, key: str | None) -> NewRun:
+    """A run of `origin.job` as `req` asks: delayed when scheduled ahead, the job's TTL rule unless
+    the request gives one (`effective_run_ttl_secs` is the schema's one copy of that rule)."""
+    job = origin.job
+    delayed = req.scheduled_at is not None and req.scheduled_at > origin.now
+    ttl = req.ttl_secs if req.ttl_secs is not None else job["effective_run_ttl_secs"]
+    return NewRun(
+        id=ids.uuid7(),
+        job_id=job["id"],
+        project_id=job["project_id"],
+        status=fsm.S.DELAYED if delayed else fsm.S.QUEUED,
+        priority=req.priority,
+        payload=payload,
+        payload_hash=payload_hash,
+        tags={**job["tags"], **req.tags} if job["tags"] else req.tags,
+        metadata={**(job["default_run_metadata"] or {}), **req.metadata, **origin.trace},
+        triggered_by=origin.triggered_by,
+        scheduled_at=req.scheduled_at if delayed else None,
+        ttl_secs=float(ttl),
+        idempotency_key=key,
+        concurrency_key=req.concurrency_key,
+        batch_id=origin.batch_id,
+        job_version=job["version"],
+        job_version_id=job["version_id"],
+        created_by=origin.actor,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What enqueueing answers for one run: the run that holds it, and whether a key matched."""
+
+    id: uuid.UUID
+    status: str
+    idempotency_hit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """A run claimed under a lease, with the job settings its dispatch needs (read by column name)."""
+
+    id: str
+    job_id: str
+    attempt: int
+    payload: str  # JSON text, POSTed as it is
+    lease_id: str
+    expires_at: datetime | None
+    previous_error: str | None
+    endpoint_url: str
+    timeout_secs: int
+    max_attempts: int
+    retry_strategy: str | None
+    retry_delays_secs: Sequence[int] | None
+    retry_priority_boost: int
+    signing_secret: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one dispatch attempt decided, ready for the fenced batch write."""
+
+    run_id: str
+    attempt: int
+    lease_id: str
+    to_status: str
+    result: str | None  # JSON text
+    error: str | None
+    error_class: str | None
+    retry_delay: float
+    priority_boost: int

@@ -1,0 +1,46 @@
+"""The store's failures in the project's own terms: nothing outside `store/` catches psycopg errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+
+class StoreError(Exception):
+    """A database failure, translated."""
+
+
+class Unavailable(StoreError):
+    """The database is unreachable, restarting or saturated: retry shortly."""
+
+
+class MissingReference(StoreError):
+    """A write refers to a row that does not exist (or was deleted meanwhile): a foreign key failed."""
+
+
+class Duplicate(StoreError):
+    """A unique key is taken."""
+
+
+class RateLimited(StoreError):
+    """Admission refused: the job's rate limit is reached for now."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("job rate limit exceeded")
+        self.retry_after = retry_after
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Re-raise the driver's errors as ours (usable around awaits too: it only sees exceptions)."""
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise Unavailable(str(exc)) from exc
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise MissingReference(exc.diag.constraint_name or str(exc)) from exc
+    except psycopg.errors.UniqueViolation as exc:
+        raise Duplicate(exc.diag.constraint_name or str(exc)) from exc
