@@ -6,7 +6,6 @@ Outcomes are values with a retry decision; nothing here raises.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 NOT_RETRYABLE = frozenset({"client", "auth", "budget", "oom"})
 MAX_DELAY_SECS = 3600.0
@@ -61,16 +60,3 @@ def retry_delay(
     strategy: str | None, attempt: int, delays: list[int] | None = None, rng: random.Random | None = None
 ) -> float:
     return jitter(base_delay(strategy, attempt, delays), rng)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """The job's retry settings as captured at claim time."""
-
-    max_attempts: int
-    strategy: str | None
-    delays: list[int] | None
-    priority_boost: int
-
-    def next_delay(self, attempt: int) -> float:
-        return retry_delay(self.strategy, attempt, self.delays)

@@ -2,17 +2,13 @@
 
 A URL is checked twice: when it is saved (`check_url`) and again on every outbound
 connect, because a name that resolved to a public address at save time can later
-resolve to an internal one (DNS rebinding). At dial time:
-
-* `GuardedResolver` checks every address a *name* resolves to;
-* `check_dial_target` checks IP-literal hosts, which aiohttp never hands to a resolver;
-* `guarded_socket_factory` (optional, for `TCPConnector(socket_factory=...)`) checks the
-  address of every socket opened, which also covers redirects to IP literals.
+resolve to an internal one (DNS rebinding). At dial time the dispatch client
+(`httpclient.HttpClient`) refuses a blocked name or IP literal with `check_dial_target`
+and then every address the name resolves to with `is_blocked_ip`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 import re
@@ -20,16 +16,12 @@ import socket
 from typing import Any, Final
 
 import yarl
-from aiohappyeyeballs import AddrInfoType
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 __all__ = (
-    "GuardedResolver",
     "UnsafeAddress",
     "UnsafeURL",
     "check_dial_target",
     "check_url",
-    "guarded_socket_factory",
     "is_blocked_ip",
     "parse_strict_host",
 )
@@ -183,59 +175,10 @@ def check_url(url: str, *, allow_private: bool, require_tls: bool = False) -> No
 
 
 def check_dial_target(url: yarl.URL | str) -> None:
-    """Refuse a request whose host is a blocked IP literal or name; no DNS, cached per host.
-
-    Needed because aiohttp skips the resolver (and so GuardedResolver) for IP literals.
-    """
+    """Refuse a request whose host is a blocked IP literal or name; no DNS, cached per host."""
     host = (url if isinstance(url, yarl.URL) else yarl.URL(url)).host
     if not host:
         raise UnsafeAddress("blocked address for host ''")
     reason = _host_verdict(host)[1]
     if reason is not None:
         raise UnsafeAddress(f"blocked address for host {host}: {reason}")
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that refuses names resolving to ANY blocked address.
-
-    Runs on every connect that misses aiohttp's DNS cache, so a rebinding name is
-    caught on the lookup that actually feeds the socket.
-    """
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if _host_verdict(host)[1] is not None:
-            raise UnsafeAddress(f"blocked address for host {host}")
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family, flags=_AI_ADDRCONFIG)
-        results: list[ResolveResult] = []
-        for fam, _, proto, _, sockaddr in infos:
-            if is_blocked_ip(_sockaddr_ip(sockaddr)):
-                raise UnsafeAddress(f"blocked address for host {host}")
-            results.append(
-                ResolveResult(
-                    hostname=host,
-                    host=str(sockaddr[0]),
-                    port=int(sockaddr[1]),
-                    family=fam,
-                    proto=proto,
-                    flags=_NUMERIC_FLAGS,  # the address is numeric: no second lookup
-                )
-            )
-        return results
-
-    async def close(self) -> None:
-        """Nothing to release: lookups run on the loop's default executor."""
-
-
-def guarded_socket_factory(addr_info: AddrInfoType) -> socket.socket:
-    """Socket factory for TCPConnector that refuses blocked addresses.
-
-    The last line of defence: it sees the address actually dialled, including redirect
-    targets that are IP literals. Note it also refuses a proxy on a private address.
-    """
-    family, type_, proto, _, sockaddr = addr_info
-    if is_blocked_ip(_sockaddr_ip(sockaddr)):
-        raise UnsafeAddress(f"blocked address {sockaddr[0]}")
-    return socket.socket(family=family, type=type_, proto=proto)

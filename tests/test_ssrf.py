@@ -12,18 +12,15 @@ import socket
 import time
 from typing import Any
 
-import aiohttp
 import pytest
 import yarl
-from aiohttp import web
 
+from strait_actors.httpclient import HttpClient
 from strait_actors.ssrf import (
-    GuardedResolver,
     UnsafeAddress,
     UnsafeURL,
     check_dial_target,
     check_url,
-    guarded_socket_factory,
     is_blocked_ip,
     parse_strict_host,
 )
@@ -257,87 +254,17 @@ def test_check_dial_target_does_no_dns_and_is_cheap(monkeypatch: pytest.MonkeyPa
 # --- dial time --------------------------------------------------------------------
 
 
-def test_resolver_rejects_localhost() -> None:
-    async def main() -> None:
-        resolver = GuardedResolver()
-        try:
-            for host in ["localhost", "LOCALHOST", "api.localhost", "metadata.google.internal", "127.1"]:
-                with pytest.raises(UnsafeAddress, match="blocked address for host"):
-                    await resolver.resolve(host, 80)
-        finally:
-            await resolver.close()
-
-    asyncio.run(main())
-
-
-def test_resolver_checks_every_resolved_address(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_dispatch_client_refuses_a_name_with_any_private_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dial time: a name that resolved to a public address at save time may rebind to a private one."""
     _fake_dns(monkeypatch, DNS)
 
     async def main() -> None:
-        resolver = GuardedResolver()
-        for name in ["rebind.example", "v6private.example", "mapped.example", "meta.example"]:
-            with pytest.raises(UnsafeAddress, match=f"blocked address for host {name}"):
-                await resolver.resolve(name, 443, socket.AF_UNSPEC)
-        got = await resolver.resolve("public.example", 443, socket.AF_UNSPEC)
-        assert [r["host"] for r in got] == DNS["public.example"]
-        for r in got:
-            assert set(r) == {"hostname", "host", "port", "family", "proto", "flags"}
-            assert r["hostname"] == "public.example" and r["port"] == 443
-        assert {r["family"] for r in got} == {socket.AF_INET, socket.AF_INET6}
-        with pytest.raises(OSError):
-            await resolver.resolve("nxdomain.example", 443)
-        await resolver.close()
+        client = HttpClient(allow_private=False)
+        try:
+            for name in ["rebind.example", "v6private.example", "mapped.example", "meta.example", "localhost"]:
+                with pytest.raises(UnsafeAddress, match=f"blocked address for host {name}"):
+                    await client.post(f"http://{name}/hook", b"{}", b"", timeout=5, max_body=10)
+        finally:
+            await client.close()
 
     asyncio.run(main())
-
-
-async def _hello(request: web.Request) -> web.Response:
-    return web.Response(text="hello")
-
-
-async def _with_server(body: Any) -> None:
-    app = web.Application()
-    app.router.add_get("/", _hello)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        await body(port)
-    finally:
-        await runner.cleanup()
-
-
-def test_guarded_session_cannot_reach_localhost_server() -> None:
-    async def body(port: int) -> None:
-        url = f"http://localhost:{port}/"
-        # control: the default resolver reaches the loopback server
-        async with aiohttp.ClientSession() as session, session.get(url) as resp:
-            assert resp.status == 200 and await resp.text() == "hello"
-        connector = aiohttp.TCPConnector(resolver=GuardedResolver())
-        async with aiohttp.ClientSession(connector=connector) as session:
-            with pytest.raises(aiohttp.ClientConnectorError) as info:
-                async with session.get(url):
-                    pass
-            assert isinstance(info.value.os_error, UnsafeAddress)
-
-    asyncio.run(_with_server(body))
-
-
-def test_socket_factory_blocks_ip_literal_the_resolver_never_sees() -> None:
-    async def body(port: int) -> None:
-        url = f"http://127.0.0.1:{port}/"
-        with pytest.raises(UnsafeAddress):
-            check_dial_target(url)
-        connector = aiohttp.TCPConnector(resolver=GuardedResolver(), socket_factory=guarded_socket_factory)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            with pytest.raises(aiohttp.ClientConnectorError) as info:
-                async with session.get(url):
-                    pass
-            assert isinstance(info.value.os_error, UnsafeAddress)
-        # control: the factory opens ordinary sockets for addresses it allows
-        sock = guarded_socket_factory((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", 443)))
-        sock.close()
-
-    asyncio.run(_with_server(body))
