@@ -69,9 +69,8 @@ def test_restart_intensity_cap_escalates(settings: Settings) -> None:
         ref.stop(block=True, timeout=10)
 
 
-def test_dispatcher_crash_mid_dispatch_loses_no_run(dsn: str, settings: Settings, endpoint: Endpoint) -> None:
-    """Runs in flight when the dispatcher dies are reaped after their lease and dispatched again."""
-    release = threading.Event()
+def _ten_calls_in_flight(dsn: str, settings: Settings, endpoint: Endpoint, release: threading.Event) -> WorkerTree:
+    """A started tree with 10 runs (max_attempts 3) whose endpoint calls hang until `release`."""
 
     async def slow(_: dict[str, Any]) -> dict[str, bool]:
         import asyncio
@@ -88,6 +87,18 @@ def test_dispatcher_crash_mid_dispatch_loses_no_run(dsn: str, settings: Settings
     tree.start()
     try:
         wait_for(lambda: len(endpoint.requests) >= 10, what="10 calls in flight")
+    except BaseException:
+        release.set()
+        tree.stop()
+        raise
+    return tree
+
+
+def test_dispatcher_crash_mid_dispatch_loses_no_run(dsn: str, settings: Settings, endpoint: Endpoint) -> None:
+    """Runs in flight when the dispatcher dies are reaped after their lease and dispatched again."""
+    release = threading.Event()
+    tree = _ten_calls_in_flight(dsn, settings, endpoint, release)
+    try:
         crashed = tree.ctx.registry.get("dispatcher")
         tree.ctx.registry.tell("dispatcher", LoopCrashed("injected by the test"))
         wait_for(lambda: tree.ctx.registry.get("dispatcher") is not crashed, what="dispatcher replaced")
@@ -133,22 +144,8 @@ def test_a_lost_database_connection_is_reconnected_and_no_outcome_is_lost(
 ) -> None:
     """The outcome writer reconnects (the store's `Unavailable`), so the calls' results are kept."""
     release = threading.Event()
-
-    async def slow(_: dict[str, Any]) -> dict[str, bool]:
-        import asyncio
-
-        while not release.is_set():
-            await asyncio.sleep(0.02)
-        return {"ok": True}
-
-    endpoint.behave = slow
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        job = make_job(conn, endpoint.url, max_attempts=3)
-        make_runs(conn, job, 10)
-    tree = WorkerTree(settings, dsn, policy=RestartPolicy(base_delay=0.05))
-    tree.start()
+    tree = _ten_calls_in_flight(dsn, settings, endpoint, release)
     try:
-        wait_for(lambda: len(endpoint.requests) >= 10, what="10 calls in flight")
         dispatcher = tree.ctx.registry.get("dispatcher")
         with psycopg.connect(dsn, autocommit=True) as conn:
             killed = conn.execute(
