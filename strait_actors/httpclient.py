@@ -13,7 +13,7 @@ import base64
 import ipaddress
 import socket
 import ssl
-from collections import defaultdict
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -24,7 +24,12 @@ import yarl
 from strait_actors import ssrf
 
 MAX_IDLE_PER_HOST = 512
+MAX_IDLE_TOTAL = 1024  # across hosts: open sockets are capped at this + the calls in flight
+IDLE_TTL = 30.0  # an idle socket older than this is closed, not reused
+SWEEP_EVERY = 5.0
 MAX_CONNECTING = 32
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class HttpError(Exception):
@@ -91,6 +96,9 @@ class _Conn(asyncio.Protocol):
         self.headers_done = False
         self.framed = False  # Content-Length or chunked: the end is known without EOF
         self.keep_alive = False
+        self.head_size = 0  # bytes received before the headers were complete
+        self.header_count = 0
+        self.idle_since = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,11 +106,16 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if not self.headers_done:
+            self.head_size += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(HttpError(f"invalid HTTP response: {exc}"))
             self.close()
+            return
+        if not self.headers_done and self.head_size > MAX_HEADER_BYTES:  # e.g. an endless header line
+            self._too_big()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -114,6 +127,9 @@ class _Conn(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > MAX_HEADERS:
+            self._too_big()
         low = name.lower()
         if low == b"content-length" or (low == b"transfer-encoding" and b"chunked" in value.lower()):
             self.framed = True
@@ -134,6 +150,10 @@ class _Conn(asyncio.Protocol):
         self._finish()
 
     # helpers
+    def _too_big(self) -> None:
+        self._fail(HttpError(f"response headers exceed {MAX_HEADERS} headers or {MAX_HEADER_BYTES} bytes"))
+        self.close()
+
     def _finish(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result((self.parser.get_status_code(), b"".join(self.body)))
@@ -146,6 +166,7 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.body, self.size, self.cap = [], 0, cap
         self.got_bytes = self.headers_done = self.framed = self.keep_alive = False
+        self.head_size = self.header_count = 0
         self.waiter = loop.create_future()
         assert self.transport is not None
         self.transport.write(data)
@@ -160,13 +181,30 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+class _Gate:
+    """At most MAX_CONNECTING connects at once to one host; dropped when nobody uses it."""
+
+    __slots__ = ("sem", "users")
+
+    def __init__(self) -> None:
+        self.sem = asyncio.Semaphore(MAX_CONNECTING)
+        self.users = 0
+
+
 class HttpClient:
-    """Pools keep-alive connections per (scheme, host, port); guards every new connection."""
+    """Pools keep-alive connections per (scheme, host, port); guards every new connection.
+
+    Bounded whatever the tenants' endpoints do: at most MAX_IDLE_PER_HOST idle sockets a host and
+    MAX_IDLE_TOTAL in all (the least recently used go first), none idle longer than IDLE_TTL, and
+    a host's connect gate lives only while a connect to it is under way.
+    """
 
     def __init__(self, *, allow_private: bool) -> None:
         self.allow_private = allow_private
-        self.idle: dict[tuple[str, str, int], list[_Conn]] = defaultdict(list)
-        self.connecting: dict[tuple[str, str, int], asyncio.Semaphore] = {}
+        self.idle: dict[tuple[str, str, int], list[_Conn]] = {}
+        self.lru: OrderedDict[_Conn, None] = OrderedDict()  # every idle connection, oldest first
+        self.connecting: dict[tuple[str, str, int], _Gate] = {}
+        self.next_sweep = 0.0
         self._ssl: ssl.SSLContext | None = None
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -202,18 +240,55 @@ class HttpClient:
         connects overflows an endpoint's listen backlog (its SYNs are then retried after 1 s)."""
         gate = self.connecting.get(target.key)
         if gate is None:
-            gate = self.connecting[target.key] = asyncio.Semaphore(MAX_CONNECTING)
-        async with gate:
-            conn = self._pooled(target.key)  # freed while we waited
-            return conn if conn is not None else await self._connect(loop, target)
+            gate = self.connecting[target.key] = _Gate()
+        gate.users += 1
+        try:
+            async with gate.sem:
+                conn = self._pooled(target.key, loop.time())  # freed while we waited
+                return conn if conn is not None else await self._connect(loop, target)
+        finally:
+            gate.users -= 1
+            if not gate.users:
+                del self.connecting[target.key]
 
-    def _pooled(self, key: tuple[str, str, int]) -> _Conn | None:
+    def _pooled(self, key: tuple[str, str, int], now: float) -> _Conn | None:
         idle = self.idle.get(key)
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            del self.lru[conn]
+            if not idle:
+                del self.idle[key]
+            if not conn.closed and now - conn.idle_since < IDLE_TTL:
                 return conn
+            conn.close()
         return None
+
+    def _put_idle(self, conn: _Conn, now: float) -> None:
+        idle = self.idle.setdefault(conn.key, [])
+        if len(idle) >= MAX_IDLE_PER_HOST:
+            conn.close()
+            return
+        conn.idle_since = now
+        idle.append(conn)
+        self.lru[conn] = None
+        while len(self.lru) > MAX_IDLE_TOTAL:
+            self._evict(next(iter(self.lru)))
+        if now >= self.next_sweep:
+            self.next_sweep = now + SWEEP_EVERY
+            while self.lru and now - (oldest := next(iter(self.lru))).idle_since >= IDLE_TTL:
+                self._evict(oldest)
+
+    def _evict(self, conn: _Conn) -> None:
+        del self.lru[conn]
+        idle = self.idle[conn.key]
+        idle.remove(conn)
+        if not idle:
+            del self.idle[conn.key]
+        conn.close()
+
+    def open_counts(self) -> tuple[int, int, int]:
+        """(idle connections, hosts with idle connections, hosts with a connect gate)."""
+        return len(self.lru), len(self.idle), len(self.connecting)
 
     async def post(self, url: str, body: bytes, headers: bytes, *, timeout: float, max_body: int) -> tuple[int, bytes]:
         """(status, body up to max_body bytes); raises TimeoutError, HttpError, ssrf.UnsafeAddress."""
@@ -223,7 +298,7 @@ class HttpClient:
         conn: _Conn | None = None
         try:
             async with asyncio.timeout(timeout):
-                conn = self._pooled(target.key)
+                conn = self._pooled(target.key, loop.time())
                 if conn is not None:
                     try:
                         return await self._exchange(loop, conn, data, max_body)
@@ -243,18 +318,14 @@ class HttpClient:
     ) -> tuple[int, bytes]:
         answer = await conn.start(loop, data, max_body)
         if conn.reusable():
-            idle = self.idle[conn.key]
-            if len(idle) < MAX_IDLE_PER_HOST:
-                idle.append(conn)
-            else:
-                conn.close()
+            self._put_idle(conn, loop.time())
         else:
             conn.close()
         return answer
 
     async def close(self) -> None:
-        for idle in self.idle.values():
-            for conn in idle:
-                conn.close()
+        for conn in self.lru:
+            conn.close()
         self.idle.clear()
+        self.lru.clear()
         await asyncio.sleep(0)  # let the transports finish closing

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import re
 import time
 from typing import Any
 
@@ -58,17 +60,45 @@ def _strip_nul(value: Any) -> Any:
     return value
 
 
+# Numbers JSON parsers take (as 0.0) but PostgreSQL's numeric cannot hold: more than 16383 digits
+# after the point, which an exponent below -9999 or a fraction that long gives.
+_UNSTORABLE_NUMBER = re.compile(rb"[eE]-0*[1-9][0-9]{4,}|\.[0-9]{16000,}")
+
+
 def result_json(body: bytes) -> str | None:
-    """Empty -> no result; JSON -> itself; anything else -> the body as a JSON string."""
+    """Empty -> no result; JSON that reads back as it was stored -> itself; anything else (not
+    JSON, numbers beyond a double or PostgreSQL's numeric, nesting beyond 1024) -> a JSON string."""
     if not body.strip():
         return None
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return orjson.dumps(body.decode("utf-8", "replace").replace("\x00", "")).decode()
+        return _as_string(body)
+    if _UNSTORABLE_NUMBER.search(body) and not _numbers_fit(body):
+        return _as_string(body)
     if b"\\u0000" in body:  # PostgreSQL jsonb refuses NUL characters
         return orjson.dumps(_strip_nul(value)).decode()
     return body.decode("utf-8", "replace")
+
+
+def _numbers_fit(body: bytes) -> bool:
+    """The exact check behind the quick scan: does every number fit PostgreSQL's numeric?"""
+
+    def number(text: str) -> float:
+        mantissa, _, exponent = text.lower().partition("e")
+        if len(mantissa.partition(".")[2]) - int(exponent or 0) > 16383:  # digits after the point
+            raise ValueError(text)
+        return 0.0
+
+    try:
+        json.loads(body, parse_float=number)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _as_string(body: bytes) -> str:
+    return orjson.dumps(body.decode("utf-8", "replace").replace("\x00", "")).decode()
 
 
 def decide_failure(run: ClaimedRun, error: str, error_class: str, *, timed_out: bool = False) -> Outcome:
@@ -84,12 +114,10 @@ def decide_failure(run: ClaimedRun, error: str, error_class: str, *, timed_out: 
 
 
 def _network_failure(exc: BaseException) -> tuple[str, str]:
+    """Classed by the error's type: its text may hold a host name ("zoom.example" is not an OOM)."""
     if isinstance(exc, ssrf.UnsafeAddress | ssrf.UnsafeURL):
         return f"endpoint blocked: {exc}", "client"
     text = str(exc) or type(exc).__name__
-    by_message = retry.classify_message(text)
-    if by_message:
-        return text, by_message
     if isinstance(exc, ConnectionError | OSError):
         return f"connection error: {text}", "connection"
     if isinstance(exc, ValueError):

@@ -24,16 +24,6 @@ def classify_status(status: int) -> str:
     return "unknown"  # 3xx: redirects are not followed
 
 
-def classify_message(message: str) -> str | None:
-    """Classes decided by the error text (budget/oom are never retried)."""
-    low = message.lower()
-    if "budget exceeded" in low or "cost limit" in low:
-        return "budget"
-    if "out of memory" in low or "oom" in message or "memory limit exceeded" in low or "enomem" in low:
-        return "oom"
-    return None
-
-
 def is_retryable(error_class: str) -> bool:
     return error_class not in NOT_RETRYABLE
 

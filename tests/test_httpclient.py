@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from strait_actors import ssrf
-from strait_actors.httpclient import ConnectionFailed, HttpClient, encode_headers, parse_target
+from strait_actors import httpclient, ssrf
+from strait_actors.httpclient import ConnectionFailed, HttpClient, HttpError, encode_headers, parse_target
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -113,7 +113,7 @@ def test_body_is_capped_and_the_status_still_counts() -> None:
         client = HttpClient(allow_private=True)
         status, body = await client.post(url, b"{}", b"", timeout=5, max_body=10)
         assert (status, body) == (503, b"x" * 10)
-        assert not client.idle[parse_target(url).key], "a connection past the cap is not reused"
+        assert not client.idle.get(parse_target(url).key), "a connection past the cap is not reused"
         await client.close()
 
     _serve(script, test)
@@ -192,3 +192,82 @@ def test_header_values_cannot_inject_headers_and_urls_are_checked() -> None:
     assert parse_target("https://user:pw@example.com/p").request_line_head == (
         b"POST /p HTTP/1.1\r\nHost: example.com\r\nAuthorization: Basic dXNlcjpwdw==\r\n"
     )
+
+
+def test_an_endless_header_or_too_many_headers_fail_the_attempt_with_bounded_memory() -> None:
+    sent = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        head, _ = await _read_request(reader)
+        if b"/many" in head:
+            writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * 101 + b"Content-Length: 0\r\n\r\n")
+            await writer.drain()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        try:
+            while sent < 50 * 2**20:  # an endpoint that never ends its header line
+                writer.write(b"a" * 65536)
+                sent += 65536
+                await writer.drain()
+        except ConnectionError:
+            pass  # the client hung up: what we sent is what the socket buffers took
+
+    async def test(url: str) -> None:
+        client = HttpClient(allow_private=True)
+        with pytest.raises(HttpError, match="response headers exceed"):
+            await client.post(url, b"{}", b"", timeout=10, max_body=10)
+        # the client hung up long before the 50 MiB; the rest of what was sent sat in socket buffers
+        assert sent < 16 * 2**20, f"the endpoint sent {sent} bytes of one header before the client gave up"
+        with pytest.raises(HttpError, match="response headers exceed 100 headers"):
+            await client.post(url.replace("/job", "/many"), b"{}", b"", timeout=10, max_body=10)
+        await client.close()
+
+    _serve(script, test)
+
+
+def test_idle_sockets_are_capped_across_hosts_expired_and_connect_gates_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(httpclient, "MAX_IDLE_TOTAL", 3)
+
+    handlers: list[asyncio.Task[None]] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            while True:
+                await _read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection
+        finally:
+            writer.close()
+
+    async def go() -> None:
+        servers = [await asyncio.start_server(script, "127.0.0.1", 0) for _ in range(5)]
+        urls = [f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}/job" for srv in servers]
+        client = HttpClient(allow_private=True)
+        try:
+            conns = []
+            for url in urls:  # five hosts, one keep-alive socket each
+                assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"ok")
+                conns.append(client.idle[parse_target(url).key][0])
+            assert client.open_counts() == (3, 3, 0), "at most 3 idle in all, no gate left behind"
+            assert [c.closed for c in conns] == [True, True, False, False, False], "the oldest were evicted"
+            # an idle socket past IDLE_TTL is closed by the next sweep, not kept or reused
+            for conn in conns[2:4]:
+                conn.idle_since -= httpclient.IDLE_TTL + 1
+            client.next_sweep = 0.0
+            assert await client.post(urls[4], b"{}", b"", timeout=5, max_body=10) == (200, b"ok")
+            assert conns[2].closed and conns[3].closed and not conns[4].closed
+            assert client.open_counts() == (1, 1, 0)
+        finally:
+            await client.close()
+            await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
+            for srv in servers:
+                srv.close()
+                await srv.wait_closed()
+
+    asyncio.run(go())

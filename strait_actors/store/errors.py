@@ -25,6 +25,10 @@ class Duplicate(StoreError):
     """A unique key is taken."""
 
 
+class Rejected(StoreError):
+    """PostgreSQL refused a value of the statement (out of range, unstorable text, over a limit)."""
+
+
 class RateLimited(StoreError):
     """Admission refused: the job's rate limit is reached for now."""
 
@@ -44,3 +48,5 @@ def translated() -> Iterator[None]:
         raise MissingReference(exc.diag.constraint_name or str(exc)) from exc
     except psycopg.errors.UniqueViolation as exc:
         raise Duplicate(exc.diag.constraint_name or str(exc)) from exc
+    except (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
+        raise Rejected(str(exc)) from exc

@@ -6,17 +6,21 @@ Driver errors come out as `store.errors` types.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row, kwargs_row, scalar_row
 
 from strait_actors.model import ClaimedRun, Outcome
-from strait_actors.store.errors import translated
+from strait_actors.store.errors import Rejected, translated
 from strait_actors.store.sql import q
+
+log = logging.getLogger(__name__)
 
 # Worker connections run only the queue's statements, whose right plan is always an index walk.
 # On a young or fast-growing job_runs the planner's statistics lag far behind (autoanalyze runs
@@ -70,7 +74,35 @@ def _pairs(runs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 async def record_outcomes(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> set[str]:
-    """One statement for the whole batch; returns the ids whose fence held (the others are dropped)."""
+    """One statement for the whole batch; returns the ids whose fence held (the others are dropped).
+
+    A batch PostgreSQL refuses (one endpoint's answer it cannot hold) is split in halves until the
+    refused outcome is alone; that one is written with its result kept as a JSON string of the
+    text. So one hostile answer costs its neighbours a few statements, and strands nobody.
+    """
+    try:
+        return await _record(conn, outcomes)
+    except Rejected as exc:
+        if len(outcomes) > 1:
+            mid = len(outcomes) // 2
+            return await record_outcomes(conn, outcomes[:mid]) | await record_outcomes(conn, outcomes[mid:])
+        log.warning("run %s: outcome refused by PostgreSQL (%s); storing its result as text", outcomes[0].run_id, exc)
+    try:
+        return await _record(conn, [_as_text(outcomes[0])])
+    except Rejected:
+        return await _record(conn, [_as_text(outcomes[0], keep_result=False)])
+
+
+def _as_text(o: Outcome, *, keep_result: bool = True) -> Outcome:
+    """The outcome with only values PostgreSQL always holds: the result as a JSON string, no NULs."""
+    result = orjson.dumps(o.result.replace("\x00", "")).decode() if keep_result and o.result is not None else None
+    error = o.error.replace("\x00", "")[:4096] if o.error is not None else None
+    if not keep_result and o.result is not None:
+        error = (error + "; " if error else "") + "the endpoint's answer could not be stored"
+    return replace(o, result=result, error=error)
+
+
+async def _record(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> set[str]:
     params = {
         "ids": [o.run_id for o in outcomes],
         "attempts": [o.attempt for o in outcomes],
