@@ -11,6 +11,7 @@ _CODES = {
     401: "authentication_required",
     403: "forbidden",
     404: "not_found",
+    405: "method_not_allowed",
     409: "conflict",
     422: "validation_failed",
     429: "rate_limited",

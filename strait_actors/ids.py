@@ -42,4 +42,5 @@ def api_key() -> str:
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    # surrogateescape: a header with non-UTF-8 bytes hashes (to no key) instead of raising
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()

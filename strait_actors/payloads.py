@@ -57,3 +57,20 @@ def canonical_payload(payload: Any) -> tuple[bytes, str]:
         except RecursionError:
             raise PayloadError("payload is nested too deeply") from None
     return raw, hashlib.sha256(raw).hexdigest()
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """JSON as the database gives it back: orjson, or the standard parser for what orjson refuses
+    (integers beyond 64 bits, which a payload may hold exactly)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(bytes(data) if isinstance(data, memoryview | bytearray) else data)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON: orjson, or the standard encoder for integers beyond 64 bits or deep nesting."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

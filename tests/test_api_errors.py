@@ -17,6 +17,7 @@ CODES = {
     401: "authentication_required",
     403: "forbidden",
     404: "not_found",
+    405: "method_not_allowed",
     406: "internal_error",
     409: "conflict",
     413: "internal_error",

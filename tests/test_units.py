@@ -92,13 +92,39 @@ def test_config_file_and_unknown_keys(tmp_path: Path) -> None:
 
 def test_generated_secrets_are_kept_private_and_stable(tmp_path: Path) -> None:
     s = load(environ={"STRAIT_DATA_DIR": str(tmp_path)})
-    first, generated = ensure_secrets(s)
-    assert generated == ["INTERNAL_SECRET", "JWT_SIGNING_KEY"]
+    first, found = ensure_secrets(s)
+    assert found.generated == found.from_data_dir == ["INTERNAL_SECRET", "JWT_SIGNING_KEY"]
     assert len(first.internal_secret) >= 16 and len(first.jwt_signing_key) >= 32
     mode = (tmp_path / "secrets" / "internal_secret").stat().st_mode
     assert stat.S_IMODE(mode) == 0o600
-    second, _ = ensure_secrets(s)
+    second, again = ensure_secrets(s)
     assert (second.internal_secret, second.jwt_signing_key) == (first.internal_secret, first.jwt_signing_key)
+    assert (again.generated, again.from_data_dir) == ([], ["INTERNAL_SECRET", "JWT_SIGNING_KEY"])
+
+
+def test_kept_secrets_must_be_private_and_long_enough(tmp_path: Path) -> None:
+    s = load(environ={"STRAIT_DATA_DIR": str(tmp_path)})
+    ensure_secrets(s)
+    key = tmp_path / "secrets" / "jwt_signing_key"
+    key.chmod(0o644)
+    with pytest.raises(SettingsError, match=r"JWT_SIGNING_KEY: .* is readable by others"):
+        ensure_secrets(s)
+    key.chmod(0o600)
+    key.write_text("short")
+    with pytest.raises(SettingsError, match=r"JWT_SIGNING_KEY: .* fewer than 32 characters"):
+        ensure_secrets(s)
+
+
+def test_the_banner_shows_only_a_secret_generated_now_and_never_the_signing_key(tmp_path: Path) -> None:
+    from strait_actors.runtime import Prepared, banner
+
+    s = load(environ={"STRAIT_DATA_DIR": str(tmp_path)})
+    first, found = ensure_secrets(s)
+    text = banner(Prepared(first, "dsn", None, found), "all", 1)
+    assert first.internal_secret in text and first.jwt_signing_key not in text
+    again, found = ensure_secrets(s)
+    text = banner(Prepared(again, "dsn", None, found), "all", 1)
+    assert first.internal_secret not in text and "INTERNAL_SECRET: (not shown)" in text
 
 
 def test_run_token_claims_and_expiry() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,12 @@ from strait_actors.store import projects as store
 
 CALLER = "caller"
 KEY_CACHE_SECS = 5.0
+KEY_CACHE_SIZE = 10000
+
+
+def same_secret(given: str, secret: str) -> bool:
+    """Constant-time comparison of a header value (any bytes, decoded with surrogateescape)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,18 +52,22 @@ class KeyCache:
     """Verified API keys for a few seconds: a trigger storm does not cost a lookup per request."""
 
     def __init__(self) -> None:
-        self._rows: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        # least recently used first; unknown keys are cached too (None), so a flood of made-up
+        # keys costs one lookup each per KEY_CACHE_SECS and evicts only the oldest entries
+        self._rows: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
 
     async def lookup(self, pool: AsyncConnectionPool, key: str) -> dict[str, Any] | None:
         digest = hash_key(key)
         hit = self._rows.get(digest)
         now = time.monotonic()
         if hit and hit[0] > now:
+            self._rows.move_to_end(digest)
             return hit[1]
         row = await store.api_key_by_hash(pool, digest)
-        if len(self._rows) > 10000:
-            self._rows.clear()
         self._rows[digest] = (now + KEY_CACHE_SECS, row)
+        self._rows.move_to_end(digest)
+        while len(self._rows) > KEY_CACHE_SIZE:
+            self._rows.popitem(last=False)
         return row
 
     def forget(self) -> None:
@@ -104,7 +115,7 @@ async def _api_key_caller(request: web.Request, token: str) -> Caller:
 
 def _internal_caller(request: web.Request, token: str) -> Caller:
     secret = request.app[SETTINGS].internal_secret
-    if not token or not hmac.compare_digest(token.encode(), secret.encode()):
+    if not token or not same_secret(token, secret):
         raise unauthorized("invalid or missing internal secret")
     project = (request.headers.get("X-Project-Id") or "").strip() or request.query.get("project_id") or None
     return Caller("internal", project, frozenset(), request.headers.get("X-Actor-Id", "").strip())
@@ -127,4 +138,4 @@ def internal_secret_ok(request: web.Request) -> bool:
     if given is None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         given = token.strip() if scheme.lower() == "bearer" else ""
-    return bool(given) and hmac.compare_digest(given.encode(), secret.encode())
+    return bool(given) and same_secret(given, secret)

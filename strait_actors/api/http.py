@@ -8,13 +8,13 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from strait_actors import payloads
 from strait_actors.api.state import SETTINGS
 from strait_actors.api.validation import parse_json_body
 from strait_actors.errors import ApiError
-from strait_actors.store.errors import Unavailable
+from strait_actors.store.errors import Rejected, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ REQUEST_ID = "request_id"
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    return web.Response(body=payloads.dumps(body), status=status, content_type="application/json")
 
 
 def no_content() -> web.Response:
@@ -72,6 +72,12 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
         err = ApiError(503, "database unavailable, retry shortly", headers={"Retry-After": "1"})
         resp = json_response(error_body(request, err), 503)
         resp.headers.update(err.headers)
+    except Rejected as exc:
+        # PostgreSQL refused a value the request carried (out of range, unstorable): the caller's
+        # to fix. Paths that write runs translate their own; this is the net under the rest.
+        log.info("value refused on %s %s: %s", request.method, request.path, exc)
+        err = ApiError(400, "a value in the request is out of range or cannot be stored")
+        resp = json_response(error_body(request, err), 400)
     except ApiError as err:
         resp = json_response(error_body(request, err), err.status)
         resp.headers.update(err.headers)

@@ -54,6 +54,8 @@ def page_of(request: web.Request, id_kind: str = "uuid") -> Page:
         after_id: Any = None
         if ident:
             after_id = uuid.UUID(ident) if id_kind == "uuid" else int(ident) if id_kind == "int" else ident
+            if id_kind == "int" and not 0 <= after_id < 2**63:
+                raise ValueError(ident)
     except ValueError:
         raise bad_request("invalid cursor format") from None
     return Page(limit, after_ts, after_id)

@@ -108,6 +108,13 @@ def _scopes(body: dict[str, Any]) -> list[str]:
     return sorted(set(scopes))
 
 
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, str) or len(value) > 256 or "\x00" in value):
+        raise unprocessable("validation failed", [f"{name}: failed on 'type'"])
+    return value or None
+
+
 def _expiry(body: dict[str, Any]) -> datetime | None:
     days = body.get("expires_in_days")
     if days is None:
@@ -131,12 +138,12 @@ async def create_api_key(request: web.Request) -> web.Response:
     values = {
         "id": ids.uuid7(),
         "project_id": pid,
-        "org_id": body.get("org_id"),
+        "org_id": _optional_str(body, "org_id"),
         "name": name,
         "key_hash": ids.hash_key(raw),
         "key_prefix": raw[:12],
         "scopes": scopes,
-        "environment_id": body.get("environment_id"),
+        "environment_id": _optional_str(body, "environment_id"),
         "expires_at": _expiry(body),
     }
     try:

@@ -62,10 +62,11 @@ def _filters(request: web.Request) -> dict[str, Any]:
     contains = qs.get("payload_contains")
     if contains is not None:
         try:
-            contains = orjson.loads(contains)
+            contains = orjson.dumps(orjson.loads(contains)).decode()
         except orjson.JSONDecodeError:
             raise bad_request("payload_contains must be valid JSON") from None
-        contains = orjson.dumps(contains).decode()
+        except orjson.JSONEncodeError:
+            raise bad_request("payload_contains is too large or nested too deeply") from None
     return {
         "statuses": _statuses(request),
         "job_id": _uuid_filter(request, "job_id"),

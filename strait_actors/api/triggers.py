@@ -10,10 +10,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import jsonschema
 from aiohttp import web
 
-from strait_actors import ids
+from strait_actors import ids, schemas
 from strait_actors.api import render
 from strait_actors.api.auth import require
 from strait_actors.api.http import json_response, read_object
@@ -45,11 +44,14 @@ def _check_payload(job: Row, payload: Any, prefix: str = "") -> None:
     key = (job["id"], job["version"])
     validator = _validators.get(key)
     if validator is None:
-        validator = jsonschema.validators.validator_for(schema)(schema)
+        validator = schemas.validator(schema)
         if len(_validators) > 1000:
             _validators.clear()
         _validators[key] = validator
-    error = jsonschema.exceptions.best_match(validator.iter_errors(payload))
+    try:
+        error = schemas.first_error(validator, payload)
+    except schemas.SchemaUnusable as exc:
+        raise bad_request(f"{prefix}payload cannot be validated: the job's payload_schema is unusable: {exc}") from None
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise bad_request(f"{prefix}payload validation failed: {where}: {error.message}")

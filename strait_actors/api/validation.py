@@ -11,6 +11,7 @@ always fail with 400 `invalid trigger item for item <n>: <message>`.
 from __future__ import annotations
 
 import json
+import math
 import re
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -20,9 +21,8 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from croniter import croniter
-from jsonschema.exceptions import SchemaError
-from jsonschema.validators import Draft202012Validator, validator_for
 
+from strait_actors import schemas
 from strait_actors.errors import ApiError, bad_request, unprocessable
 from strait_actors.model import RunRequest
 from strait_actors.payloads import clean_json, clean_str
@@ -268,15 +268,10 @@ def _check_timezone(tz: str) -> None:
 
 
 def _check_schema(name: str, schema: Any) -> None:
-    if not isinstance(schema, dict):
-        raise bad_request(f"invalid {name}: must be a JSON object")
-    if not isinstance(schema.get("$schema", ""), str):
-        raise bad_request(f"invalid {name}: $schema must be a string")
     try:
-        # explicit default: an unknown $schema falls back to 2020-12 instead of warning
-        validator_for(schema, default=Draft202012Validator).check_schema(schema)
-    except SchemaError as exc:
-        raise bad_request(f"invalid {name}: {exc.message}") from None
+        schemas.check(schema)
+    except schemas.SchemaInvalid as exc:
+        raise bad_request(f"invalid {name}: {exc}") from None
 
 
 def _check_tags(tags: Mapping[str, str] | None) -> None:
@@ -491,12 +486,21 @@ def _reject_constant(name: str) -> Any:
     raise bad_request(f"invalid request body: {name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: a double cannot hold it, and nothing could render it back
+        raise bad_request(f"invalid request body: number {text[:40]} is out of range")
+    return value
+
+
 def parse_json_body(raw: bytes) -> Any:
     """Request body → JSON value; empty → {} (§0.3); malformed or duplicate keys → 400."""
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw, object_pairs_hook=_unique_object, parse_constant=_reject_constant)
+        return json.loads(
+            raw, object_pairs_hook=_unique_object, parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except RecursionError:
         raise bad_request("invalid request body: nesting too deep") from None
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, ints over the digit limit

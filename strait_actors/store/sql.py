@@ -7,12 +7,12 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from strait_actors import payloads
 from strait_actors.store import transitions
 from strait_actors.store.errors import translated
 
@@ -46,9 +46,10 @@ def q(name: str) -> str:
 
 # ----------------------------------------------------------------- running named queries (async)
 
-# orjson for every json/jsonb value psycopg handles: 5-10x faster than the stdlib
-set_json_dumps(orjson.dumps)
-set_json_loads(orjson.loads)
+# orjson for every json/jsonb value psycopg handles (5-10x faster than the stdlib), with the stdlib
+# behind it for what orjson cannot hold (a payload's integer beyond 64 bits)
+set_json_dumps(payloads.dumps)
+set_json_loads(payloads.loads)
 
 Row = dict[str, Any]
 

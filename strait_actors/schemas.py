@@ -1,0 +1,170 @@
+"""Tenant JSON Schemas (a job's payload_schema and result_schema), made safe to hold and to run.
+
+A tenant's schema runs in our processes, so it may never fetch anything and never run long:
+- references resolve only inside the schema (`#…`); a remote or file `$ref` is refused when the
+  job is saved, and the validator has no way to retrieve one anyway;
+- every regex (`pattern`, `patternProperties`) runs on the `regex` engine under one deadline per
+  validation, so a catastrophic pattern costs at most REGEX_BUDGET seconds;
+- a schema that loops (`{"$ref": "#"}`) or cannot be resolved is a `SchemaUnusable`, not a crash.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+import regex
+from jsonschema import ValidationError, validators
+from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.protocols import Validator
+from jsonschema.validators import Draft202012Validator, validator_for
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource, Unresolvable
+from referencing.jsonschema import DRAFT202012
+
+REGEX_BUDGET = 0.25  # seconds of regex matching per validation
+_REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
+_BASE = "urn:strait:schema"
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("schema_regex_deadline", default=0.0)
+
+
+class SchemaInvalid(ValueError):
+    """A schema that cannot be saved; the message says why (the API answers 400)."""
+
+
+class SchemaUnusable(ValueError):
+    """A saved schema that cannot judge this instance: it loops, or its regexes ran out of time."""
+
+
+def _refuse(uri: str) -> Resource[Any]:
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+
+_NO_RETRIEVAL: Registry[Any] = Registry(retrieve=_refuse)  # type: ignore[call-arg]
+
+
+@lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> Any:
+    return regex.compile(pattern)
+
+
+def _search(pattern: str, text: str) -> bool:
+    left = _deadline.get() - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("schema regexes ran out of time")
+    return _compiled(pattern).search(text, timeout=left) is not None
+
+
+def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _search(patrn, instance):
+        yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+
+def _pattern_properties(validator: Any, patterns: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for patrn, subschema in patterns.items():
+        for k, v in instance.items():
+            if _search(patrn, k):
+                yield from validator.descend(v, subschema, path=k, schema_path=patrn)
+
+
+def _additional(validator: Any, aP: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    props, patterns = schema.get("properties", {}), schema.get("patternProperties", {})
+    extras = [k for k in instance if k not in props and not any(_search(p, k) for p in patterns)]
+    if validator.is_type(aP, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], aP, path=extra)
+    elif not aP and extras:
+        yield ValidationError(f"Additional properties are not allowed ({', '.join(map(repr, sorted(extras)))})")
+
+
+_SAFE_KEYWORDS = {"pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional}
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _REF_KEYS and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def _patterns(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("pattern"), str):
+            yield node["pattern"]
+        if isinstance(node.get("patternProperties"), dict):
+            yield from node["patternProperties"]
+        for value in node.values():
+            yield from _patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _patterns(value)
+
+
+def check(schema: Any) -> None:
+    """Create/update time: a valid schema whose references stay inside it and whose regexes compile."""
+    if not isinstance(schema, dict):
+        raise SchemaInvalid("must be a JSON object")
+    if not isinstance(schema.get("$schema", ""), str):
+        raise SchemaInvalid("$schema must be a string")
+    try:
+        # explicit default: an unknown $schema falls back to 2020-12 instead of warning
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+        resolver = _registry(schema).resolver(_BASE)
+        for ref in _refs(schema):
+            if not ref.startswith("#"):
+                raise SchemaInvalid(f"$ref {ref!r} points outside the schema; only local references (#...)")
+            resolver.lookup(ref)
+        for patrn in _patterns(schema):
+            _compiled(patrn)
+    except SchemaError as exc:
+        raise SchemaInvalid(exc.message) from None
+    except Unresolvable as exc:
+        raise SchemaInvalid(f"$ref cannot be resolved: {exc}") from None
+    except (regex.error, TypeError) as exc:
+        raise SchemaInvalid(f"invalid pattern: {exc}") from None
+    except RecursionError:
+        raise SchemaInvalid("schema is nested too deeply") from None
+
+
+def _registry(schema: dict[str, Any]) -> Registry[Any]:
+    resource: Resource[Any] = Resource.from_contents(schema, default_specification=DRAFT202012)
+    registry: Registry[Any] = _NO_RETRIEVAL.with_resource(_BASE, resource)
+    return registry
+
+
+@lru_cache(maxsize=16)
+def _safe_class(base: Any) -> Any:
+    return validators.extend(base, _SAFE_KEYWORDS)
+
+
+def validator(schema: dict[str, Any]) -> Validator:
+    """A validator for `schema` that fetches nothing and bounds its regexes (build once, reuse)."""
+    cls = _safe_class(validator_for(schema, default=Draft202012Validator))
+    return cls(schema, registry=_registry(schema))
+
+
+def first_error(v: Validator, instance: Any) -> ValidationError | None:
+    """The most relevant error, or None; raises SchemaUnusable when the schema cannot decide."""
+    token = _deadline.set(time.monotonic() + REGEX_BUDGET)
+    try:
+        return best_match(v.iter_errors(instance))
+    except RecursionError:
+        raise SchemaUnusable("the schema's references loop") from None
+    except TimeoutError:
+        raise SchemaUnusable(f"the schema's patterns took longer than {REGEX_BUDGET} s") from None
+    except Unresolvable as exc:
+        raise SchemaUnusable(f"the schema's $ref cannot be resolved: {exc}") from None
+    finally:
+        _deadline.reset(token)
