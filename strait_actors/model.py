@@ -59,7 +59,7 @@ class NewRun:
     metadata: dict[str, str]
     triggered_by: str
     scheduled_at: datetime | None
-    ttl_secs: float
+    ttl_secs: float | None  # None: the run never expires
     idempotency_key: str | None
     concurrency_key: str | None
     batch_id: uuid.UUID | None
@@ -71,7 +71,8 @@ class NewRun:
 
 def new_run(origin: RunOrigin, req: RunRequest, payload: str, payload_hash: str, key: str | None) -> NewRun:
     """A run of `origin.job` as `req` asks: delayed when scheduled ahead, the job's TTL rule unless
-    the request gives one (`effective_run_ttl_secs` is the schema's one copy of that rule)."""
+    the request gives one (`effective_run_ttl_secs` is the schema's one copy of that rule); a TTL
+    of 0 means none."""
     job = origin.job
     delayed = req.scheduled_at is not None and req.scheduled_at > origin.now
     ttl = req.ttl_secs if req.ttl_secs is not None else job["effective_run_ttl_secs"]
@@ -87,7 +88,7 @@ def new_run(origin: RunOrigin, req: RunRequest, payload: str, payload_hash: str,
         metadata={**(job["default_run_metadata"] or {}), **req.metadata, **origin.trace},
         triggered_by=origin.triggered_by,
         scheduled_at=req.scheduled_at if delayed else None,
-        ttl_secs=float(ttl),
+        ttl_secs=float(ttl) if ttl else None,
         idempotency_key=key,
         concurrency_key=req.concurrency_key,
         batch_id=origin.batch_id,
@@ -124,6 +125,8 @@ class ClaimedRun:
     retry_delays_secs: Sequence[int] | None
     retry_priority_boost: int
     signing_secret: str | None
+    traceparent: str | None = None  # W3C trace context captured at trigger, forwarded on dispatch
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,10 @@ def build_headers(run: ClaimedRun, jwt_key: str, body: bytes) -> dict[str, str]:
         ts = int(time.time())
         headers["X-Strait-Timestamp"] = str(ts)
         headers["X-Strait-Signature"] = sign(run.signing_secret, ts, body)
+    if run.traceparent:
+        headers["traceparent"] = run.traceparent
+        if run.tracestate:
+            headers["tracestate"] = run.tracestate
     if run.attempt > 1 and run.previous_error:
         headers["X-Previous-Error"] = run.previous_error[:1024].replace("\r", " ").replace("\n", " ")
     return headers

@@ -13,7 +13,7 @@ from tests.helpers import make_job
 
 
 def test_the_job_ttl_rule_has_one_copy_in_the_schema(dsn: str) -> None:
-    """run_ttl_secs when positive, else timeout + 60: the same for trigger, replay and DLQ replay."""
+    """run_ttl_secs when set (0: no TTL), else timeout + 60: the same for trigger, replay and DLQ replay."""
     with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
         jobs = {
             ttl: make_job(conn, "http://x/", timeout_secs=30, run_ttl_secs=ttl)  # type: ignore[arg-type]
@@ -22,12 +22,14 @@ def test_the_job_ttl_rule_has_one_copy_in_the_schema(dsn: str) -> None:
         got = {
             ttl: conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone() for ttl, job_id in jobs.items()
         }
-    assert {ttl: row["effective_run_ttl_secs"] for ttl, row in got.items()} == {None: 90, 0: 90, 45: 45}
+    assert {ttl: row["effective_run_ttl_secs"] for ttl, row in got.items()} == {None: 90, 0: None, 45: 45}
     now = datetime.now(UTC)
     run = new_run(RunOrigin(got[45], "me", now), RunRequest(), "{}", "h", None)
     assert (run.status, run.ttl_secs, run.created_by, run.triggered_by) == (fsm.S.QUEUED, 45.0, "me", "manual")
     asked = new_run(RunOrigin(got[0], None, now), RunRequest(ttl_secs=7), "{}", "h", "k")
     assert (asked.ttl_secs, asked.idempotency_key) == (7.0, "k")
+    assert new_run(RunOrigin(got[0], None, now), RunRequest(), "{}", "h", None).ttl_secs is None, "0: no TTL"
+    assert new_run(RunOrigin(got[45], None, now), RunRequest(ttl_secs=0), "{}", "h", None).ttl_secs is None
 
 
 def test_new_run_is_delayed_only_when_scheduled_ahead_and_merges_tags_and_metadata(dsn: str) -> None:

@@ -195,6 +195,7 @@ async def list_events(request: web.Request) -> web.Response:
         level=request.query.get("level"),
         type_=request.query.get("type"),
         limit=page.limit + 1,
+        after_ts=page.after_ts,
         after_id=page.after_id,
     )
     return json_response(respond(rows, page, render.run_event))

@@ -111,7 +111,8 @@ def _dry_run(job: Row, run: NewRun, digest: str, t: RunRequest) -> web.Response:
     base = run.scheduled_at or datetime.now(UTC)
     if run.scheduled_at is not None:
         body["scheduled_at"] = render.ts(run.scheduled_at)
-    body["expires_at"] = render.ts(base + timedelta(seconds=run.ttl_secs))
+    if run.ttl_secs:  # no TTL, no expiry
+        body["expires_at"] = render.ts(base + timedelta(seconds=run.ttl_secs))
     return json_response(body)
 
 

@@ -58,19 +58,27 @@ class Enqueuer:
                     raise RateLimited(retry_after=5)
             out: list[Receipt | None] = [None] * len(runs)
             fresh: list[tuple[int, NewRun]] = []
+            same_as: dict[int, int] = {}  # a duplicate payload inside this request -> its first item
+            first: dict[str, int] = {}
             for i, run in enumerate(runs):
                 if job["dedup_window_secs"]:
+                    if run.payload_hash in first:  # as a second request would: the first run answers
+                        same_as[i] = first[run.payload_hash]
+                        continue
                     params = {"job_id": job["id"], "payload_hash": run.payload_hash, "window": job["dedup_window_secs"]}
                     cur = await conn.execute(q("recent_run_with_payload"), params)
                     hit: Any = await cur.fetchone()
                     if hit is not None:
                         out[i] = Receipt(hit["id"], hit["status"], False)
                         continue
+                    first[run.payload_hash] = i
                 fresh.append((i, run))
             new = [r for _, r in fresh]
             inserted = await store.insert_runs(conn, new) if new else {}
             for (i, _), receipt in zip(fresh, await resolve_conflicts(conn, new, inserted), strict=True):
                 out[i] = receipt
+            for i, j in same_as.items():
+                out[i] = out[j]
         return [r for r in out if r is not None]
 
 

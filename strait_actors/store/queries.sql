@@ -62,13 +62,14 @@ WITH due AS (
     FROM candidates c
     WHERE r.id = c.id AND {guard claimed}
     RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.job_id,
-              r.payload::text AS payload, r.lease_id, r.expires_at, r.error AS previous_error
+              r.payload::text AS payload, r.lease_id, r.expires_at, r.error AS previous_error,
+              r.metadata ->> 'traceparent' AS traceparent, r.metadata ->> 'tracestate' AS tracestate
 ){after claimed}
 -- always one row at least: (NULL id, promoted count) when nothing was claimed
 SELECT c.id::text AS id, c.job_id::text AS job_id, c.attempt, c.payload, c.lease_id::text AS lease_id,
        c.expires_at, c.previous_error, COALESCE(j.endpoint_url, '') AS endpoint_url, j.timeout_secs,
        j.max_attempts, j.retry_strategy, j.retry_delays_secs, j.retry_priority_boost, j.signing_secret,
-       w.n AS promoted
+       c.traceparent, c.tracestate, w.n AS promoted
 FROM (SELECT count(*) AS n FROM promoted_wake) w
 LEFT JOIN (claimed c JOIN jobs j ON j.id = c.job_id) ON true
 
@@ -427,7 +428,9 @@ SELECT * FROM run_events
 WHERE run_id = %(run_id)s
   AND (%(level)s::text IS NULL OR level = %(level)s)
   AND (%(type)s::text IS NULL OR type = %(type)s)
-  AND (%(after_id)s::bigint IS NULL OR id > %(after_id)s)
+  -- the cursor is "ts|id" as we hand it out, or the contract's bare timestamp: honour both
+  AND (CASE WHEN %(after_id)s::bigint IS NOT NULL THEN id > %(after_id)s
+            ELSE %(after_ts)s::timestamptz IS NULL OR created_at > %(after_ts)s END)
 ORDER BY id
 LIMIT %(limit)s
 

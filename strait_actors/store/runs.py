@@ -95,11 +95,18 @@ async def list_events(
     level: str | None,
     type_: str | None,
     limit: int,
+    after_ts: datetime | None,
     after_id: int | None,
 ) -> list[Row]:
-    return await fetch_all(
-        pool, "list_run_events", {"run_id": run_id, "level": level, "type": type_, "limit": limit, "after_id": after_id}
-    )
+    params = {
+        "run_id": run_id,
+        "level": level,
+        "type": type_,
+        "limit": limit,
+        "after_ts": after_ts,
+        "after_id": after_id,
+    }
+    return await fetch_all(pool, "list_run_events", params)
 
 
 async def bulk_dlq_replay(
