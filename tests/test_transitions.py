@@ -86,7 +86,7 @@ def test_declared_edges_are_legal_and_expanded_into_guards() -> None:
             seen += 1
             for f, to in t.edges():
                 assert to in fsm.TRANSITIONS.get(f, frozenset()), (name, f, to)
-            assert f"r.status = ANY('{{{','.join(sorted(t.sources))}}}'::text[])" in expanded
+            assert f"(r.status = ANY('{{{','.join(sorted(t.sources))}}}'::text[])) IS TRUE" in expanded
             assert f"{t.name}_events AS (" in expanded and "'state_change'" in expanded
     assert seen >= 8
 

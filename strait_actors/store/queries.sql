@@ -61,7 +61,7 @@ WITH due AS (
         worker_id = %(worker_id)s
     FROM candidates c
     WHERE r.id = c.id AND {guard claimed}
-    RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.job_id,
+    RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.job_id, r.priority, r.created_at,
               r.payload::text AS payload, r.lease_id, r.expires_at, r.error AS previous_error,
               r.metadata ->> 'traceparent' AS traceparent, r.metadata ->> 'tracestate' AS tracestate
 ){after claimed}
@@ -69,7 +69,8 @@ WITH due AS (
 SELECT c.id::text AS id, c.job_id::text AS job_id, c.attempt, c.payload, c.lease_id::text AS lease_id,
        c.expires_at, c.previous_error, COALESCE(j.endpoint_url, '') AS endpoint_url, j.timeout_secs,
        j.max_attempts, j.retry_strategy, j.retry_delays_secs, j.retry_priority_boost, j.signing_secret,
-       c.traceparent, c.tracestate, w.n AS promoted
+       c.traceparent, c.tracestate, c.priority AS claim_priority, c.created_at AS claim_created_at,
+       w.n AS promoted
 FROM (SELECT count(*) AS n FROM promoted_wake) w
 LEFT JOIN (claimed c JOIN jobs j ON j.id = c.job_id) ON true
 
@@ -108,7 +109,8 @@ LISTEN strait_queue_wake
 UPDATE job_runs r
 SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => %(lease_secs)s)
 FROM unnest(%(ids)s::uuid[], %(leases)s::uuid[]) AS v(id, lease_id)
-WHERE r.id = v.id AND r.lease_id = v.lease_id AND r.status = 'executing'
+-- IS TRUE: find the runs by id, not by walking the executing index (see transitions._guard)
+WHERE r.id = v.id AND r.lease_id = v.lease_id AND (r.status = 'executing') IS TRUE
 
 -- name: release_runs
 -- Give unfinished runs back to the queue at shutdown, same attempt (nothing was decided about them).

@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -45,9 +46,17 @@ class ClaimResult:
     promoted: bool  # delayed runs became queued: claim again at once
 
 
-def _claimed(promoted: int, **row: Any) -> tuple[int, ClaimedRun | None]:
+@dataclass(frozen=True, slots=True)
+class _ClaimRow:
+    promoted: int
+    order: tuple[int, datetime]  # priority first, then age: the order the claim chose in
+    run: ClaimedRun | None
+
+
+def _claimed(promoted: int, claim_priority: int | None, claim_created_at: datetime | None, **row: Any) -> _ClaimRow:
     """A claim row by column name; the one row of an empty claim has no run, only the count."""
-    return promoted, ClaimedRun(**row) if row["id"] is not None else None
+    run = ClaimedRun(**row) if row["id"] is not None else None
+    return _ClaimRow(promoted, (-(claim_priority or 0), claim_created_at or datetime.min), run)
 
 
 class Queue:
@@ -62,7 +71,9 @@ class Queue:
         params = {"limit": limit, "lease_id": uuid.uuid4(), "lease_secs": self.lease_secs, "worker_id": self.worker_id}
         with translated(), self.conn.cursor(row_factory=kwargs_row(_claimed)) as cur:
             rows = cur.execute(q("claim_runs"), params).fetchall()
-        return ClaimResult([run for _, run in rows if run is not None], bool(rows and rows[0][0]))
+        # dispatch in the claim's order (priority, then age); the statement's joins do not keep it
+        runs = [r.run for r in sorted(rows, key=lambda r: r.order) if r.run is not None]
+        return ClaimResult(runs, bool(rows and rows[0].promoted))
 
 
 def _pairs(runs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:

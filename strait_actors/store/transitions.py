@@ -8,7 +8,7 @@ and writes the transition as a CTE called NAME, an `UPDATE job_runs r SET status
 whose RETURNING names at least `id, from_status, to_status, attempt` (and optionally `error`,
 `actor`, `note`). Macros in the statement are expanded here from `fsm.TRANSITIONS`:
 
-- `{guard NAME}`: the compare-and-set, `r.status = ANY(<sources>)`, plus a check of a per-row target
+- `{guard NAME}`: the compare-and-set, `(r.status = ANY(<sources>)) IS TRUE`, plus a check of a per-row target
   against the declared targets. The statement adds its fence (attempt, lease) beside it.
 - `{unlease}`: clears the lease; required when a transition leaves `executing`.
 - `{after NAME}`: every consequence of the change, in the same statement: today the
@@ -136,7 +136,11 @@ def declared(statement: str) -> list[Transition]:
 
 
 def _guard(t: Transition) -> str:
-    guard = f"r.status = ANY({_array(t.sources)})"
+    # IS TRUE (status is NOT NULL: same meaning) stops the planner from reading the guard as the
+    # predicate of a partial status index: every transition finds its rows by id, and statistics
+    # lagging a busy table would have it walk every executing run for each row instead (27 ms for
+    # 50 outcomes among 550 in flight, against 0.4 ms by primary key)
+    guard = f"(r.status = ANY({_array(t.sources)})) IS TRUE"
     if not t.to_expr.startswith("'"):
         guard += f" AND {t.to_expr} = ANY({_array(t.targets)})"
     return guard
