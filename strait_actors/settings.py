@@ -41,9 +41,9 @@ class Settings:
     max_dequeue_batch_size: int = 100
     processes: int = 0
     poller_interval_ms: int = 1000
-    heartbeat_interval_secs: float = 10
-    stale_threshold_secs: float = 60
-    reaper_interval_secs: float = 5
+    heartbeat_interval_secs: float = 5
+    stale_threshold_secs: float = 20
+    reaper_interval_secs: float = 2
     worker_drain_timeout_secs: float = 30
     executor_http_timeout_secs: float = 300
     max_response_bytes: int = 1048576

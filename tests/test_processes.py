@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from strait_actors.settings import load
 from tests.conftest import Endpoint, Server, start_strait, stop_strait, wait_for
 
 
@@ -30,7 +31,9 @@ def _setup_job(server: Server, endpoint: Endpoint, **job: Any) -> str:
         return str(r.json()["id"])
 
 
-def test_sigkill_of_a_worker_mid_dispatch_loses_no_run(dsn: str, tmp_path: Path, endpoint: Endpoint) -> None:
+def _kill_a_worker_mid_dispatch(dsn: str, tmp_path: Path, endpoint: Endpoint, env: dict[str, str]) -> float:
+    """40 runs in flight, the busiest worker killed -9: returns the seconds from the kill until
+    every run completed, having checked that exactly its runs were dispatched again."""
     import asyncio
 
     async def slow(_: dict[str, Any]) -> dict[str, bool]:
@@ -38,7 +41,7 @@ def test_sigkill_of_a_worker_mid_dispatch_loses_no_run(dsn: str, tmp_path: Path,
         return {"ok": True}
 
     endpoint.behave = slow
-    server = start_strait({"DATABASE_URL": dsn}, tmp_path)
+    server = start_strait({"DATABASE_URL": dsn, **env}, tmp_path)
     try:
         job = _setup_job(server, endpoint, max_attempts=3, timeout_secs=10)
         with server.client("p") as c:
@@ -57,6 +60,7 @@ def test_sigkill_of_a_worker_mid_dispatch_loses_no_run(dsn: str, tmp_path: Path,
         assert victim in worker_pids(server) and owned > 0
         victims = [victim]
         os.kill(victims[0], signal.SIGKILL)
+        killed_at = time.monotonic()
         with psycopg.connect(dsn, autocommit=True) as conn:
 
             def done() -> bool:
@@ -66,14 +70,34 @@ def test_sigkill_of_a_worker_mid_dispatch_loses_no_run(dsn: str, tmp_path: Path,
                 return row is not None and row[0] == row[1] == 40
 
             wait_for(done, timeout=40, what="every run completed")
+            took = time.monotonic() - killed_at
             retried = conn.execute("SELECT count(*) FROM job_runs WHERE attempt = 2").fetchone()
         assert retried == (owned,), "exactly the killed worker's runs were dispatched again"
         wait_for(
             lambda: len(worker_pids(server)) == 2 and victims[0] not in worker_pids(server),
             what="the worker process restarted",
         )
+        return took
     finally:
         assert stop_strait(server) == 0
+
+
+def test_sigkill_of_a_worker_mid_dispatch_loses_no_run(dsn: str, tmp_path: Path, endpoint: Endpoint) -> None:
+    _kill_a_worker_mid_dispatch(dsn, tmp_path, endpoint, {})  # the suite's short lease
+
+
+def test_with_the_default_lease_a_killed_workers_runs_are_done_within_30_s(
+    dsn: str, tmp_path: Path, endpoint: Endpoint
+) -> None:
+    defaults = load(environ={})
+    env = {
+        "HEARTBEAT_INTERVAL_SECS": str(defaults.heartbeat_interval_secs),
+        "STALE_THRESHOLD_SECS": str(defaults.stale_threshold_secs),
+        "REAPER_INTERVAL_SECS": str(defaults.reaper_interval_secs),
+        "POLLER_INTERVAL_MS": str(defaults.poller_interval_ms),
+    }
+    took = _kill_a_worker_mid_dispatch(dsn, tmp_path, endpoint, env)
+    assert took <= 30, f"the killed worker's runs took {took:.1f} s to complete"
 
 
 def test_sigterm_exits_zero_and_leaves_nothing_executing(dsn: str, tmp_path: Path, endpoint: Endpoint) -> None:
