@@ -11,11 +11,10 @@ import hmac
 import json
 import re
 import time
-from typing import Any
 
 import orjson
 
-from strait_actors import retry, ssrf, tokens
+from strait_actors import payloads, retry, ssrf, tokens
 from strait_actors.fsm import S
 from strait_actors.httpclient import HttpClient, HttpError, encode_headers
 from strait_actors.model import ClaimedRun, Outcome
@@ -54,16 +53,6 @@ def build_headers(run: ClaimedRun, jwt_key: str, body: bytes) -> dict[str, str]:
     return headers
 
 
-def _strip_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, list):
-        return [_strip_nul(v) for v in value]
-    if isinstance(value, dict):
-        return {k.replace("\x00", ""): _strip_nul(v) for k, v in value.items()}
-    return value
-
-
 # Numbers JSON parsers take (as 0.0) but PostgreSQL's numeric cannot hold: more than 16383 digits
 # after the point, which an exponent below -9999 or a fraction that long gives.
 _UNSTORABLE_NUMBER = re.compile(rb"[eE]-0*[1-9][0-9]{4,}|\.[0-9]{16000,}")
@@ -81,7 +70,7 @@ def result_json(body: bytes) -> str | None:
     if _UNSTORABLE_NUMBER.search(body) and not _numbers_fit(body):
         return _as_string(body)
     if b"\\u0000" in body:  # PostgreSQL jsonb refuses NUL characters
-        return orjson.dumps(_strip_nul(value)).decode()
+        return orjson.dumps(payloads.clean_json(value)).decode()  # the payloads' own NUL rule
     return body.decode("utf-8", "replace")
 
 
