@@ -53,6 +53,7 @@ class Settings:
     default_job_timeout_secs: int = 300
     rate_limit_requests: int = 60000
     trigger_rate_limit_requests: int = 1000000
+    auth_failure_limit: int = 100
     request_timeout_secs: float = 30
     db_pool_size: int = 10
     worker_port: int = 9091

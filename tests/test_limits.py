@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from strait_actors.api.app import create_app
 from strait_actors.api.limits import RateLimiter
 from strait_actors.errors import ApiError
-from tests.conftest import Endpoint, start_strait, stop_strait
+from strait_actors.settings import Settings
+from strait_actors.store import projects as projects_store
+from tests.conftest import SECRET, Endpoint, start_strait, stop_strait
 
 
 def test_limits_are_shared_through_redis(redis_url: str) -> None:
@@ -66,3 +72,113 @@ def test_trigger_limit_counts_bulk_items_over_http(
             assert len(c.get("/v1/runs").json()["data"]) == 5, "the refused trigger wrote nothing"
     finally:
         stop_strait(server)
+
+
+# ------------------------------------------------------------- credentials, routes, refused triggers
+
+
+async def _in_process(settings: Settings, dsn: str) -> TestClient[web.Request, web.Application]:
+    client = TestClient(TestServer(create_app(settings, dsn)))
+    await client.start_server()
+    return client
+
+
+def test_unknown_credentials_are_limited_before_they_cost_a_lookup(
+    dsn: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of made-up API keys from one address costs AUTH_FAILURE_LIMIT lookups, then 429s
+    that touch nothing; a key verified before the flood keeps working from that address."""
+    lookups: list[str] = []
+    real = projects_store.api_key_by_hash
+
+    async def counted(pool: Any, digest: str) -> Any:
+        lookups.append(digest)
+        return await real(pool, digest)
+
+    monkeypatch.setattr(projects_store, "api_key_by_hash", counted)
+    admin = {"Authorization": f"Bearer {SECRET}"}
+
+    async def go() -> None:
+        client = await _in_process(settings.replace(auth_failure_limit=5), dsn)
+        try:
+            made = await client.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}, headers=admin)
+            assert made.status == 201
+            made = await client.post(
+                "/v1/api-keys", json={"project_id": "p", "name": "k", "scopes": ["*"]}, headers=admin
+            )
+            assert made.status == 201
+            good = (await made.json())["key"]
+            assert (await client.get("/v1/jobs", headers={"Authorization": f"Bearer {good}"})).status == 200
+            lookups.clear()
+            answers = []
+            for i in range(40):
+                r = await client.get("/v1/jobs", headers={"Authorization": f"Bearer strait_madeup{i:04d}"})
+                answers.append(r.status)
+            assert answers[:5] == [401] * 5 and answers[5:] == [429] * 35, answers
+            assert len(lookups) == 5, "a locked-out address must not cost a lookup per made-up key"
+            refused = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {good}x"})
+            assert refused.status == 429 and int(refused.headers["Retry-After"]) > 0
+            assert (await refused.json())["error"]["code"] == "rate_limited"
+            # the internal secret is a credential too (brute force), and /health is never limited
+            assert (await client.get("/v1/jobs", headers={**admin, "X-Project-Id": "p"})).status == 429
+            assert (await client.get("/health")).status == 200
+            # the key verified before the flood is cached: it does not wait for the window
+            assert (await client.get("/v1/jobs", headers={"Authorization": f"Bearer {good}"})).status == 200
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+
+
+def test_the_trigger_exemption_is_decided_by_route_not_by_path_text(dsn: str, settings: Settings) -> None:
+    """Only the trigger routes count runs instead of requests: `%2Ftrigger` in an id is a request."""
+    admin = {"Authorization": f"Bearer {SECRET}", "X-Project-Id": "p"}
+
+    async def go() -> None:
+        client = await _in_process(settings.replace(rate_limit_requests=3), dsn)
+        try:
+            answers = [(await client.get("/v1/runs/x%2Ftrigger", headers=admin)).status for _ in range(4)]
+            answers += [(await client.get("/v1/runs/x%2Ftrigger%2Fbulk", headers=admin)).status]
+            assert answers[:3] != [429] * 3 and answers[3:] == [429, 429], answers
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+
+
+def test_dry_runs_and_refused_triggers_count_against_the_trigger_limit(
+    dsn: str, settings: Settings, endpoint: Endpoint
+) -> None:
+    admin = {"Authorization": f"Bearer {SECRET}", "X-Project-Id": "p"}
+
+    async def go() -> None:
+        client = await _in_process(settings.replace(trigger_rate_limit_requests=6), dsn)
+        try:
+            made = await client.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}, headers=admin)
+            assert made.status == 201
+            made = await client.post(
+                "/v1/jobs",
+                json={
+                    "project_id": "p",
+                    "name": "J",
+                    "slug": "j",
+                    "endpoint_url": endpoint.url,
+                    "payload_schema": {"type": "object", "required": ["n"]},
+                },
+                headers=admin,
+            )
+            assert made.status == 201
+            job = (await made.json())["id"]
+            url = f"/v1/jobs/{job}/trigger"
+            assert (await client.post(url, json={"payload": {"n": 1}, "dry_run": True}, headers=admin)).status == 200
+            assert (await client.post(url, json={"payload": {}}, headers=admin)).status == 400  # schema
+            assert (await client.post(url, json={"delay": "x"}, headers=admin)).status == 400  # validation
+            assert (await client.post(f"{url}/bulk", json={"items": 7}, headers=admin)).status == 400
+            bulk = await client.post(f"{url}/bulk", json={"items": [{"payload": {"n": 1}}] * 2}, headers=admin)
+            assert bulk.status == 201  # 4 + 2 = 6: at the limit
+            refused = await client.post(url, json={"payload": {"n": 1}, "dry_run": True}, headers=admin)
+            assert refused.status == 429 and (await refused.json())["error"]["code"] == "rate_limited"
+        finally:
+            await client.close()
+
+    asyncio.run(go())

@@ -63,7 +63,9 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         import redis.asyncio as aioredis
 
         redis = aioredis.Redis.from_url(settings.redis_url)
-    app[LIMITER] = RateLimiter(settings.rate_limit_requests, settings.trigger_rate_limit_requests, redis)
+    app[LIMITER] = RateLimiter(
+        settings.rate_limit_requests, settings.trigger_rate_limit_requests, redis, settings.auth_failure_limit
+    )
     yield
     if redis is not None:
         await redis.aclose()

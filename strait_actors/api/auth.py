@@ -12,12 +12,14 @@ from typing import Any
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from strait_actors.api.state import KEYS, POOL, SETTINGS
+from strait_actors.api.limits import client_address
+from strait_actors.api.state import CALLER, KEYS, LIMITER, POOL, SETTINGS
 from strait_actors.errors import ApiError, forbidden, unauthorized
 from strait_actors.ids import hash_key
 from strait_actors.store import projects as store
 
-CALLER = "caller"
+__all__ = ["CALLER", "Caller", "KeyCache", "authenticate"]
+
 KEY_CACHE_SECS = 5.0
 KEY_CACHE_SIZE = 10000
 
@@ -56,15 +58,22 @@ class KeyCache:
         # keys costs one lookup each per KEY_CACHE_SECS and evicts only the oldest entries
         self._rows: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
 
-    async def lookup(self, pool: AsyncConnectionPool, key: str) -> dict[str, Any] | None:
+    def cached(self, key: str) -> tuple[bool, dict[str, Any] | None]:
+        """(True, row or None) when the key was looked up in the last KEY_CACHE_SECS."""
         digest = hash_key(key)
         hit = self._rows.get(digest)
-        now = time.monotonic()
-        if hit and hit[0] > now:
+        if hit and hit[0] > time.monotonic():
             self._rows.move_to_end(digest)
-            return hit[1]
+            return True, hit[1]
+        return False, None
+
+    async def lookup(self, pool: AsyncConnectionPool, key: str) -> dict[str, Any] | None:
+        found, row = self.cached(key)
+        if found:
+            return row
+        digest = hash_key(key)
         row = await store.api_key_by_hash(pool, digest)
-        self._rows[digest] = (now + KEY_CACHE_SECS, row)
+        self._rows[digest] = (time.monotonic() + KEY_CACHE_SECS, row)
         self._rows.move_to_end(digest)
         while len(self._rows) > KEY_CACHE_SIZE:
             self._rows.popitem(last=False)
@@ -102,7 +111,11 @@ def check_project(request: web.Request, project_id: str, what: str) -> None:
 
 
 async def _api_key_caller(request: web.Request, token: str) -> Caller:
-    row = await request.app[KEYS].lookup(request.app[POOL], token)
+    keys = request.app[KEYS]
+    found, row = keys.cached(token)
+    if not found:  # a lookup costs the database: not for an address that keeps failing
+        request.app[LIMITER].check_locked(client_address(request))
+        row = await keys.lookup(request.app[POOL], token)
     if row is None:
         raise unauthorized("invalid api key")
     if row["revoked_at"] is not None:
@@ -114,6 +127,7 @@ async def _api_key_caller(request: web.Request, token: str) -> Caller:
 
 
 def _internal_caller(request: web.Request, token: str) -> Caller:
+    request.app[LIMITER].check_locked(client_address(request))
     secret = request.app[SETTINGS].internal_secret
     if not token or not same_secret(token, secret):
         raise unauthorized("invalid or missing internal secret")
@@ -122,6 +136,17 @@ def _internal_caller(request: web.Request, token: str) -> Caller:
 
 
 async def authenticate(request: web.Request) -> Caller:
+    """The caller, or 401; an address with too many failures this minute gets 429 for any
+    credential not already verified (limits.py), before its credential costs anything."""
+    try:
+        return await _authenticate(request)
+    except ApiError as err:
+        if err.status == 401:
+            await request.app[LIMITER].note_failure(client_address(request))
+        raise
+
+
+async def _authenticate(request: web.Request) -> Caller:
     auth = request.headers.get("Authorization", "")
     scheme, _, token = auth.partition(" ")
     token = token.strip() if scheme.lower() == "bearer" else ""

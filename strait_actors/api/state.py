@@ -10,7 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 from strait_actors.settings import Settings
 
 if TYPE_CHECKING:
-    from strait_actors.api.auth import KeyCache
+    from strait_actors.api.auth import Caller, KeyCache
     from strait_actors.api.limits import RateLimiter
     from strait_actors.store.enqueue import Enqueuer
     from strait_actors.store.jobs import JobCache
@@ -23,3 +23,6 @@ LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 ENQUEUER: web.AppKey[Enqueuer] = web.AppKey("enqueuer")
 JOBS: web.AppKey[JobCache] = web.AppKey("jobs")
 STARTED = web.AppKey("started", float)
+
+CALLER: web.RequestKey[Caller] = web.RequestKey("caller")  # who is calling (auth.py)
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -6,6 +6,7 @@ how it is enqueued (`store.enqueue`) are shared with the actors that create runs
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,9 +16,9 @@ from aiohttp import web
 from strait_actors import ids, schemas
 from strait_actors.api import render
 from strait_actors.api.auth import require
-from strait_actors.api.http import json_response, read_object
+from strait_actors.api.http import json_response, off_loop, read_object
 from strait_actors.api.jobs import load_job
-from strait_actors.api.limits import take_triggers
+from strait_actors.api.limits import counts_runs, take_triggers
 from strait_actors.api.state import ENQUEUER, JOBS, SETTINGS
 from strait_actors.api.validation import validate_bulk, validate_trigger
 from strait_actors.errors import ApiError, bad_request, conflict, not_found
@@ -25,6 +26,8 @@ from strait_actors.model import NewRun, Receipt, RunOrigin, RunRequest, new_run
 from strait_actors.payloads import PayloadError, canonical_payload
 from strait_actors.store.errors import MissingReference, RateLimited
 from strait_actors.store.sql import Row
+
+INLINE_SECS = 0.005  # schema validation on the event loop, at most; then in a worker thread
 
 routes = web.RouteTableDef()
 _validators: dict[tuple[uuid.UUID, int], Any] = {}
@@ -37,24 +40,53 @@ def _check_job(job: Row) -> None:
         raise conflict("job is paused -- resume it before triggering new runs")
 
 
-def _check_payload(job: Row, payload: Any, prefix: str = "") -> None:
-    schema = job["payload_schema"]
-    if not schema:
-        return
+def _validator(job: Row) -> Any:
     key = (job["id"], job["version"])
     validator = _validators.get(key)
     if validator is None:
-        validator = schemas.validator(schema)
+        validator = schemas.validator(job["payload_schema"])
         if len(_validators) > 1000:
             _validators.clear()
         _validators[key] = validator
+    return validator
+
+
+def _check_payloads(validator: Any, payloads: list[Any], deadline: float, bulk: bool) -> None:
+    """Every payload against the job's schema, all before one deadline; 400 at the first failure."""
+    for i, payload in enumerate(payloads):
+        prefix = f"item {i}: " if bulk else ""
+        try:
+            error = schemas.first_error(validator, payload, deadline)
+        except schemas.OutOfTime:
+            raise
+        except schemas.SchemaUnusable as exc:
+            raise bad_request(
+                f"{prefix}payload cannot be validated: the job's payload_schema is unusable: {exc}"
+            ) from None
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            raise bad_request(f"{prefix}payload validation failed: {where}: {error.message}")
+
+
+async def check_payloads(job: Row, payloads: list[Any], bulk: bool = False) -> None:
+    """Schema validation off the event loop when it is not cheap: a first try inline, stopped after
+    INLINE_SECS; what takes longer runs in a worker thread under the request's validation budget
+    (VALIDATION_BUDGET), so one tenant's schema cannot stall the API for everyone."""
+    if not job["payload_schema"]:
+        return
+    validator = _validator(job)
+    started = time.monotonic()
     try:
-        error = schemas.first_error(validator, payload)
-    except schemas.SchemaUnusable as exc:
-        raise bad_request(f"{prefix}payload cannot be validated: the job's payload_schema is unusable: {exc}") from None
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise bad_request(f"{prefix}payload validation failed: {where}: {error.message}")
+        _check_payloads(validator, payloads, started + INLINE_SECS, bulk)
+        return
+    except schemas.OutOfTime:
+        pass
+    try:
+        await off_loop(_check_payloads, validator, payloads, started + schemas.VALIDATION_BUDGET, bulk)
+    except schemas.OutOfTime:
+        raise bad_request(
+            f"payload cannot be validated: the job's payload_schema took longer than {schemas.VALIDATION_BUDGET} s"
+        ) from None
 
 
 def _header_key(request: web.Request) -> str | None:
@@ -117,19 +149,20 @@ def _dry_run(job: Row, run: NewRun, digest: str, t: RunRequest) -> web.Response:
 
 
 @routes.post("/v1/jobs/{job_id}/trigger")
+@counts_runs
 async def trigger(request: web.Request) -> web.Response:
+    await take_triggers(request, 1)  # first: a dry run or a refused trigger costs validation too
     who = require(request, "jobs:trigger")
     job = await load_job(request, cached=True)
     body = await read_object(request)
     now = datetime.now(UTC)
     t = validate_trigger(body, now=now)
     _check_job(job)
-    _check_payload(job, t.payload)
+    await check_payloads(job, [t.payload])
     origin = RunOrigin(job, who.actor or None, now, _trace_metadata(request))
     run, digest = _new_run(origin, t, _header_key(request) or t.idempotency_key)
     if t.dry_run:
         return _dry_run(job, run, digest, t)
-    await take_triggers(request, 1)
     (receipt,) = await enqueue(request, job, [run])
     if receipt.idempotency_hit:
         return json_response({"id": str(receipt.id), "status": receipt.status, "idempotency_hit": True})
@@ -139,19 +172,20 @@ async def trigger(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/jobs/{job_id}/trigger/bulk")
+@counts_runs
 async def trigger_bulk(request: web.Request) -> web.Response:
+    await take_triggers(request, 1)  # the request itself, refused or not; its other items below
     who = require(request, "jobs:trigger")
     job = await load_job(request, cached=True)
     items = validate_bulk(await read_object(request), max_items=request.app[SETTINGS].max_bulk_trigger_items)
+    await take_triggers(request, len(items) - 1)
     now = datetime.now(UTC)
     batch_id = ids.uuid7()
     inputs = [validate_trigger(item, now=now, index=i) for i, item in enumerate(items)]
     _check_job(job)
-    for i, t in enumerate(inputs):
-        _check_payload(job, t.payload, prefix=f"item {i}: ")
+    await check_payloads(job, [t.payload for t in inputs], bulk=True)
     origin = RunOrigin(job, who.actor or None, now, _trace_metadata(request), batch_id)
     runs = [_new_run(origin, t, t.idempotency_key)[0] for t in inputs]
-    await take_triggers(request, len(runs))
     receipts = await enqueue(request, job, runs)
     results = [{"id": str(r.id), "status": r.status, "idempotency_hit": r.idempotency_hit} for r in receipts]
     created = sum(1 for r, run in zip(receipts, runs, strict=True) if r.id == run.id)
