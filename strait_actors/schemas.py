@@ -3,8 +3,10 @@
 A tenant's schema runs in our processes, so it may never fetch anything and never run long:
 - references resolve only inside the schema (`#…`); a remote or file `$ref` is refused when the
   job is saved, and the validator has no way to retrieve one anyway;
-- every regex (`pattern`, `patternProperties`) runs on the `regex` engine under one deadline per
-  validation, so a catastrophic pattern costs at most REGEX_BUDGET seconds;
+- a validation runs under a deadline the caller gives (VALIDATION_BUDGET by default): every
+  keyword checks it before it runs, every regex (`pattern`, `patternProperties`) runs on the
+  `regex` engine with the time left, and `uniqueItems` is linear, so no keyword is unbounded;
+  past the deadline, validation stops with `OutOfTime`;
 - a schema that loops (`{"$ref": "#"}`) or cannot be resolved is a `SchemaUnusable`, not a crash.
 """
 
@@ -25,10 +27,10 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-REGEX_BUDGET = 0.25  # seconds of regex matching per validation
+VALIDATION_BUDGET = 0.5  # seconds one validation may take, unless the caller gives a deadline
 _REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
 _BASE = "urn:strait:schema"
-_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("schema_regex_deadline", default=0.0)
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("schema_deadline", default=0.0)
 
 
 class SchemaInvalid(ValueError):
@@ -36,7 +38,15 @@ class SchemaInvalid(ValueError):
 
 
 class SchemaUnusable(ValueError):
-    """A saved schema that cannot judge this instance: it loops, or its regexes ran out of time."""
+    """A saved schema that cannot judge this instance: it loops, or its references do not resolve."""
+
+
+class OutOfTime(SchemaUnusable):
+    """The validation passed its deadline before it could decide."""
+
+
+class _Expired(Exception):
+    """Raised inside a validation at its deadline (never caught by jsonschema)."""
 
 
 def _refuse(uri: str) -> Resource[Any]:
@@ -54,8 +64,52 @@ def _compiled(pattern: str) -> Any:
 def _search(pattern: str, text: str) -> bool:
     left = _deadline.get() - time.monotonic()
     if left <= 0:
-        raise TimeoutError("schema regexes ran out of time")
-    return _compiled(pattern).search(text, timeout=left) is not None
+        raise _Expired
+    try:
+        return _compiled(pattern).search(text, timeout=left) is not None
+    except TimeoutError:
+        raise _Expired from None
+
+
+def _timed(keyword: Any) -> Any:
+    """A keyword that first checks the validation's deadline."""
+
+    def run(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        if time.monotonic() > _deadline.get():
+            raise _Expired
+        return keyword(validator, value, instance, schema)
+
+    return run
+
+
+def _identity(value: Any) -> Any:
+    """A hashable stand-in with JSON equality: 1 == 1.0, but true != 1; object keys unordered."""
+    if isinstance(value, bool) or value is None:
+        return ("b", value)
+    if isinstance(value, int | float):
+        return ("n", value)
+    if isinstance(value, str):
+        return ("s", value)
+    if isinstance(value, list):
+        return ("l", tuple(_identity(v) for v in value))
+    if isinstance(value, dict):
+        return ("o", frozenset((k, _identity(v)) for k, v in value.items()))
+    return ("x", id(value))
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """Linear in the array (jsonschema compares unsortable items pairwise: quadratic)."""
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[Any] = set()
+    for i, item in enumerate(instance):
+        if i % 256 == 0 and time.monotonic() > _deadline.get():
+            raise _Expired
+        key = _identity(item)
+        if key in seen:
+            yield ValidationError(f"{instance!r} has non-unique elements")
+            return
+        seen.add(key)
 
 
 def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
@@ -84,7 +138,12 @@ def _additional(validator: Any, aP: Any, instance: Any, schema: Any) -> Iterator
         yield ValidationError(f"Additional properties are not allowed ({', '.join(map(repr, sorted(extras)))})")
 
 
-_SAFE_KEYWORDS = {"pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional}
+_SAFE_KEYWORDS = {
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "additionalProperties": _additional,
+    "uniqueItems": _unique_items,
+}
 
 
 def _refs(node: Any) -> Iterator[str]:
@@ -146,7 +205,8 @@ def _registry(schema: dict[str, Any]) -> Registry[Any]:
 
 @lru_cache(maxsize=16)
 def _safe_class(base: Any) -> Any:
-    return validators.extend(base, _SAFE_KEYWORDS)
+    keywords = {**base.VALIDATORS, **_SAFE_KEYWORDS}
+    return validators.extend(base, {name: _timed(fn) for name, fn in keywords.items()})
 
 
 def validator(schema: dict[str, Any]) -> Validator:
@@ -155,15 +215,16 @@ def validator(schema: dict[str, Any]) -> Validator:
     return cls(schema, registry=_registry(schema))
 
 
-def first_error(v: Validator, instance: Any) -> ValidationError | None:
-    """The most relevant error, or None; raises SchemaUnusable when the schema cannot decide."""
-    token = _deadline.set(time.monotonic() + REGEX_BUDGET)
+def first_error(v: Validator, instance: Any, deadline: float | None = None) -> ValidationError | None:
+    """The most relevant error, or None; raises SchemaUnusable when the schema cannot decide, and
+    OutOfTime at `deadline` (a `time.monotonic()` instant; default VALIDATION_BUDGET from now)."""
+    token = _deadline.set(time.monotonic() + VALIDATION_BUDGET if deadline is None else deadline)
     try:
         return best_match(v.iter_errors(instance))
     except RecursionError:
         raise SchemaUnusable("the schema's references loop") from None
-    except TimeoutError:
-        raise SchemaUnusable(f"the schema's patterns took longer than {REGEX_BUDGET} s") from None
+    except _Expired:
+        raise OutOfTime("validation ran out of time") from None
     except Unresolvable as exc:
         raise SchemaUnusable(f"the schema's $ref cannot be resolved: {exc}") from None
     finally:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from strait_actors import payloads
-from strait_actors.api.state import SETTINGS
+from strait_actors.api.state import REQUEST_ID, SETTINGS
 from strait_actors.api.validation import parse_json_body
 from strait_actors.errors import ApiError
 from strait_actors.store.errors import Rejected, Unavailable
@@ -19,9 +21,14 @@ from strait_actors.store.errors import Rejected, Unavailable
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
+
+LARGE_BODY = 64 * 1024  # request bodies parsed in a worker thread, off the event loop
+# CPU work of requests (big bodies, slow schemas) in two threads of its own: it cannot take the
+# default executor's threads from DNS lookups, and the event loop keeps serving while it runs
+_cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="strait-cpu")
 _counter = itertools.count(1)
 _PREFIX = f"{os.uname().nodename}/{os.urandom(4).hex()}"
-REQUEST_ID = "request_id"
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -30,6 +37,11 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 def no_content() -> web.Response:
     return web.Response(status=204)
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run CPU-bound `fn(*args)` in the request worker threads."""
+    return await asyncio.get_running_loop().run_in_executor(_cpu, fn, *args)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -41,6 +53,8 @@ async def read_json(request: web.Request) -> Any:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, f"request body too large (limit {limit} bytes)") from None
+    if len(raw) > LARGE_BODY:
+        return await off_loop(parse_json_body, raw)
     return parse_json_body(raw)
 
 
