@@ -2,7 +2,13 @@
 
 Concurrent callers' runs share one INSERT (and one commit); each caller is answered only after
 the statement holding its run has committed. A statement that fails is retried group by group,
-so one bad trigger cannot fail the others. An idempotency key already taken answers with the run
+so one bad trigger cannot fail the others.
+
+A caller that gives up (its request timed out) is answered "not created" only while that is
+true: before its runs are sent, they are withdrawn and never written; once sent, the caller
+waits for the commit and answers what it decided, so a client never retries a run that exists.
+When the connection dies under a sent statement, the runs are looked up before anyone is told
+they do not exist. An idempotency key already taken answers with the run
 that holds it. Only a job with an admission limit (dedup window, rate limit) takes its job row
 lock, in a transaction of its own (engine.md §2.5). Driver errors come out as `store.errors`.
 """
@@ -12,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
@@ -28,8 +34,30 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 2000
 MAX_FLUSHES = 4
+SETTLE_SECS = 10.0  # how long a sent statement whose connection died is looked for
 
-_Group = tuple[list[NewRun], "asyncio.Future[list[Receipt]]"]
+
+class _Group:
+    """One caller's runs on their way into a shared INSERT."""
+
+    __slots__ = ("fut", "runs", "sent")
+
+    def __init__(self, runs: list[NewRun], fut: asyncio.Future[list[Receipt]]) -> None:
+        self.runs = runs
+        self.fut = fut
+        self.sent = False
+
+
+async def _answer(fut: asyncio.Future[list[Receipt]], sent: Callable[[], bool]) -> list[Receipt]:
+    """The receipts; a caller cancelled before its runs were sent withdraws them (nothing is
+    written), one cancelled after waits for the commit instead of guessing."""
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        if not sent():
+            fut.cancel()
+            raise
+        return await asyncio.shield(fut)
 
 
 class Enqueuer:
@@ -43,11 +71,13 @@ class Enqueuer:
         """Receipts in input order. Raises `RateLimited`, `MissingReference` (the job is gone)."""
         with translated():
             if job["dedup_window_secs"] or job["rate_limit_max"]:
-                return await self._admitted(job, runs)
+                ticket = _Group(runs, asyncio.get_running_loop().create_future())
+                task = asyncio.ensure_future(self._admitted(job, runs, ticket))
+                return await _answer(task, lambda: ticket.sent)
             return await self.batcher.submit(runs)
 
-    async def _admitted(self, job: Mapping[str, Any], runs: list[NewRun]) -> list[Receipt]:
-        """Dedup window and job rate limit, serialised on the job row."""
+    async def _admitted(self, job: Mapping[str, Any], runs: list[NewRun], ticket: _Group) -> list[Receipt]:
+        """Dedup window and job rate limit, serialised on the job row (one transaction)."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(q("lock_job"), {"id": job["id"]})
             if job["rate_limit_max"]:
@@ -74,6 +104,7 @@ class Enqueuer:
                     first[run.payload_hash] = i
                 fresh.append((i, run))
             new = [r for _, r in fresh]
+            ticket.sent = True  # from here, the transaction's commit decides the answer
             inserted = await store.insert_runs(conn, new) if new else {}
             for (i, _), receipt in zip(fresh, await resolve_conflicts(conn, new, inserted), strict=True):
                 out[i] = receipt
@@ -118,20 +149,20 @@ class TriggerBatcher:
         self.flushes = 0
 
     async def submit(self, runs: list[NewRun]) -> list[Receipt]:
-        fut: asyncio.Future[list[Receipt]] = asyncio.get_running_loop().create_future()
-        self.waiting.append((runs, fut))
+        group = _Group(runs, asyncio.get_running_loop().create_future())
+        self.waiting.append(group)
         if self.flushes < MAX_FLUSHES:
             self.flushes += 1
             asyncio.get_running_loop().create_task(self._flush())
-        return await fut
+        return await _answer(group.fut, lambda: group.sent)
 
     def _take(self) -> list[_Group]:
         taken, rows = 0, 0
-        for group, _fut in self.waiting:
-            if taken and rows + len(group) > MAX_ROWS:
+        for group in self.waiting:
+            if taken and rows + len(group.runs) > MAX_ROWS:
                 break
             taken += 1
-            rows += len(group)
+            rows += len(group.runs)
         groups, self.waiting = self.waiting[:taken], self.waiting[taken:]
         return groups
 
@@ -142,35 +173,62 @@ class TriggerBatcher:
                 try:
                     await self._write(groups)
                 except Exception as exc:
-                    for _runs, fut in groups:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    sent = [g for g in groups if g.sent and not g.fut.done()]
+                    if sent and isinstance(exc, psycopg.OperationalError):
+                        await self._settle(sent, exc)
+                    for group in groups:
+                        if not group.fut.done():
+                            group.fut.set_exception(exc)
         finally:
             self.flushes -= 1
 
     async def _write(self, groups: list[_Group]) -> None:
-        everything = [r for group, _ in groups for r in group]
         async with self.pool.connection() as conn:
+            groups = [g for g in groups if not g.fut.done()]  # callers that gave up while we waited
+            if not groups:
+                return
+            for group in groups:
+                group.sent = True
+            everything = [r for group in groups for r in group.runs]
             try:
                 inserted = await store.insert_runs(conn, everything)
             except psycopg.errors.Error as exc:
-                if len(groups) == 1:
+                if len(groups) == 1 or isinstance(exc, psycopg.OperationalError):
                     raise
                 log.info("shared trigger insert failed (%s); retrying group by group", exc)
                 await self._write_each(conn, groups)
                 return
-            for group, fut in groups:
-                if all(r.id in inserted for r in group):
-                    receipts = [Receipt(r.id, inserted[r.id], False) for r in group]
+            for group in groups:
+                if all(r.id in inserted for r in group.runs):
+                    receipts = [Receipt(r.id, inserted[r.id], False) for r in group.runs]
                 else:
-                    receipts = await resolve_conflicts(conn, group, inserted)
-                if not fut.done():
-                    fut.set_result(receipts)
+                    receipts = await resolve_conflicts(conn, group.runs, inserted)
+                if not group.fut.done():
+                    group.fut.set_result(receipts)
 
     async def _write_each(self, conn: Any, groups: list[_Group]) -> None:
-        for group, fut in groups:
+        for group in groups:
             try:
-                inserted = await store.insert_runs(conn, group)
-                fut.set_result(await resolve_conflicts(conn, group, inserted))
+                inserted = await store.insert_runs(conn, group.runs)
+                group.fut.set_result(await resolve_conflicts(conn, group.runs, inserted))
             except psycopg.errors.Error as exc:
-                fut.set_exception(exc)
+                group.fut.set_exception(exc)
+
+    async def _settle(self, groups: list[_Group], exc: Exception) -> None:
+        """The connection died under a sent INSERT: it may have committed. Look the runs up (for
+        up to SETTLE_SECS) so that no caller hears "not created" about a run that exists."""
+        ids = [r.id for g in groups for r in g.runs]
+        deadline = asyncio.get_running_loop().time() + SETTLE_SECS
+        while True:
+            try:
+                async with self.pool.connection(timeout=2) as conn:
+                    found = await store.statuses_of(conn, ids)
+                break
+            except Exception as again:
+                if asyncio.get_running_loop().time() > deadline:
+                    log.warning("trigger insert lost its connection (%s); outcome unknown: %s", exc, again)
+                    return
+                await asyncio.sleep(0.5)
+        for group in groups:
+            if all(r.id in found for r in group.runs):
+                group.fut.set_result([Receipt(r.id, found[r.id], False) for r in group.runs])

@@ -338,6 +338,10 @@ SELECT ins.id, ins.status, (SELECT count(*) FROM wake) AS woke FROM ins
 SELECT id, status, finished_at, (finished_at IS NOT NULL AND finished_at < now() - interval '24 hours') AS stale
 FROM job_runs WHERE job_id = %(job_id)s AND idempotency_key = %(key)s
 
+-- name: run_statuses
+-- Which of these runs exist, and their status (did an INSERT whose answer was lost commit?).
+SELECT id, status FROM job_runs WHERE id = ANY(%(ids)s)
+
 -- name: release_idempotency_key
 -- A key whose run ended over 24 h ago (or expired) is free again: move it into the old run's metadata.
 UPDATE job_runs
@@ -346,8 +350,9 @@ SET metadata = metadata || jsonb_build_object('released_idempotency_key', idempo
 WHERE id = %(id)s AND idempotency_key IS NOT NULL
 
 -- name: lock_job
--- Admission guard for jobs with a dedup window or rate limit: serialises their triggers.
-SELECT id FROM jobs WHERE id = %(id)s FOR UPDATE
+-- Admission guard for jobs with a dedup window or rate limit: serialises their triggers (NO KEY:
+-- the foreign-key checks of other inserts of the job need not wait for it).
+SELECT id FROM jobs WHERE id = %(id)s FOR NO KEY UPDATE
 
 -- name: recent_run_with_payload
 -- Dedup window: the newest run of the job with the same canonical payload inside the window.

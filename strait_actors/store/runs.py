@@ -49,6 +49,11 @@ async def insert_runs(conn: Any, runs: list[NewRun]) -> dict[uuid.UUID, str]:
     return {r["id"]: r["status"] for r in await cur.fetchall()}
 
 
+async def statuses_of(conn: Any, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    cur = await conn.execute(q("run_statuses"), {"ids": run_ids})
+    return {r["id"]: r["status"] for r in await cur.fetchall()}
+
+
 async def run_by_idempotency_key(conn: Any, job_id: uuid.UUID, key: str) -> Row | None:
     cur = await conn.execute(q("run_by_idempotency_key"), {"job_id": job_id, "key": key})
     row: Row | None = await cur.fetchone()
