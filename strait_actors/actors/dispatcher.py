@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import psycopg
@@ -46,6 +45,7 @@ class DispatcherPool(LoopActor):
         self.flush_task: asyncio.Task[None] | None = None
         self.draining = False
         self.db: psycopg.AsyncConnection | None = None
+        self.db_lock = asyncio.Lock()  # one reconnect at a time: writes and heartbeats share the connection
 
     def started(self) -> None:
         """Open the loop, then offer every slot: a (re)started pool has nothing in flight."""
@@ -62,6 +62,13 @@ class DispatcherPool(LoopActor):
         await self.client.close()
         if self.db is not None:
             await self.db.close()
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        """The outcome writer's connection, opened again if an outage closed it."""
+        async with self.db_lock:
+            if self.db is None or self.db.closed:
+                self.db = await queue.connect_async(self.ctx.dsn)
+            return self.db
 
     def handle(self, message: Any) -> None:
         """Runs to call, a heartbeat tick, or the poller asking how many slots are free."""
@@ -111,38 +118,45 @@ class DispatcherPool(LoopActor):
             self.flushing = False
 
     async def _write(self, batch: list[Outcome]) -> None:
-        """Retry a lost database; past the lease the runs are reaped anyway and the fence drops us."""
-        deadline = time.monotonic() + self.ctx.settings.stale_threshold_secs
-        delay = 0.1
+        """Write until the fence decides, retrying a lost database once a second.
+
+        A late write is harmless (the fence drops it if the run moved on), and while the database
+        is away no reaper takes these runs (reapers hold off for a lease after an outage), so
+        giving up would only make every one of these runs a second time."""
+        tries = 0
         while True:
             try:
-                if self.db is None or self.db.closed:
-                    self.db = await queue.connect_async(self.ctx.dsn)
-                written = await queue.record_outcomes(self.db, batch)
+                written = await queue.record_outcomes(await self._connection(), batch)
+                if tries:
+                    log.warning("%d outcome(s) written after %d failed tries", len(batch), tries)
                 if len(written) < len(batch):
                     log.info("%d outcome(s) dropped: their runs moved on", len(batch) - len(written))
                 return
             except Unavailable as exc:
-                if time.monotonic() > deadline:
-                    log.error("giving up on %d outcome(s): %s", len(batch), exc)
-                    return
-                log.warning("outcome write failed (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                if not tries:
+                    log.warning("outcome write failed (%s); retrying every second", exc)
+                tries += 1
+                await asyncio.sleep(min(0.1 * 2**tries, 1.0))
 
     async def _heartbeat(self) -> None:
-        if not self.inflight or self.db is None:
+        """Extend the leases in flight; after an outage this reconnects even when no outcome is due,
+        or calls longer than the lease would lose their runs to the reaper and be made twice."""
+        if not self.inflight:
             return
         pairs = [(r.id, r.lease_id) for r in self.inflight.values()]
         try:
-            await queue.extend_leases(self.db, pairs, self.ctx.settings.stale_threshold_secs)
+            await queue.extend_leases(await self._connection(), pairs, self.ctx.settings.stale_threshold_secs)
         except Unavailable as exc:
             log.warning("lease heartbeat failed: %s", exc)
 
     async def _release(self, runs: list[ClaimedRun]) -> None:
-        if not runs or self.db is None:
+        if not runs:
             return
-        n = await queue.release_runs(self.db, [(r.id, r.lease_id) for r in runs])
+        try:
+            n = await queue.release_runs(await self._connection(), [(r.id, r.lease_id) for r in runs])
+        except Unavailable as exc:  # their leases run out and the reaper takes them
+            log.warning("could not release %d run(s): %s", len(runs), exc)
+            return
         for r in runs:
             self.inflight.pop(r.id, None)
         log.info("released %d run(s) back to the queue", n)

@@ -16,7 +16,7 @@ import psycopg
 from strait_actors.actors.base import SupervisedActor, TreeContext
 from strait_actors.messages import Dispatch, DispatcherReady, ReportCapacity, SlotsFreed, Tick, Wake
 from strait_actors.store import queue
-from strait_actors.store.errors import StoreError
+from strait_actors.store.errors import StoreError, Unavailable
 from strait_actors.store.queue import Queue
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,33 @@ class Poller(SupervisedActor):
         self.inflight: int | None = None  # unknown until the dispatcher reports
         self.wake_pending = threading.Event()
         self.conn: psycopg.Connection | None = None
+        self.queue: Queue | None = None
         self.listener: Listener | None = None
+        self.down = False  # the database stopped answering; claims resume when it answers again
 
     def started(self) -> None:
         """Connect, start listening for NOTIFY, and ask the dispatcher how many slots are free."""
-        self.conn = queue.connect(self.ctx.dsn)
-        self.queue = Queue(self.conn, worker_id=self.ctx.worker_id, lease_secs=self.ctx.settings.stale_threshold_secs)
+        self._connect()
         self.listener = Listener(self.ctx.dsn, self._notified)
         self.listener.start()
         self.ctx.registry.tell("dispatcher", ReportCapacity())
+
+    def _connect(self) -> Queue:
+        self.conn = queue.connect(self.ctx.dsn)
+        self.queue = Queue(self.conn, worker_id=self.ctx.worker_id, lease_secs=self.ctx.settings.stale_threshold_secs)
+        return self.queue
+
+    def _claims(self) -> Queue:
+        """The claim connection, opened again after an outage closed it."""
+        if self.queue is None or self.queue.conn.closed:
+            self._drop()
+            return self._connect()
+        return self.queue
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = self.queue = None
 
     def _notified(self) -> None:
         # coalesce a burst of NOTIFYs into one Wake in the mailbox
@@ -103,7 +121,18 @@ class Poller(SupervisedActor):
             self.inflight = max(0, self.capacity - message.free)
         elif not isinstance(message, Tick):
             return
-        self.fill()
+        try:
+            self.fill()
+        except Unavailable as exc:
+            # an outage is expected, not a bug: dying for it would spend the supervisor's restart
+            # budget (and its backoff) on every child at once; the next tick or wake reconnects
+            self._lost(exc)
+
+    def _lost(self, exc: Unavailable) -> None:
+        self._drop()
+        if not self.down:
+            log.warning("database unavailable (%s); claiming again when it answers", exc)
+        self.down = True
 
     def fill(self) -> None:
         """Claim until the slots are full or the queue has nothing due."""
@@ -115,7 +144,10 @@ class Poller(SupervisedActor):
             if free < self.batch and self.inflight > self.batch:
                 return
             want = min(free, self.batch)
-            result = self.queue.claim(want)
+            result = self._claims().claim(want)
+            if self.down:
+                log.info("database answers again: claiming")
+                self.down = False
             if result.runs:
                 self.inflight += len(result.runs)
                 self.ctx.registry.tell("dispatcher", Dispatch(tuple(result.runs)))

@@ -1,9 +1,17 @@
 """The Reaper: runs whose worker died (lease expired) go back to the queue or end `crashed`;
-runs never started whose TTL passed end `expired`. One bounded batch per tick."""
+runs never started whose TTL passed end `expired`. One bounded batch per tick.
+
+A lease that ran out while the database was gone (stopped, or stalled) says nothing about its
+worker: no worker could extend it. So after the reaper has seen the database lost or stalled it
+waits one lease (STALE_THRESHOLD_SECS) before it takes expired leases as dead workers again; by
+then every live worker has reconnected and extended its leases or written its outcomes, and its
+runs are not made a second time.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import psycopg
@@ -11,6 +19,7 @@ import psycopg
 from strait_actors.actors.base import SupervisedActor, TreeContext
 from strait_actors.messages import Tick
 from strait_actors.store import queue
+from strait_actors.store.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +32,8 @@ class Reaper(SupervisedActor):
     def __init__(self, ctx: TreeContext) -> None:
         super().__init__(ctx)
         self.conn: psycopg.Connection | None = None
+        self.down = False  # the database was lost; the hold-off starts when it answers again
+        self.leases_trusted_at = 0.0  # monotonic time from which an expired lease means a dead worker
 
     def started(self) -> None:
         """Open the sweep connection."""
@@ -36,13 +47,34 @@ class Reaper(SupervisedActor):
     def on_receive(self, message: Any) -> None:
         """Each tick: one sweep."""
         if isinstance(message, Tick):
-            self.sweep()
+            try:
+                self.sweep()
+            except Unavailable as exc:
+                # expected in an outage, so not a crash (which would spend the restart budget the
+                # supervisor shares among the children): the next tick reconnects
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                if not self.down:
+                    log.warning("database unavailable (%s); sweeping again when it answers", exc)
+                self.down = True
 
     def sweep(self) -> None:
-        assert self.conn is not None
-        reaped = queue.reap_lost_leases(self.conn)
-        if reaped:
-            log.warning("lost leases: %s", reaped)
+        s = self.ctx.settings
+        if self.conn is None or self.conn.closed:
+            self.conn = queue.connect(self.ctx.dsn)
+        started = time.monotonic()
+        queue.ping(self.conn)
+        stalled = time.monotonic() - started > s.heartbeat_interval_secs
+        if self.down or stalled:
+            self.down = False
+            self.leases_trusted_at = time.monotonic() + s.stale_threshold_secs
+            why = "stalled" if stalled else "away"
+            log.warning("the database was %s: lost leases are reaped again in %.0f s", why, s.stale_threshold_secs)
+        if time.monotonic() >= self.leases_trusted_at:
+            reaped = queue.reap_lost_leases(self.conn)
+            if reaped:
+                log.warning("lost leases: %s", reaped)
         expired = queue.expire_runs(self.conn)
         if expired:
             log.info("expired %d run(s)", expired)

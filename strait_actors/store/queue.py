@@ -144,6 +144,12 @@ async def release_runs(conn: psycopg.AsyncConnection, runs: Iterable[tuple[str, 
     return int(row["released"]) if row else 0
 
 
+def ping(conn: psycopg.Connection) -> None:
+    """A round trip: does the database answer (and how fast)?"""
+    with translated():
+        conn.execute(q("ping"))
+
+
 def reap_lost_leases(conn: psycopg.Connection) -> dict[str, int]:
     with translated(), conn.cursor(row_factory=dict_row) as cur:
         return {r["status"]: int(r["n"]) for r in cur.execute(q("reap_lost_leases")).fetchall()}
