@@ -43,10 +43,10 @@ async def v1_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/v1/"):
         return await handler(request)
     check_media_types(request)
-    request[CALLER] = await authenticate(request)
-    await take_request(request)
     try:
         async with asyncio.timeout(request.app[SETTINGS].request_timeout_secs):
+            request[CALLER] = await authenticate(request)  # a key lookup is bounded too
+            await take_request(request)
             return await handler(request)
     except TimeoutError:
         raise ApiError(503, "request timed out", headers={"Retry-After": "1"}) from None

@@ -127,9 +127,11 @@ async def _api_key_caller(request: web.Request, token: str) -> Caller:
 
 
 def _internal_caller(request: web.Request, token: str) -> Caller:
-    request.app[LIMITER].check_locked(client_address(request))
     secret = request.app[SETTINGS].internal_secret
     if not token or not same_secret(token, secret):
+        # the right secret costs nothing to verify and cannot be guessed (>= 16 characters): it
+        # passes even from a locked-out address (one shared with a flood, behind a proxy)
+        request.app[LIMITER].check_locked(client_address(request))
         raise unauthorized("invalid or missing internal secret")
     project = (request.headers.get("X-Project-Id") or "").strip() or request.query.get("project_id") or None
     return Caller("internal", project, frozenset(), request.headers.get("X-Actor-Id", "").strip())

@@ -60,6 +60,7 @@ class RateLimiter:
         self.window = 0
         self.counts: dict[tuple[str, str], int] = {}
         self.locked: dict[str, float] = {}  # client address -> locked out until (epoch seconds)
+        self.quiet_until = 0.0  # no new warning about Redis before this (monotonic)
 
     async def take(self, kind: str, who: str, n: int = 1) -> None:
         limit = self.limits[kind]
@@ -106,7 +107,9 @@ class RateLimiter:
                     used, _ = await pipe.execute()
                 return int(used)
             except Exception as exc:
-                log.warning("rate limiter: redis unavailable (%s); not limiting", exc)
+                if time.monotonic() >= self.quiet_until:  # one line per outage, not one per request
+                    self.quiet_until = time.monotonic() + 10
+                    log.warning("rate limiter: redis unavailable (%s); not limiting", exc)
                 return 0
         if window != self.window:
             self.window, self.counts = window, {}

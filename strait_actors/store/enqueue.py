@@ -57,6 +57,7 @@ async def _answer(fut: asyncio.Future[list[Receipt]], sent: Callable[[], bool]) 
         if not sent():
             fut.cancel()
             raise
+        log.warning("trigger outlived its deadline with its INSERT in flight: answering the commit's decision")
         return await asyncio.shield(fut)
 
 
