@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
@@ -138,7 +139,17 @@ def _additional(validator: Any, aP: Any, instance: Any, schema: Any) -> Iterator
         yield ValidationError(f"Additional properties are not allowed ({', '.join(map(repr, sorted(extras)))})")
 
 
+def _multiple_of(validator: Any, step: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """Exact, on the numbers as written: jsonschema divides as floats (an integer beyond a double
+    overflows, and 0.3 is not a multiple of 0.1 there)."""
+    if not validator.is_type(instance, "number"):
+        return
+    if (Fraction(repr(instance)) / Fraction(repr(step))).denominator != 1:
+        yield ValidationError(f"{instance!r} is not a multiple of {step!r}")
+
+
 _SAFE_KEYWORDS = {
+    "multipleOf": _multiple_of,
     "pattern": _pattern,
     "patternProperties": _pattern_properties,
     "additionalProperties": _additional,

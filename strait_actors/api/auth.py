@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
+from strait_actors.api.http import header_text
 from strait_actors.api.limits import client_address
 from strait_actors.api.state import CALLER, KEYS, LIMITER, POOL, SETTINGS
 from strait_actors.errors import ApiError, forbidden, unauthorized
@@ -133,8 +134,8 @@ def _internal_caller(request: web.Request, token: str) -> Caller:
         # passes even from a locked-out address (one shared with a flood, behind a proxy)
         request.app[LIMITER].check_locked(client_address(request))
         raise unauthorized("invalid or missing internal secret")
-    project = (request.headers.get("X-Project-Id") or "").strip() or request.query.get("project_id") or None
-    return Caller("internal", project, frozenset(), request.headers.get("X-Actor-Id", "").strip())
+    project = (header_text(request, "X-Project-Id") or "").strip() or request.query.get("project_id") or None
+    return Caller("internal", project, frozenset(), (header_text(request, "X-Actor-Id") or "").strip())
 
 
 async def authenticate(request: web.Request) -> Caller:

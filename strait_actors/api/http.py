@@ -11,11 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from strait_actors import payloads
 from strait_actors.api.state import REQUEST_ID, SETTINGS
 from strait_actors.api.validation import parse_json_body
-from strait_actors.errors import ApiError
+from strait_actors.errors import ApiError, bad_request
 from strait_actors.store.errors import Rejected, Unavailable
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ async def read_json(request: web.Request) -> Any:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, f"request body too large (limit {limit} bytes)") from None
+    except (RequestPayloadError, HttpProcessingError):  # e.g. a Content-Encoding the body does not follow
+        raise bad_request("invalid request body: it cannot be decoded as its Content-Encoding says") from None
     if len(raw) > LARGE_BODY:
         return await off_loop(parse_json_body, raw)
     return parse_json_body(raw)
@@ -63,6 +67,30 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid request body: expected a JSON object")
     return body
+
+
+def header_text(request: web.Request, name: str) -> str | None:
+    """A header's value, or 400 when its bytes are not UTF-8 (it would reach SQL and JSON)."""
+    value = request.headers.get(name)
+    if value is not None and not _utf8(value):
+        raise bad_request(f"header {name} is not valid UTF-8")
+    return value
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # aiohttp keeps undecodable bytes as lone surrogates
+        return False
+    return True
+
+
+def _request_id(request: web.Request) -> str:
+    """The caller's X-Request-Id when it is a usable one (printable UTF-8, at most 200 characters)."""
+    given = request.headers.get("X-Request-Id")
+    if given and len(given) <= 200 and given.isprintable() and _utf8(given):
+        return given
+    return f"{_PREFIX}-{next(_counter):06d}"
 
 
 def error_body(request: web.Request, err: ApiError) -> dict[str, Any]:
@@ -76,7 +104,7 @@ def error_body(request: web.Request, err: ApiError) -> dict[str, Any]:
 @web.middleware
 async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in, error envelope out; nothing escapes as a bare 500."""
-    rid = request.headers.get("X-Request-Id") or f"{_PREFIX}-{next(_counter):06d}"
+    rid = _request_id(request)
     request[REQUEST_ID] = rid
     try:
         resp = await handler(request)

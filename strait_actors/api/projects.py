@@ -14,6 +14,7 @@ from strait_actors.api.http import json_response, read_object
 from strait_actors.api.pagination import page_of, respond
 from strait_actors.api.state import KEYS, POOL
 from strait_actors.errors import bad_request, conflict, forbidden, not_found, unprocessable
+from strait_actors.payloads import clean_str
 from strait_actors.store import projects as store
 from strait_actors.store.errors import MissingReference
 
@@ -51,7 +52,7 @@ def _required_str(body: dict[str, Any], name: str, max_len: int = 255, min_len: 
     value = body.get(name)
     if not isinstance(value, str) or not value.strip():
         raise unprocessable("validation failed", [f"{name}: failed on 'required'"])
-    value = value.replace("\x00", "").strip()
+    value = clean_str(value).strip()  # NULs stripped, lone surrogates replaced: PostgreSQL text holds neither
     if len(value) > max_len:
         raise unprocessable("validation failed", [f"{name}: failed on 'max'"])
     if len(value) < min_len:
@@ -104,15 +105,17 @@ def _scopes(body: dict[str, Any]) -> list[str]:
         raise bad_request("scopes must contain at least one explicit permission")
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown:
-        raise bad_request(f"invalid scope: {unknown[0]}")
+        raise bad_request(f"invalid scope: {clean_str(unknown[0])}")  # the message is JSON: no lone surrogate
     return sorted(set(scopes))
 
 
 def _optional_str(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
-    if value is not None and (not isinstance(value, str) or len(value) > 256 or "\x00" in value):
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 256 or "\x00" in value:
         raise unprocessable("validation failed", [f"{name}: failed on 'type'"])
-    return value or None
+    return clean_str(value) or None  # a lone surrogate becomes U+FFFD (§0.3), as in every other field
 
 
 def _expiry(body: dict[str, Any]) -> datetime | None:

@@ -15,6 +15,7 @@ from strait_actors.api.pagination import page_of, respond
 from strait_actors.api.state import POOL
 from strait_actors.errors import bad_request, conflict, not_found
 from strait_actors.ids import parse_uuid
+from strait_actors.payloads import clean_str
 from strait_actors.store import jobs as jobs_store
 from strait_actors.store import runs as store
 from strait_actors.store.sql import Row
@@ -127,6 +128,7 @@ async def bulk_dlq_replay(request: web.Request) -> web.Response:
     elif not isinstance(project, str) or not project:
         raise bad_request("project_id must be a string")
     else:
+        project = clean_str(project)  # as project ids are stored: a lone surrogate cannot reach SQL
         check_project(request, project, "project")
         parsed = None
     replayed = await store.bulk_dlq_replay(request.app[POOL], project, parsed, limit, who.actor)  # type: ignore[arg-type]

@@ -16,14 +16,14 @@ from aiohttp import web
 from strait_actors import ids, schemas
 from strait_actors.api import render
 from strait_actors.api.auth import require
-from strait_actors.api.http import json_response, off_loop, read_object
+from strait_actors.api.http import header_text, json_response, off_loop, read_object
 from strait_actors.api.jobs import load_job
 from strait_actors.api.limits import counts_runs, take_triggers
 from strait_actors.api.state import ENQUEUER, JOBS, SETTINGS
 from strait_actors.api.validation import validate_bulk, validate_trigger
 from strait_actors.errors import ApiError, bad_request, conflict, not_found
 from strait_actors.model import NewRun, Receipt, RunOrigin, RunRequest, new_run
-from strait_actors.payloads import PayloadError, canonical_payload
+from strait_actors.payloads import PayloadError, canonical_payload, clean_str, loads
 from strait_actors.store.errors import MissingReference, RateLimited
 from strait_actors.store.sql import Row
 
@@ -60,12 +60,11 @@ def _check_payloads(validator: Any, payloads: list[Any], deadline: float, bulk: 
         except schemas.OutOfTime:
             raise
         except schemas.SchemaUnusable as exc:
-            raise bad_request(
-                f"{prefix}payload cannot be validated: the job's payload_schema is unusable: {exc}"
-            ) from None
-        if error is not None:
+            unusable = f"the job's payload_schema is unusable: {exc}"
+            raise bad_request(clean_str(f"{prefix}payload cannot be validated: {unusable}")) from None
+        if error is not None:  # the message names the payload's keys and values: clean them for JSON
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            raise bad_request(f"{prefix}payload validation failed: {where}: {error.message}")
+            raise bad_request(clean_str(f"{prefix}payload validation failed: {where}: {error.message}"))
 
 
 async def check_payloads(job: Row, payloads: list[Any], bulk: bool = False) -> None:
@@ -90,7 +89,7 @@ async def check_payloads(job: Row, payloads: list[Any], bulk: bool = False) -> N
 
 
 def _header_key(request: web.Request) -> str | None:
-    key = request.headers.get("X-Idempotency-Key") or request.headers.get("Idempotency-Key")
+    key = header_text(request, "X-Idempotency-Key") or header_text(request, "Idempotency-Key")
     if key is not None and len(key) > 256:
         raise bad_request("idempotency key must be at most 256 characters")
     return key or None
@@ -98,11 +97,10 @@ def _header_key(request: web.Request) -> str | None:
 
 def _trace_metadata(request: web.Request) -> dict[str, str]:
     """W3C trace headers are copied into every run's metadata (and forwarded on dispatch)."""
-    return {
-        key: request.headers[header]
-        for header, key in (("Traceparent", "traceparent"), ("Tracestate", "tracestate"))
-        if request.headers.get(header)
+    found = {
+        key: header_text(request, name) for name, key in (("Traceparent", "traceparent"), ("Tracestate", "tracestate"))
     }
+    return {key: value for key, value in found.items() if value}
 
 
 async def enqueue(request: web.Request, job: Row, runs: list[NewRun]) -> list[Receipt]:
@@ -138,7 +136,7 @@ def _dry_run(job: Row, run: NewRun, digest: str, t: RunRequest) -> web.Response:
             "version_id": job["version_id"],
         },
         "payload_hash": digest,
-        "payload": t.payload if t.payload is not None else {},
+        "payload": loads(run.payload),  # its canonical form: what would be stored and sent
     }
     base = run.scheduled_at or datetime.now(UTC)
     if run.scheduled_at is not None:

@@ -476,7 +476,7 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                quoted = json.dumps(key, ensure_ascii=False)
+                quoted = json.dumps(clean_str(key), ensure_ascii=False)  # the message is JSON too
                 raise bad_request(f"invalid request body: duplicate key {quoted}")
             seen.add(key)
     return obj

@@ -289,7 +289,11 @@ SELECT EXISTS (SELECT 1 FROM job_runs WHERE job_id = %(id)s
                AND NOT status = ANY({terminal}))
 
 -- name: delete_job
--- Remove a job with its versions and finished runs.
+-- Remove a job with its versions and finished runs, and those runs' events: run_events has no
+-- foreign key (none is paid on its hot insert path), so the cascade would leave them orphaned.
+WITH events AS (
+    DELETE FROM run_events e USING job_runs r WHERE e.run_id = r.id AND r.job_id = %(id)s
+)
 DELETE FROM jobs WHERE id = %(id)s
 
 -- name: list_job_versions
