@@ -8,7 +8,6 @@ held back for real: another transaction holds the job row (the foreign-key check
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,11 @@ def _hold_key(blocker: psycopg.Connection, job: str, key: str) -> None:
     )
 
 
+def _in_doubt(server: Server) -> bool:
+    """The server logged a trigger past its deadline with its INSERT in flight (store/enqueue.py)."""
+    return "trigger outlived its deadline with its INSERT in flight" in server.logs()
+
+
 def _insert_waiting(dsn: str) -> bool:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
@@ -87,13 +91,16 @@ def test_a_timed_out_trigger_answers_what_the_database_decided(
             b = _trigger_in_thread(server, job, out, "b")
             b.join(10)
             assert out["b"].status_code == 503 and out["b"].headers["Retry-After"], out["b"].text
-            time.sleep(1.0)  # a is well past REQUEST_TIMEOUT (1 s) too
+            wait_for(lambda: _in_doubt(server), what="a to pass REQUEST_TIMEOUT with its INSERT in flight")
             assert "a" not in out, "a's INSERT was sent: it must wait for the commit, not answer 503"
             blocker.rollback()  # the key is free: a's INSERT commits now
         a.join(10)
         assert out["a"].status_code == 201, out["a"].text
-        time.sleep(0.5)  # what b withdrew must stay unwritten after the connection frees
-        assert _runs(dsn) == [{"id": out["a"].json()["id"], "who": "a"}]
+        # c goes after b's flush (the pool hands its one connection to waiters in turn): once c is
+        # in, what b withdrew has had its chance to be written, and must not have been
+        with server.client("p") as c:
+            assert c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"who": "c"}}).status_code == 201
+        assert [r for r in _runs(dsn) if r["who"] != "c"] == [{"id": out["a"].json()["id"], "who": "a"}]
         assert httpx.get(f"{server.base}/health").status_code == 200
     finally:
         stop_strait(server)
@@ -110,7 +117,7 @@ def test_a_retried_keyed_trigger_finds_the_run_its_timed_out_attempt_wrote(
             _hold_key(blocker, job, "k1")
             first = _trigger_in_thread(server, job, out, "first", headers={"Idempotency-Key": "k1"})
             wait_for(lambda: _insert_waiting(dsn), what="the INSERT waiting on the key")
-            time.sleep(1.2)
+            wait_for(lambda: _in_doubt(server), what="the trigger to pass REQUEST_TIMEOUT")
             blocker.rollback()
         first.join(10)
         with server.client("p") as c:
