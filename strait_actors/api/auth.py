@@ -68,10 +68,8 @@ class KeyCache:
             return True, hit[1]
         return False, None
 
-    async def lookup(self, pool: AsyncConnectionPool, key: str) -> dict[str, Any] | None:
-        found, row = self.cached(key)
-        if found:
-            return row
+    async def fetch(self, pool: AsyncConnectionPool, key: str) -> dict[str, Any] | None:
+        """Look the key up (after `cached` missed) and remember the answer, found or not."""
         digest = hash_key(key)
         row = await store.api_key_by_hash(pool, digest)
         self._rows[digest] = (time.monotonic() + KEY_CACHE_SECS, row)
@@ -116,7 +114,7 @@ async def _api_key_caller(request: web.Request, token: str) -> Caller:
     found, row = keys.cached(token)
     if not found:  # a lookup costs the database: not for an address that keeps failing
         request.app[LIMITER].check_locked(client_address(request))
-        row = await keys.lookup(request.app[POOL], token)
+        row = await keys.fetch(request.app[POOL], token)
     if row is None:
         raise unauthorized("invalid api key")
     if row["revoked_at"] is not None:

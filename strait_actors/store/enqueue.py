@@ -72,12 +72,12 @@ class Enqueuer:
         """Receipts in input order. Raises `RateLimited`, `MissingReference` (the job is gone)."""
         with translated():
             if job["dedup_window_secs"] or job["rate_limit_max"]:
-                ticket = _Group(runs, asyncio.get_running_loop().create_future())
-                task = asyncio.ensure_future(self._admitted(job, runs, ticket))
-                return await _answer(task, lambda: ticket.sent)
+                sent: list[bool] = []  # non-empty once the INSERT is on its way
+                task = asyncio.ensure_future(self._admitted(job, runs, sent))
+                return await _answer(task, lambda: bool(sent))
             return await self.batcher.submit(runs)
 
-    async def _admitted(self, job: Mapping[str, Any], runs: list[NewRun], ticket: _Group) -> list[Receipt]:
+    async def _admitted(self, job: Mapping[str, Any], runs: list[NewRun], sent: list[bool]) -> list[Receipt]:
         """Dedup window and job rate limit, serialised on the job row (one transaction)."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(q("lock_job"), {"id": job["id"]})
@@ -105,7 +105,7 @@ class Enqueuer:
                     first[run.payload_hash] = i
                 fresh.append((i, run))
             new = [r for _, r in fresh]
-            ticket.sent = True  # from here, the transaction's commit decides the answer
+            sent.append(True)  # from here, the transaction's commit decides the answer
             inserted = await store.insert_runs(conn, new) if new else {}
             for (i, _), receipt in zip(fresh, await resolve_conflicts(conn, new, inserted), strict=True):
                 out[i] = receipt
