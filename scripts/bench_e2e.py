@@ -11,7 +11,11 @@ X-Project-Id) it creates project "bench" and a job (max_attempts 1) pointing at 
   both time first trigger -> the endpoint has seen all N and the last run reads `completed`
   (runs/s), and for N >= 20000 compare the rate of the first half of runs with the second half
   (from the endpoint's first-seen times);
-- latency: at idle, 200 single triggers 20 ms apart; latency = endpoint receive time - send time.
+- latency: at idle, 200 single triggers 20 ms apart; latency = endpoint receive time - send time;
+- sdk (on its own): N runs by bulk trigger whose endpoint calls heartbeat, progress, log and complete
+  through the SDK plane (plain HTTP): runs/s and SDK calls/s end to end;
+- waits (on its own): N runs each park on a distinct event (wait-for-event), RSS is read while all
+  are parked, then 32 clients send the N events: sends/s and resumes/s (every run dispatched again).
 
 A sampler thread reads VmRSS of the strait parent (api), its worker children and the endpoint from
 /proc every 0.25 s; peak RSS, VmHWM and RSS at the start/end of each scenario are printed. The
@@ -39,6 +43,7 @@ from typing import Any
 import aiohttp
 
 SECRET = "bench-internal-secret-0123456789abcdef"
+ALL = ("bulk", "single", "latency")  # --scenario all: the spine's figures (sdk and waits: on their own)
 FAILED = {"failed", "timed_out", "crashed", "system_failed", "canceled", "expired", "dead_letter"}
 HEADERS = {"Authorization": f"Bearer {SECRET}", "X-Project-Id": "bench", "X-Actor-Id": "bench"}
 ENDPOINT = textwrap.dedent("""
@@ -59,6 +64,58 @@ ENDPOINT = textwrap.dedent("""
     async def count(request):  # GET /count?all=1 adds the first-seen time of every run
         return web.json_response({"count": len(seen), "hits": hits, "seen": seen if "all" in request.query else {}})
     app = web.Application()
+    app.add_routes([web.post("/job", job), web.get("/count", count)])
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, backlog=4096)
+""")
+
+
+# The endpoint of the sdk and waits scenarios: its code talks back over plain HTTP (one keep-alive
+# session), as an endpoint written with aiohttp would. sdk: heartbeat, progress, log, complete, then
+# 200 (dropped: the run is already completed). waits: the first dispatch parks the run on the event
+# "w:<i>" and answers 200 (dropped: the run waits); the resumed dispatch answers 200 (completed).
+SDK_ENDPOINT = textwrap.dedent("""
+    import asyncio, json, sys, time
+    import aiohttp
+    from aiohttp import web
+    BASE, MODE = sys.argv[2], sys.argv[3]
+    seen, resumed, calls, errors = {}, {}, 0, []
+    session = None
+    async def call(run, token, path, body=None):
+        global calls
+        async with session.post(f"{BASE}/sdk/v1/runs/{run}/{path}", json=body,
+                                headers={"Authorization": "Bearer " + token}) as r:
+            calls += 1
+            if r.status >= 300:
+                errors.append(f"{path} {r.status} {(await r.text())[:200]}")
+    async def job(request):
+        body = await request.read()
+        run, token = request.headers["X-Run-ID"], request.headers["X-Run-Token"]
+        now = time.time()
+        if MODE == "sdk":
+            seen.setdefault(run, now)
+            await call(run, token, "heartbeat")
+            await call(run, token, "progress", {"percent": 50})
+            await call(run, token, "log", {"level": "info", "message": "half way"})
+            await call(run, token, "complete", {"result": {"ok": True}})
+        elif request.headers.get("X-Resume-Event-Key"):
+            resumed.setdefault(run, now)
+        else:
+            seen.setdefault(run, now)
+            i = json.loads(body)["i"]
+            await call(run, token, "wait-for-event", {"event_key": f"w:{i}", "timeout_secs": 3600})
+        return web.json_response({"ok": True})
+    async def count(request):
+        return web.json_response({"count": len(seen), "hits": len(seen), "resumed": len(resumed), "calls": calls,
+                                  "errors": errors[:5], "n_errors": len(errors),
+                                  "seen": seen if "all" in request.query else {}})
+    async def start(app):
+        global session
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    async def stop(app):
+        await session.close()
+    app = web.Application()
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
     app.add_routes([web.post("/job", job), web.get("/count", count)])
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, backlog=4096)
 """)
@@ -235,6 +292,79 @@ class Bench:
             )
         return f"{mode}: runs_per_s={n / total:.0f} (N={n}, delay={self.args.endpoint_delay_ms}ms)"
 
+    async def sdk(self) -> str:
+        """Runs whose endpoint makes four SDK calls each (heartbeat, progress, log, complete)."""
+        n, before = self.args.runs, await self.count()
+        t0 = time.monotonic()
+        ids: list[str] = []
+        for i in range(0, n, 500):
+            items = [{"payload": {"i": k}} for k in range(i, min(n, i + 500))]
+            async with self.s.post(f"{self.base}/v1/jobs/{self.job}/trigger/bulk", json={"items": items}) as r:
+                ids += [x["id"] for x in (await check(r))["results"]]
+        deadline = time.monotonic() + 120 + n / 50
+        await self.wait_seen("sdk", ids, before["count"], t0, deadline)
+        while (last := (await self.status(ids[-1])).get("status")) != "completed":
+            if last in FAILED or time.monotonic() > deadline:
+                raise SystemExit(f"sdk: run {ids[-1]} is {last}, not completed")
+            await asyncio.sleep(0.02)
+        total = time.monotonic() - t0
+        after = await self.count()
+        calls = after["calls"] - before["calls"]
+        print(
+            f"sdk: {n} runs, {calls} SDK calls in {total:.2f} s: {n / total:.0f} runs/s, {calls / total:.0f} "
+            f"SDK calls/s; SDK errors {after['n_errors']} {after['errors']}",
+            flush=True,
+        )
+        return f"sdk: runs_per_s={n / total:.0f} sdk_calls_per_s={calls / total:.0f} (N={n})"
+
+    async def waits(self, mem: MemSampler) -> str:
+        """Park N runs on distinct events, then send the N events from 32 clients."""
+        n, before = self.args.runs, await self.count()
+        t0 = time.monotonic()
+        ids: list[str] = []
+        for i in range(0, n, 500):
+            items = [{"payload": {"i": k}} for k in range(i, min(n, i + 500))]
+            async with self.s.post(f"{self.base}/v1/jobs/{self.job}/trigger/bulk", json={"items": items}) as r:
+                ids += [x["id"] for x in (await check(r))["results"]]
+        await self.wait_seen("waits", ids, before["count"], t0, time.monotonic() + 120 + n / 50)
+        while True:  # the last wait-for-event answered: every run is parked
+            async with self.s.get(f"{self.base}/v1/runs", params={"status": "executing", "limit": "1"}) as r:
+                if not (await check(r))["data"]:
+                    break
+            await asyncio.sleep(0.1)
+        parked = time.monotonic() - t0
+        mem.sample()
+        rss_parked = {role: mem.last.get(pid, 0) // 1024 for pid, role in mem.roles.items()}
+        print(f"waits: {n} runs parked after {parked:.2f} s; RSS MiB while parked: {rss_parked}", flush=True)
+        todo = iter(range(n))
+        t1 = time.monotonic()
+
+        async def sender() -> None:
+            for k in todo:
+                async with self.s.post(f"{self.base}/v1/events/w:{k}/send", json={"payload": {"k": k}}) as r:
+                    await check(r)
+
+        await asyncio.gather(*[sender() for _ in range(32)])
+        t_sent = time.monotonic() - t1
+        deadline = time.monotonic() + 120 + n / 50
+        while (resumed := int((await self.count())["resumed"]) - before.get("resumed", 0)) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"waits: timed out: {resumed}/{n} resumed")
+            await asyncio.sleep(0.05)
+        t_resumed = time.monotonic() - t1
+        while (last := (await self.status(ids[-1])).get("status")) != "completed":
+            if last in FAILED or time.monotonic() > deadline:
+                raise SystemExit(f"waits: run {ids[-1]} is {last}, not completed")
+            await asyncio.sleep(0.02)
+        mem.sample()
+        rss_after = {role: mem.last.get(pid, 0) // 1024 for pid, role in mem.roles.items()}
+        print(
+            f"waits: {n} events sent from 32 clients in {t_sent:.2f} s ({n / t_sent:.0f}/s); every run resumed "
+            f"(dispatched again) after {t_resumed:.2f} s: {n / t_resumed:.0f} resumes/s; RSS MiB after: {rss_after}",
+            flush=True,
+        )
+        return f"waits: sends_per_s={n / t_sent:.0f} resumes_per_s={n / t_resumed:.0f} (N={n})"
+
     async def latency(self) -> str:
         n, before = 200, await self.count()
         sent: dict[str, float] = {}
@@ -293,10 +423,17 @@ async def bench(
         t = time.monotonic()  # one run end to end first: the workers are up and dispatch works
         await b.wait_seen("warm-up", [await b.trigger(-1)], 0, t, t + 60)
         summary = []
-        for sc in ("bulk", "single", "latency"):
-            if args.scenario in (sc, "all"):
+        for sc in ("bulk", "single", "latency", "sdk", "waits"):
+            if args.scenario == sc or (args.scenario == "all" and sc in ALL):
                 mem.mark(sc)
-                summary.append(await (b.latency() if sc == "latency" else b.throughput(sc)))
+                if sc == "latency":
+                    summary.append(await b.latency())
+                elif sc == "sdk":
+                    summary.append(await b.sdk())
+                elif sc == "waits":
+                    summary.append(await b.waits(mem))
+                else:
+                    summary.append(await b.throughput(sc))
                 mem.mark(sc)
         await asyncio.sleep(1.0)  # late duplicates show in the final count
         c = await b.count()
@@ -319,7 +456,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20000)
     ap.add_argument("--database-url", default="", help="default: embedded PostgreSQL in a temp data dir")
     ap.add_argument("--endpoint-delay-ms", type=int, default=0)
-    ap.add_argument("--scenario", choices=["bulk", "single", "latency", "all"], default="all")
+    ap.add_argument("--scenario", choices=["bulk", "single", "latency", "sdk", "waits", "all"], default="all")
     ap.add_argument("--clients", type=int, default=64, help="concurrent clients of the single scenario")
     ap.add_argument("--processes", type=int, help="passed to strait --processes")
     ap.add_argument("--strait", default=os.path.join(os.path.dirname(sys.executable), "strait"))
@@ -346,11 +483,11 @@ def main() -> int:
     mem: MemSampler | None = None
     ok = False
     try:
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", ENDPOINT, str(eport), str(args.endpoint_delay_ms)], start_new_session=True
-            )
-        )
+        if args.scenario in ("sdk", "waits"):
+            program = [SDK_ENDPOINT, str(eport), f"http://127.0.0.1:{port}", args.scenario]
+        else:
+            program = [ENDPOINT, str(eport), str(args.endpoint_delay_ms)]
+        procs.append(subprocess.Popen([sys.executable, "-c", *program], start_new_session=True))
         with open(log, "wb") as out:
             procs.append(
                 subprocess.Popen(cmd, env=env, cwd=data, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -127,6 +127,9 @@ class ClaimedRun:
     signing_secret: str | None
     traceparent: str | None = None  # W3C trace context captured at trigger, forwarded on dispatch
     tracestate: str | None = None
+    resume_event_key: str | None = None  # what resumed a waiting run into this dispatch
+    last_checkpoint: str | None = None  # newest checkpoint's state (JSON), for retried and resumed runs
+    checkpoint_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,8 @@ import hmac
 import json
 import re
 import time
+from datetime import UTC
+from urllib.parse import quote
 
 import orjson
 
@@ -50,7 +52,21 @@ def build_headers(run: ClaimedRun, jwt_key: str, body: bytes) -> dict[str, str]:
             headers["tracestate"] = run.tracestate
     if run.attempt > 1 and run.previous_error:
         headers["X-Previous-Error"] = run.previous_error[:1024].replace("\r", " ").replace("\n", " ")
+    if run.last_checkpoint is not None:
+        # ASCII-escaped JSON: a header carries latin-1 at best, and the value must parse back
+        state = json.dumps(json.loads(run.last_checkpoint), ensure_ascii=True, separators=(",", ":"))
+        if len(state) <= MAX_CHECKPOINT_HEADER:
+            headers["X-Last-Checkpoint"] = state
+            if run.checkpoint_at is not None:
+                headers["X-Checkpoint-At"] = run.checkpoint_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if run.resume_event_key:
+        headers["X-Resume-Event-Key"] = quote(run.resume_event_key, safe=_HEADER_SAFE)
     return headers
+
+
+MAX_CHECKPOINT_HEADER = 64 * 1024
+# printable ASCII but '%' stays as it is in X-Resume-Event-Key; anything else is percent-encoded
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
 # Numbers JSON parsers take (as 0.0) but PostgreSQL's numeric cannot hold: more than 16383 digits

@@ -98,6 +98,11 @@ def _identity(value: Any) -> Any:
     return ("x", id(value))
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: 1 == 1.0, true != 1, object key order does not count."""
+    return bool(_identity(a) == _identity(b))
+
+
 def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
     """Linear in the array (jsonschema compares unsortable items pairwise: quadratic)."""
     if not unique or not validator.is_type(instance, "array"):

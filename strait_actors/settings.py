@@ -55,6 +55,9 @@ class Settings:
     trigger_rate_limit_requests: int = 1000000
     auth_failure_limit: int = 100
     request_timeout_secs: float = 30
+    max_result_size: int = 1048576
+    sse_keepalive_interval_secs: float = 15
+    sse_max_conn_duration_secs: float = 1800
     db_pool_size: int = 10
     worker_port: int = 9091
 

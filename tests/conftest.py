@@ -250,3 +250,14 @@ def strait(dsn: str, tmp_path: Path) -> Iterator[Server]:
     server = start_strait({"DATABASE_URL": dsn}, tmp_path)
     yield server
     stop_strait(server)
+
+
+@pytest.fixture
+def clients(strait: Server) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+    """An admin client, project p1, an API key and a client that uses it, on `strait`."""
+    from tests.client_helpers import setup  # it imports this module
+
+    admin, c, key = setup(strait)
+    yield admin, c, key
+    c.close()
+    admin.close()

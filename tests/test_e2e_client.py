@@ -9,7 +9,6 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,47 +18,10 @@ import pytest
 from aiohttp import web
 from strait import ApiError, Client, ConflictError, NotFoundError, UnauthorizedError
 
-from tests.conftest import JWT_KEY, SECRET, Endpoint, Server, wait_for
+from tests.client_helpers import admin_client, make_job, wait_terminal
+from tests.conftest import JWT_KEY, Endpoint, Server, wait_for
 
-TERMINAL = {"completed", "failed", "timed_out", "crashed", "system_failed", "canceled", "expired", "dead_letter"}
 HEX64 = re.compile(r"[0-9a-f]{64}\Z")
-
-
-def admin_client(server: Server) -> Client:
-    # retry=None: a 5xx must show up as a failure, not be retried away by the client
-    return Client(base_url=server.base, bearer_token=SECRET, default_headers={"X-Actor-Id": "admin"}, retry=None)
-
-
-def setup(server: Server, scopes: list[str] | None = None) -> tuple[Client, Client, dict[str, Any]]:
-    """admin client, a project p1, an API key and a client that uses it."""
-    admin = admin_client(server)
-    admin.projects.create({"id": "p1", "org_id": "o1", "name": "P1"})
-    key = admin.api_keys.create({"project_id": "p1", "name": "k", "scopes": scopes or ["*"]})
-    return admin, Client(base_url=server.base, api_key=key["key"], retry=None), key
-
-
-def make_job(c: Client, endpoint: Endpoint, slug: str = "j", **extra: Any) -> dict[str, Any]:
-    return dict(
-        c.jobs.create(
-            {
-                "project_id": "p1",
-                "name": f"Job {slug}",
-                "slug": slug,
-                "endpoint_url": endpoint.url,
-                "timeout_secs": 10,
-                **extra,
-            }
-        )
-    )
-
-
-def wait_terminal(c: Client, run_id: str, timeout: float = 20.0) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        run = c.runs.get(run_id)
-        return run if run["status"] in TERMINAL else None
-
-    result: dict[str, Any] = wait_for(done, timeout, what=f"run {run_id} terminal")
-    return result
 
 
 def canonical(value: Any) -> bytes:
@@ -68,14 +30,6 @@ def canonical(value: Any) -> bytes:
 
 def iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-@pytest.fixture
-def clients(strait: Server) -> Iterator[tuple[Client, Client, dict[str, Any]]]:
-    admin, c, key = setup(strait)
-    yield admin, c, key
-    c.close()
-    admin.close()
 
 
 # ---- bootstrap ------------------------------------------------------------------------------------

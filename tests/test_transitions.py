@@ -99,18 +99,20 @@ def test_cancel_takes_every_legal_source_from_the_state_machine() -> None:
 def test_only_the_seam_writes_state_change_events_and_creations_start_in_an_initial_status() -> None:
     literal_creations = []
     for name, text in raw_statements().items():
-        assert "state_change" not in text and "INSERT INTO run_events" not in text, name
+        assert "state_change" not in text, name
+        # the SDK's log and progress events are the one other writer (their type is never state_change)
+        assert name == "sdk_events" or "INSERT INTO run_events" not in text, name
         for m in re.finditer(r"INSERT INTO job_runs\b.*?SELECT\s+[^,]+,\s*[^,]+,\s*[^,]+,\s*'(\w+)'", text, re.S):
             assert m.group(1) in fsm.INITIAL, name
             literal_creations.append(name)
-    assert literal_creations == ["replay_run"]
+    assert literal_creations == ["replay_run", "sdk_spawn", "sdk_continue"]
 
 
 GOOD = """-- transition moved: executing -> completed
 WITH moved AS (
     UPDATE job_runs r SET status = 'completed', {unlease}
     FROM v WHERE r.id = v.id AND {guard moved}
-    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt
+    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt, r.parent_run_id
 ){after moved}
 SELECT id FROM moved"""
 
@@ -125,6 +127,8 @@ SELECT id FROM moved"""
         (("'completed', {unlease}", "'completed', finished_at = now()"), "must clear the lease"),
         (("SET status = 'completed'", "SET status = 'failed'"), "not its declared target"),
         (("r.status AS to_status, ", ""), "RETURNING lacks ['to_status']"),
+        # an ending run answers its parent's spawn-await: the seam needs to know the parent
+        ((", r.parent_run_id", ""), "RETURNING lacks ['parent_run_id']"),
         (("{after moved}", "{after moved}{wake moved}"), "never read"),
         (("SELECT id FROM moved", "SELECT id FROM moved{wake other}"), "names no declared transition"),
     ],

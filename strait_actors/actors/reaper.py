@@ -1,5 +1,7 @@
 """The Reaper: runs whose worker died (lease expired) go back to the queue or end `crashed`;
-runs never started whose TTL passed end `expired`. One bounded batch per tick.
+runs never started whose TTL passed end `expired`; waits past their timeout end `timed_out`;
+runs stale in `dequeued` go back to the queue; a waiting run whose wait was answered without
+resuming it is resumed. One bounded batch of each per tick.
 
 A lease that ran out while the database was gone (stopped, or stalled) says nothing about its
 worker: no worker could extend it. So after the reaper has seen the database lost or stalled it
@@ -18,7 +20,7 @@ import psycopg
 
 from strait_actors.actors.base import SupervisedActor, TreeContext
 from strait_actors.messages import Tick
-from strait_actors.store import queue
+from strait_actors.store import events, queue
 from strait_actors.store.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -78,3 +80,12 @@ class Reaper(SupervisedActor):
         expired = queue.expire_runs(self.conn)
         if expired:
             log.info("expired %d run(s)", expired)
+        waits, runs = events.expire_waits(self.conn)
+        if waits:
+            log.info("%d wait(s) timed out, %d waiting run(s) with them", waits, runs)
+        stale = events.requeue_stale_dequeued(self.conn, s.stale_threshold_secs)
+        if stale:
+            log.warning("%d run(s) stale in dequeued went back to the queue", stale)
+        lost = events.resume_lost_waits(self.conn)
+        if lost:
+            log.warning("%d waiting run(s) whose wait was answered without resuming them: resumed", lost)

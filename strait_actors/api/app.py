@@ -8,15 +8,18 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from strait_actors.api import health, jobs, projects, runs, triggers
+from strait_actors.api import events, health, jobs, projects, runs, sdk, triggers
 from strait_actors.api.auth import CALLER, KeyCache, authenticate
-from strait_actors.api.http import Handler, envelope
+from strait_actors.api.http import Handler, envelope, is_long_lived
 from strait_actors.api.limits import RateLimiter, take_request
-from strait_actors.api.state import DSN, ENQUEUER, JOBS, KEYS, LIMITER, POOL, SETTINGS, STARTED
+from strait_actors.api.state import BUDGETS, DSN, ENQUEUER, HUB, JOBS, KEYS, LIMITER, POOL, SDK, SETTINGS, STARTED
+from strait_actors.api.streams import StreamHub
 from strait_actors.errors import ApiError
 from strait_actors.settings import Settings
+from strait_actors.store.budgets import Budgets
 from strait_actors.store.enqueue import Enqueuer
 from strait_actors.store.jobs import JobCache
+from strait_actors.store.sdk import SdkStore
 from strait_actors.store.sql import make_pool
 
 _ACCEPTABLE = ("", "*/*", "application/json", "application/*", "application/x-ndjson", "text/csv")
@@ -43,13 +46,16 @@ async def v1_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/v1/"):
         return await handler(request)
     check_media_types(request)
+    streaming = is_long_lived(request)
     try:
         async with asyncio.timeout(request.app[SETTINGS].request_timeout_secs):
             request[CALLER] = await authenticate(request)  # a key lookup is bounded too
             await take_request(request)
-            return await handler(request)
+            if not streaming:
+                return await handler(request)
     except TimeoutError:
         raise ApiError(503, "request timed out", headers={"Retry-After": "1"}) from None
+    return await handler(request)  # an SSE stream: its own limits (SSE_MAX_CONN_DURATION_SECS)
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -58,6 +64,11 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = pool
     app[ENQUEUER] = Enqueuer(pool)
     settings = app[SETTINGS]
+    app[SDK] = SdkStore(pool, settings.stale_threshold_secs)
+    app[BUDGETS] = Budgets(pool)
+    hub = StreamHub(app[DSN], pool)
+    await hub.start()
+    app[HUB] = hub
     redis = None
     if settings.redis_url:
         import redis.asyncio as aioredis
@@ -67,6 +78,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.rate_limit_requests, settings.trigger_rate_limit_requests, redis, settings.auth_failure_limit
     )
     yield
+    await hub.stop()
     if redis is not None:
         await redis.aclose()
     await pool.close()
@@ -74,7 +86,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
     app = web.Application(
-        middlewares=[envelope, v1_gate],
+        middlewares=[envelope, v1_gate, sdk.sdk_gate],
         client_max_size=settings.max_request_body_size,
     )
     app[SETTINGS] = settings
@@ -84,6 +96,6 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[STARTED] = time.monotonic()
     app.cleanup_ctx.append(_pool_ctx)
     # /v1/runs/dlq is registered before /v1/runs/{run_id} (runs.routes keeps that order)
-    for table in (health.routes, projects.routes, jobs.routes, triggers.routes, runs.routes):
+    for table in (health.routes, projects.routes, jobs.routes, triggers.routes, runs.routes, sdk.routes, events.routes):
         app.add_routes(table)
     return app

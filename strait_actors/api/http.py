@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -14,7 +15,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from strait_actors import payloads
+from strait_actors import payloads, schemas
 from strait_actors.api.state import REQUEST_ID, SETTINGS
 from strait_actors.api.validation import parse_json_body
 from strait_actors.errors import ApiError, bad_request
@@ -25,12 +26,26 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
 
+INLINE_SECS = 0.005  # schema validation on the event loop, at most; then in a worker thread
 LARGE_BODY = 64 * 1024  # request bodies parsed in a worker thread, off the event loop
 # CPU work of requests (big bodies, slow schemas) in two threads of its own: it cannot take the
 # default executor's threads from DNS lookups, and the event loop keeps serving while it runs
 _cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="strait-cpu")
 _counter = itertools.count(1)
 _PREFIX = f"{os.uname().nodename}/{os.urandom(4).hex()}"
+
+
+_LONG_LIVED: set[Any] = set()
+
+
+def long_lived(handler: T) -> T:
+    """Mark a route handler whose response streams (SSE): REQUEST_TIMEOUT does not apply to it."""
+    _LONG_LIVED.add(handler)
+    return handler
+
+
+def is_long_lived(request: web.Request) -> bool:
+    return request.match_info.handler in _LONG_LIVED
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -44,6 +59,18 @@ def no_content() -> web.Response:
 async def off_loop(fn: Callable[..., T], *args: Any) -> T:
     """Run CPU-bound `fn(*args)` in the request worker threads."""
     return await asyncio.get_running_loop().run_in_executor(_cpu, fn, *args)
+
+
+async def bounded(check: Callable[[float], T]) -> T:
+    """`check(deadline)` (it raises `schemas.OutOfTime` at the monotonic `deadline`): tried inline
+    for INLINE_SECS, then redone in a worker thread under the request's VALIDATION_BUDGET, so one
+    tenant's schema cannot stall the event loop for everyone. OutOfTime past the budget."""
+    started = time.monotonic()
+    try:
+        return check(started + INLINE_SECS)
+    except schemas.OutOfTime:
+        pass
+    return await off_loop(check, started + schemas.VALIDATION_BUDGET)
 
 
 async def read_json(request: web.Request) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,7 @@ from strait_actors.api import render
 from strait_actors.api.auth import caller, project_scope, require
 from strait_actors.api.http import json_response, read_object
 from strait_actors.api.pagination import page_of, respond
-from strait_actors.api.state import KEYS, POOL
+from strait_actors.api.state import BUDGETS, KEYS, POOL
 from strait_actors.errors import bad_request, conflict, forbidden, not_found, unprocessable
 from strait_actors.payloads import clean_str
 from strait_actors.store import projects as store
@@ -174,3 +175,64 @@ async def revoke_api_key(request: web.Request) -> web.Response:
         raise not_found("api key not found")
     request.app[KEYS].forget()
     return json_response(render.api_key(row))
+
+
+# ----------------------------------------------------------------- quotas (engine.md §9.1) [EXTRA]
+
+_QUOTA_INTS = ("max_daily_cost_microusd", "max_cost_per_run_microusd", "max_active_event_triggers")
+_QUOTA_CAPS = {"max_active_event_triggers": 2**31 - 1}
+
+
+def _quota_row(row: dict[str, Any] | None, pid: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"project_id": pid, "timezone": "UTC"}
+    for name in _QUOTA_INTS:
+        out[name] = row[name] if row is not None else None
+    if row is not None:
+        out["timezone"] = row["timezone"]
+        out["updated_at"] = render.ts(row["updated_at"])
+    return out
+
+
+@routes.get("/v1/projects/{project_id}/quotas")
+async def get_quotas(request: web.Request) -> web.Response:
+    who = require(request, "projects:read")
+    pid = request.match_info["project_id"]
+    if not who.internal and who.project_id != pid:
+        raise forbidden("access denied")
+    return json_response(_quota_row(await request.app[BUDGETS].get(pid), pid))
+
+
+@routes.put("/v1/projects/{project_id}/quotas")
+async def put_quotas(request: web.Request) -> web.Response:
+    """The project's limits, all at once (a field left out or null has none). Budgets are the
+    operator's: the internal secret only."""
+    if not caller(request).internal:
+        raise forbidden("setting quotas requires internal secret")
+    pid = request.match_info["project_id"]
+    body = await read_object(request)
+    unknown = sorted(set(body) - {*_QUOTA_INTS, "timezone"})
+    if unknown:
+        raise bad_request(f"unknown field {clean_str(unknown[0])!r}")
+    values: dict[str, Any] = {}
+    for name in _QUOTA_INTS:
+        raw = body.get(name)
+        if raw is not None and (
+            isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= _QUOTA_CAPS.get(name, 2**63 - 1)
+        ):
+            raise unprocessable("validation failed", [f"{name}: failed on 'min=0'"])
+        values[name] = raw
+    tz = body.get("timezone") or "UTC"
+    if not isinstance(tz, str):
+        raise unprocessable("validation failed", ["timezone: failed on 'string'"])
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise bad_request(f"timezone {clean_str(tz)!r} is not a known time zone") from None
+    values["timezone"] = tz
+    if await store.get_project(request.app[POOL], pid) is None:
+        raise not_found("project not found")
+    try:
+        row = await request.app[BUDGETS].put(pid, values)
+    except MissingReference:
+        raise not_found("project not found") from None
+    return json_response(_quota_row(row, pid))

@@ -18,7 +18,7 @@ def _put(out: dict[str, Any], key: str, value: Any) -> None:
     """Go's omitempty: None, "" and empty maps/lists are left out."""
     if value is None or value == "" or value == {} or value == []:
         return
-    out[key] = str(value) if key.endswith("_id") or key == "id" else value
+    out[key] = str(value) if key.endswith("_id") or key in ("id", "continuation_of") else value
 
 
 def project(row: dict[str, Any]) -> dict[str, Any]:
@@ -189,3 +189,98 @@ def api_key(row: dict[str, Any], raw_key: str | None = None) -> dict[str, Any]:
 
 def now_ts() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def checkpoint(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "run_id": str(row["run_id"]),
+        "sequence": row["sequence"],
+        "source": row["source"],
+        "state": row["state"],
+        "created_at": ts(row["created_at"]),
+    }
+
+
+def output(row: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        "id": str(row["id"]),
+        "run_id": str(row["run_id"]),
+        "output_key": row["output_key"],
+        "value": row["value"],
+        "created_at": ts(row["created_at"]),
+    }
+    if row.get("schema") is not None:
+        out["schema"] = row["schema"]
+    return out
+
+
+def state(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": str(row["run_id"]),
+        "state_key": row["state_key"],
+        "value": row["value"],
+        "updated_at": ts(row["updated_at"]),
+    }
+
+
+def usage(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "run_id": str(row["run_id"]),
+        "provider": row["provider"],
+        "model": row["model"],
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "total_tokens": row["total_tokens"],
+        "cost_microusd": row["cost_microusd"],
+        "created_at": ts(row["created_at"]),
+    }
+
+
+def tool_call(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": str(row["id"]),
+        "run_id": str(row["run_id"]),
+        "tool_name": row["tool_name"],
+        "status": row["status"],
+        "created_at": ts(row["created_at"]),
+    }
+    for key in ("input", "output", "duration_ms"):
+        if row.get(key) is not None:
+            out[key] = row[key]
+    return out
+
+
+_TRIGGER_OPTIONAL = (
+    "environment_id",
+    "workflow_run_id",
+    "workflow_step_run_id",
+    "job_run_id",
+    "error",
+    "notify_url",
+    "sent_by",
+)
+
+
+def event_trigger(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": str(row["id"]),
+        "event_key": row["event_key"],
+        "project_id": row["project_id"],
+        "source_type": row["source_type"],
+        "status": row["status"],
+        "timeout_secs": row["timeout_secs"],
+        "trigger_type": row["trigger_type"],
+        "notify_status": row["notify_status"],
+        "requested_at": ts(row["requested_at"]),
+        "expires_at": ts(row["expires_at"]),
+    }
+    for key in _TRIGGER_OPTIONAL:
+        _put(out, key, row.get(key))
+    for key in ("request_payload", "response_payload"):
+        if row.get(key) is not None:
+            out[key] = row[key]
+    if row.get("received_at") is not None:
+        out["received_at"] = ts(row["received_at"])
+    return out

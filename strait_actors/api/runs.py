@@ -8,16 +8,17 @@ import orjson
 from aiohttp import web
 
 from strait_actors import fsm
-from strait_actors.api import render
+from strait_actors.api import render, streams
 from strait_actors.api.auth import check_project, project_scope, require
-from strait_actors.api.http import json_response, read_object
+from strait_actors.api.http import json_response, long_lived, read_object
 from strait_actors.api.pagination import page_of, respond
-from strait_actors.api.state import POOL
-from strait_actors.errors import bad_request, conflict, not_found
+from strait_actors.api.state import HUB, POOL, SETTINGS
+from strait_actors.errors import ApiError, bad_request, conflict, not_found
 from strait_actors.ids import parse_uuid
 from strait_actors.payloads import clean_str
 from strait_actors.store import jobs as jobs_store
 from strait_actors.store import runs as store
+from strait_actors.store import sdk as sdk_store
 from strait_actors.store.sql import Row
 
 routes = web.RouteTableDef()
@@ -201,3 +202,84 @@ async def list_events(request: web.Request) -> web.Response:
         after_id=page.after_id,
     )
     return json_response(respond(rows, page, render.run_event))
+
+
+@routes.get("/v1/runs/{run_id}/checkpoints")
+async def list_checkpoints(request: web.Request) -> web.Response:
+    """Highest sequence first; the cursor's id part is the last sequence returned."""
+    require(request, "runs:read")
+    run = await load_run(request)
+    page = page_of(request, id_kind="int")
+    before = page.after_id if page.after_id is not None else None
+    rows = await sdk_store.list_checkpoints(request.app[POOL], run["id"], page.limit + 1, before)
+    keyed = [{**r, "id": r["sequence"], "checkpoint_id": r["id"]} for r in rows]
+    body = respond(keyed, page, lambda r: render.checkpoint({**r, "id": r["checkpoint_id"]}))
+    return json_response(body)
+
+
+@routes.get("/v1/runs/{run_id}/outputs")
+async def list_outputs(request: web.Request) -> web.Response:
+    """By output key; the cursor's id part is the last key returned."""
+    require(request, "runs:read")
+    run = await load_run(request)
+    page = page_of(request, id_kind="str")
+    rows = await sdk_store.list_outputs(request.app[POOL], run["id"], page.limit + 1, page.after_id)
+    keyed = [{**r, "id": r["output_key"], "output_id": r["id"]} for r in rows]
+    return json_response(respond(keyed, page, lambda r: render.output({**r, "id": r["output_id"]})))
+
+
+@routes.get("/v1/runs/{run_id}/usage")
+async def list_usage(request: web.Request) -> web.Response:
+    require(request, "runs:read")
+    run = await load_run(request)
+    page = page_of(request, id_kind="int")
+    rows = await sdk_store.list_usage(request.app[POOL], run["id"], page.limit + 1, page.after_ts, page.after_id)
+    return json_response(respond(rows, page, render.usage))
+
+
+@routes.get("/v1/runs/{run_id}/tool-calls")
+async def list_tool_calls(request: web.Request) -> web.Response:
+    require(request, "runs:read")
+    run = await load_run(request)
+    page = page_of(request, id_kind="int")
+    rows = await sdk_store.list_tool_calls(request.app[POOL], run["id"], page.limit + 1, page.after_ts, page.after_id)
+    return json_response(respond(rows, page, render.tool_call))
+
+
+@routes.get("/v1/runs/{run_id}/children")
+async def list_children(request: web.Request) -> web.Response:
+    require(request, "runs:read")
+    run = await load_run(request)
+    page = page_of(request)
+    rows = await sdk_store.list_children(request.app[POOL], run["id"], page.limit + 1, page.after_ts, page.after_id)
+    return json_response(respond(rows, page, render.run))
+
+
+@routes.get("/v1/runs/{run_id}/lineage")
+async def lineage(request: web.Request) -> web.Response:
+    """The continue-as-new chain the run belongs to, root first (EXTRA in api.md §4.4)."""
+    require(request, "runs:read")
+    run = await load_run(request)
+    rows = await sdk_store.lineage(request.app[POOL], run["id"])
+    return json_response({"run_id": str(run["id"]), "data": [render.run(r) for r in rows]})
+
+
+@routes.get("/v1/runs/{run_id}/stream")
+@long_lived
+async def stream(request: web.Request) -> web.StreamResponse:
+    """SSE (api.md §4.5): status changes, progress and log events as they happen; a client that
+    reconnects with Last-Event-ID gets what it missed. Ends after the run's terminal status change."""
+    require(request, "runs:read")
+    run = await load_run(request)
+    raw = request.headers.get("Last-Event-ID")
+    after: int | None = None
+    if raw is not None and raw.strip():
+        try:
+            after = int(raw)
+        except ValueError:
+            raise bad_request("Last-Event-ID must be an event id") from None
+        if not 0 <= after < 2**63:
+            raise bad_request("Last-Event-ID must be an event id")
+    if fsm.is_terminal(run["status"]) and after is None:
+        raise ApiError(410, "run already in terminal state")
+    return await streams.serve(request, request.app[HUB], run, after, request.app[SETTINGS])

@@ -12,8 +12,11 @@ from strait_actors.settings import Settings
 if TYPE_CHECKING:
     from strait_actors.api.auth import Caller, KeyCache
     from strait_actors.api.limits import RateLimiter
+    from strait_actors.api.streams import StreamHub
+    from strait_actors.store.budgets import Budgets
     from strait_actors.store.enqueue import Enqueuer
     from strait_actors.store.jobs import JobCache
+    from strait_actors.store.sdk import SdkStore
 
 SETTINGS = web.AppKey("settings", Settings)
 DSN = web.AppKey("dsn", str)
@@ -22,6 +25,9 @@ KEYS: web.AppKey[KeyCache] = web.AppKey("keys")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 ENQUEUER: web.AppKey[Enqueuer] = web.AppKey("enqueuer")
 JOBS: web.AppKey[JobCache] = web.AppKey("jobs")
+SDK: web.AppKey[SdkStore] = web.AppKey("sdk")
+BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
+HUB: web.AppKey[StreamHub] = web.AppKey("hub")
 STARTED = web.AppKey("started", float)
 
 CALLER: web.RequestKey[Caller] = web.RequestKey("caller")  # who is calling (auth.py)

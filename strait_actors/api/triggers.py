@@ -6,7 +6,6 @@ how it is enqueued (`store.enqueue`) are shared with the actors that create runs
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,24 +15,23 @@ from aiohttp import web
 from strait_actors import ids, schemas
 from strait_actors.api import render
 from strait_actors.api.auth import require
-from strait_actors.api.http import header_text, json_response, off_loop, read_object
+from strait_actors.api.http import bounded, header_text, json_response, read_object
 from strait_actors.api.jobs import load_job
 from strait_actors.api.limits import counts_runs, take_triggers
-from strait_actors.api.state import ENQUEUER, JOBS, SETTINGS
+from strait_actors.api.state import BUDGETS, ENQUEUER, JOBS, SETTINGS
 from strait_actors.api.validation import validate_bulk, validate_trigger
 from strait_actors.errors import ApiError, bad_request, conflict, not_found
 from strait_actors.model import NewRun, Receipt, RunOrigin, RunRequest, new_run
 from strait_actors.payloads import PayloadError, canonical_payload, clean_str, loads
+from strait_actors.store.budgets import OverBudget
 from strait_actors.store.errors import MissingReference, RateLimited
 from strait_actors.store.sql import Row
-
-INLINE_SECS = 0.005  # schema validation on the event loop, at most; then in a worker thread
 
 routes = web.RouteTableDef()
 _validators: dict[tuple[uuid.UUID, int], Any] = {}
 
 
-def _check_job(job: Row) -> None:
+def check_job(job: Row) -> None:
     if not job["enabled"]:
         raise bad_request("job is disabled")
     if job["paused"]:
@@ -68,20 +66,12 @@ def _check_payloads(validator: Any, payloads: list[Any], deadline: float, bulk: 
 
 
 async def check_payloads(job: Row, payloads: list[Any], bulk: bool = False) -> None:
-    """Schema validation off the event loop when it is not cheap: a first try inline, stopped after
-    INLINE_SECS; what takes longer runs in a worker thread under the request's validation budget
-    (VALIDATION_BUDGET), so one tenant's schema cannot stall the API for everyone."""
+    """Schema validation off the event loop when it is not cheap (`http.bounded`)."""
     if not job["payload_schema"]:
         return
     validator = _validator(job)
-    started = time.monotonic()
     try:
-        _check_payloads(validator, payloads, started + INLINE_SECS, bulk)
-        return
-    except schemas.OutOfTime:
-        pass
-    try:
-        await off_loop(_check_payloads, validator, payloads, started + schemas.VALIDATION_BUDGET, bulk)
+        await bounded(lambda deadline: _check_payloads(validator, payloads, deadline, bulk))
     except schemas.OutOfTime:
         raise bad_request(
             f"payload cannot be validated: the job's payload_schema took longer than {schemas.VALIDATION_BUDGET} s"
@@ -103,7 +93,16 @@ def _trace_metadata(request: web.Request) -> dict[str, str]:
     return {key: value for key, value in found.items() if value}
 
 
+async def check_budget(request: web.Request, project_id: str) -> None:
+    """Over its daily cost budget, a project's triggers are refused (engine.md §9.1)."""
+    try:
+        await request.app[BUDGETS].check_daily(project_id)
+    except OverBudget as exc:
+        raise ApiError(429, str(exc), headers={"Retry-After": "3600"}) from None
+
+
 async def enqueue(request: web.Request, job: Row, runs: list[NewRun]) -> list[Receipt]:
+    await check_budget(request, job["project_id"])
     try:
         return await request.app[ENQUEUER].enqueue(job, runs)
     except MissingReference:
@@ -155,7 +154,7 @@ async def trigger(request: web.Request) -> web.Response:
     body = await read_object(request)
     now = datetime.now(UTC)
     t = validate_trigger(body, now=now)
-    _check_job(job)
+    check_job(job)
     await check_payloads(job, [t.payload])
     origin = RunOrigin(job, who.actor or None, now, _trace_metadata(request))
     run, digest = _new_run(origin, t, _header_key(request) or t.idempotency_key)
@@ -180,7 +179,7 @@ async def trigger_bulk(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     batch_id = ids.uuid7()
     inputs = [validate_trigger(item, now=now, index=i) for i, item in enumerate(items)]
-    _check_job(job)
+    check_job(job)
     await check_payloads(job, [t.payload for t in inputs], bulk=True)
     origin = RunOrigin(job, who.actor or None, now, _trace_metadata(request), batch_id)
     runs = [_new_run(origin, t, t.idempotency_key)[0] for t in inputs]

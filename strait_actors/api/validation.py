@@ -505,3 +505,60 @@ def parse_json_body(raw: bytes) -> Any:
         raise bad_request("invalid request body: nesting too deep") from None
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, ints over the digit limit
         raise bad_request(f"invalid request body: {exc}") from None
+
+
+MAX_EVENT_KEY_BYTES: Final = 512
+MAX_WAIT_SECS: Final = 2_592_000  # 30 days
+DEFAULT_WAIT_SECS: Final = 3600
+
+
+def event_key(raw: Any) -> str:
+    """An event key (engine.md §6): 1 to 512 bytes of UTF-8, no control character below 0x20."""
+    if not isinstance(raw, str) or not raw:
+        raise bad_request("event_key is required and must be a non-empty string")
+    try:
+        size = len(raw.encode())
+    except UnicodeEncodeError:
+        raise bad_request("event_key must be valid UTF-8") from None
+    if size > MAX_EVENT_KEY_BYTES:
+        raise bad_request(f"event_key is longer than {MAX_EVENT_KEY_BYTES} bytes")
+    if any(ch < " " for ch in raw):
+        raise bad_request("event_key must not contain control characters")
+    return raw
+
+
+def wait_timeout(raw: Any) -> int:
+    """A wait's timeout in seconds: default 3600, 1 to 30 days."""
+    if raw is None:
+        return DEFAULT_WAIT_SECS
+    if not _is_int(raw) or not 1 <= raw <= MAX_WAIT_SECS:
+        raise bad_request(f"timeout_secs must be an integer between 1 and {MAX_WAIT_SECS}")
+    return int(raw)
+
+
+MAX_JSON_DEPTH: Final = 200
+
+
+def json_value(value: Any) -> Any:
+    """A JSON value of a body field as PostgreSQL can hold it (no NUL, no lone surrogate), nested at
+    most MAX_JSON_DEPTH deep: 400 otherwise (the parser takes deeper bodies; nothing stored needs them)."""
+    if _depth_over(value, MAX_JSON_DEPTH):
+        raise bad_request(f"invalid request body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return clean_json(value)
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Iterative (a recursive walk would itself run out of stack on the values it must refuse)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

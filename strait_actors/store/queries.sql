@@ -44,7 +44,7 @@ WITH due AS (
     FROM due WHERE r.id = due.id AND {guard promoted}
     RETURNING r.id, 'delayed'::text AS from_status, r.status AS to_status, r.attempt
 ){after promoted}{wake promoted}, candidates AS (
-    SELECT r.id
+    SELECT r.id, r.resume_event_key
     FROM job_runs r JOIN jobs j ON j.id = r.job_id
     WHERE r.status = 'queued'
       AND (r.next_retry_at IS NULL OR r.next_retry_at <= now())
@@ -58,21 +58,27 @@ WITH due AS (
     UPDATE job_runs r SET status = 'executing',
         started_at = now(), heartbeat_at = now(), finished_at = NULL,
         lease_id = %(lease_id)s, lease_expires_at = now() + make_interval(secs => %(lease_secs)s),
-        worker_id = %(worker_id)s
+        worker_id = %(worker_id)s, resume_event_key = NULL
     FROM candidates c
     WHERE r.id = c.id AND {guard claimed}
     RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.job_id, r.priority, r.created_at,
               r.payload::text AS payload, r.lease_id, r.expires_at, r.error AS previous_error,
-              r.metadata ->> 'traceparent' AS traceparent, r.metadata ->> 'tracestate' AS tracestate
+              r.metadata ->> 'traceparent' AS traceparent, r.metadata ->> 'tracestate' AS tracestate,
+              c.resume_event_key
 ){after claimed}
 -- always one row at least: (NULL id, promoted count) when nothing was claimed
 SELECT c.id::text AS id, c.job_id::text AS job_id, c.attempt, c.payload, c.lease_id::text AS lease_id,
        c.expires_at, c.previous_error, COALESCE(j.endpoint_url, '') AS endpoint_url, j.timeout_secs,
        j.max_attempts, j.retry_strategy, j.retry_delays_secs, j.retry_priority_boost, j.signing_secret,
        c.traceparent, c.tracestate, c.priority AS claim_priority, c.created_at AS claim_created_at,
+       c.resume_event_key, cp.state AS last_checkpoint, cp.created_at AS checkpoint_at,
        w.n AS promoted
 FROM (SELECT count(*) AS n FROM promoted_wake) w
-LEFT JOIN (claimed c JOIN jobs j ON j.id = c.job_id) ON true
+LEFT JOIN (claimed c JOIN jobs j ON j.id = c.job_id
+           -- a retried or resumed run is told its newest checkpoint (api.md §5.2, §5.6); others skip the probe
+           LEFT JOIN LATERAL (SELECT k.state::text AS state, k.created_at FROM run_checkpoints k
+                              WHERE (c.attempt > 1 OR c.resume_event_key IS NOT NULL) AND k.run_id = c.id
+                              ORDER BY k.sequence DESC LIMIT 1) cp ON true) ON true
 
 -- name: record_outcomes
 -- Write many dispatch outcomes at once, each fenced on (id, executing, attempt, lease); a run whose
@@ -96,7 +102,7 @@ WITH v AS (
         {unlease}
     FROM v
     WHERE r.id = v.id AND r.attempt = v.attempt AND r.lease_id = v.lease_id AND {guard moved}
-    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, v.attempt, v.error
+    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, v.attempt, v.error, r.parent_run_id
 ){after moved}
 SELECT id::text AS id FROM moved
 
@@ -150,7 +156,7 @@ WITH stale AS (
         {unlease}
     FROM stale s WHERE r.id = s.id AND {guard moved}
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, s.attempt, r.error,
-              'lease lost'::text AS note
+              'lease lost'::text AS note, r.parent_run_id
 ){after moved}
 SELECT to_status AS status, count(*) AS n FROM moved GROUP BY to_status
 
@@ -167,7 +173,7 @@ WITH due AS (
 ), moved AS (
     UPDATE job_runs r SET status = 'expired', error = 'run expired', finished_at = now()
     FROM due WHERE r.id = due.id AND {guard moved}
-    RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt
+    RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.parent_run_id
 ){after moved}
 SELECT count(*) AS n FROM moved
 
@@ -289,10 +295,23 @@ SELECT EXISTS (SELECT 1 FROM job_runs WHERE job_id = %(id)s
                AND NOT status = ANY({terminal}))
 
 -- name: delete_job
--- Remove a job with its versions and finished runs, and those runs' events: run_events has no
--- foreign key (none is paid on its hot insert path), so the cascade would leave them orphaned.
-WITH events AS (
-    DELETE FROM run_events e USING job_runs r WHERE e.run_id = r.id AND r.job_id = %(id)s
+-- Remove a job with its versions and finished runs, and those runs' own rows: the per-run tables
+-- have no foreign key (none is paid on their insert paths), so the cascade would leave them orphaned.
+-- Usage rows stay: they are the project's spend, which its daily budget counts.
+WITH runs AS (
+    SELECT id FROM job_runs WHERE job_id = %(id)s
+), events AS (
+    DELETE FROM run_events e USING runs WHERE e.run_id = runs.id
+), checkpoints AS (
+    DELETE FROM run_checkpoints c USING runs WHERE c.run_id = runs.id
+), outputs AS (
+    DELETE FROM run_outputs o USING runs WHERE o.run_id = runs.id
+), state AS (
+    DELETE FROM run_state s USING runs WHERE s.run_id = runs.id
+), tool_calls AS (
+    DELETE FROM run_tool_calls t USING runs WHERE t.run_id = runs.id
+), waits AS (
+    DELETE FROM event_triggers t USING runs WHERE t.job_run_id = runs.id
 )
 DELETE FROM jobs WHERE id = %(id)s
 
@@ -404,17 +423,23 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 
 -- name: cancel_run
--- Cancel a run that is not terminal; its lease is cleared so a dispatch in flight cannot record a
--- result afterwards.
+-- Cancel a run that is not terminal, and its descendants that are not (api.md §4.4); leases are
+-- cleared so a dispatch in flight cannot record a result afterwards. The run itself comes back.
 -- transition moved: * -> canceled
-WITH cur AS (
-    SELECT id, status AS from_status FROM job_runs WHERE id = %(id)s FOR UPDATE
+WITH RECURSIVE tree AS (
+    SELECT %(id)s::uuid AS id, 0 AS depth
+    UNION
+    SELECT c.id, tree.depth + 1 FROM job_runs c JOIN tree ON c.parent_run_id = tree.id WHERE tree.depth < 20
+), cur AS (
+    SELECT r.id, r.status AS from_status FROM job_runs r JOIN tree ON tree.id = r.id
+    WHERE r.id = %(id)s OR NOT r.status = ANY({terminal})
+    FOR UPDATE OF r
 ), moved AS (
     UPDATE job_runs r SET status = 'canceled', finished_at = now(), error = 'canceled by user', {unlease}
     FROM cur WHERE r.id = cur.id AND {guard moved}
     RETURNING r.*, cur.from_status, r.status AS to_status, %(actor)s::text AS actor
 ){after moved}
-SELECT * FROM moved
+SELECT * FROM moved WHERE id = %(id)s
 
 -- name: replay_run
 -- A new run from a finished one: same payload, tags, priority and job version; attempt 1; queued.
@@ -467,3 +492,496 @@ WITH pick AS (
               'dlq replay'::text AS note
 ){after moved}{wake moved}
 SELECT moved.*, (SELECT count(*) FROM moved_wake) AS woke FROM moved
+
+-- ===================================================================== SDK plane (api.md §4.9)
+-- A call carries its run token's (run id, attempt, lease): a write applies only while the run is
+-- executing or waiting with that attempt, under that lease (the dispatch's, or the one that parked
+-- it). Calls of one kind that arrive together share a statement: `v` holds one row per call with
+-- its ordinal `n`, and every call learns its own verdict from the row for its `n`.
+
+-- name: sdk_run
+-- One run as an SDK call needs it: what the token is checked against, and what the call reads.
+SELECT id, job_id, project_id, status, attempt, COALESCE(lease_id, parked_lease_id) AS token_lease,
+       payload::text AS payload, lineage_depth, priority, parent_run_id, metadata, tags
+FROM job_runs WHERE id = %(id)s
+
+-- name: sdk_heartbeat
+-- Heartbeats: heartbeat_at now, and an executing run's lease moves forward, so a long call stays
+-- the run's even when the worker that dispatched it is gone.
+WITH v AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(leases)s::uuid[])
+        WITH ORDINALITY AS v(id, attempt, lease_id, n)
+), beat AS (
+    UPDATE job_runs r SET heartbeat_at = now(),
+        lease_expires_at = CASE WHEN r.lease_id IS NULL THEN NULL
+                                ELSE GREATEST(r.lease_expires_at, now() + make_interval(secs => %(lease_secs)s)) END
+    FROM v
+    WHERE r.id = v.id AND r.attempt = v.attempt AND COALESCE(r.lease_id, r.parked_lease_id) = v.lease_id
+      AND (r.status = ANY('{executing,waiting}'::text[])) IS TRUE
+    RETURNING r.id
+)
+SELECT v.n, r.status, r.attempt, COALESCE(r.lease_id, r.parked_lease_id) AS token_lease,
+       EXISTS (SELECT 1 FROM beat WHERE beat.id = v.id) AS done
+FROM v LEFT JOIN job_runs r ON r.id = v.id
+
+-- name: sdk_events
+-- Log and progress events of active runs. Event ids are drawn before the insert so that each call
+-- gets its own row back.
+WITH v AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(leases)s::uuid[], %(types)s::text[],
+                         %(levels)s::text[], %(messages)s::text[], %(datas)s::jsonb[])
+        WITH ORDINALITY AS v(id, attempt, lease_id, type, level, message, data, n)
+), cur AS (
+    SELECT v.n, r.status, r.attempt, COALESCE(r.lease_id, r.parked_lease_id) AS token_lease,
+           (r.attempt = v.attempt AND COALESCE(r.lease_id, r.parked_lease_id) = v.lease_id
+            AND r.status = ANY('{executing,waiting}'::text[])) IS TRUE AS ok
+    FROM v LEFT JOIN job_runs r ON r.id = v.id
+), ok AS (
+    SELECT v.*, nextval(pg_get_serial_sequence('run_events', 'id')) AS event_id
+    FROM v JOIN cur ON cur.n = v.n WHERE cur.ok
+), ins AS (
+    INSERT INTO run_events (id, run_id, type, level, message, data) OVERRIDING SYSTEM VALUE
+    SELECT event_id, id, type, level, message, data FROM ok ORDER BY n
+), watched AS (
+    {tell_watchers ok}
+)
+SELECT cur.n, cur.status, cur.attempt, cur.token_lease, ok.event_id, now() AS created_at, cur.ok AS done
+FROM cur LEFT JOIN ok ON ok.n = cur.n
+
+-- name: sdk_finish
+-- SDK complete and fail: the run ends with the endpoint's own result or error, fenced on the token.
+-- A completion whose job has a result schema waits until the API has validated the result
+-- (`checked`): the row comes back with `needs_check` instead.
+-- transition finished: executing waiting -> completed failed
+WITH v AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(leases)s::uuid[], %(statuses)s::text[],
+                         %(results)s::jsonb[], %(errors)s::text[], %(error_classes)s::text[], %(checked)s::bool[])
+        WITH ORDINALITY AS v(id, attempt, lease_id, to_status, result, error, error_class, checked, n)
+), cur AS (
+    SELECT v.n, v.id, r.status, r.attempt, COALESCE(r.lease_id, r.parked_lease_id) AS token_lease,
+           (v.checked OR v.to_status <> 'completed' OR v.result IS NULL OR j.result_schema IS NULL) AS checked
+    FROM v LEFT JOIN job_runs r ON r.id = v.id LEFT JOIN jobs j ON j.id = r.job_id
+), locked AS (
+    SELECT r.id, r.status AS from_status FROM job_runs r JOIN v ON v.id = r.id
+    WHERE r.attempt = v.attempt AND COALESCE(r.lease_id, r.parked_lease_id) = v.lease_id
+    FOR UPDATE OF r
+), finished AS (
+    UPDATE job_runs r SET status = v.to_status, result = v.result, error = v.error, error_class = v.error_class,
+        finished_at = now(), parked_lease_id = NULL, {unlease}
+    FROM v JOIN cur ON cur.n = v.n JOIN locked l ON l.id = v.id
+    WHERE r.id = v.id AND cur.checked AND r.attempt = v.attempt
+      AND COALESCE(r.lease_id, r.parked_lease_id) = v.lease_id AND {guard finished}
+    RETURNING r.*, l.from_status, r.status AS to_status, v.n AS call
+){after finished}
+-- the finished run as the API answers it, and what the token is checked against (chk_*)
+SELECT f.*, cur.status AS chk_status, cur.attempt AS chk_attempt, cur.token_lease, cur.n,
+       NOT cur.checked AS needs_check, f.id IS NOT NULL AS done
+FROM cur LEFT JOIN finished f ON f.call = cur.n
+
+-- name: sdk_checkpoint
+-- Append a checkpoint with the run's next sequence (a concurrent one taking it: the caller retries).
+INSERT INTO run_checkpoints (run_id, sequence, source, state)
+SELECT %(run_id)s, COALESCE(max(sequence), 0) + 1, %(source)s, %(state)s
+FROM run_checkpoints WHERE run_id = %(run_id)s
+ON CONFLICT (run_id, sequence) DO NOTHING
+RETURNING *
+
+-- name: sdk_output
+-- Upsert one named output; a repeat replaces value and schema and bumps created_at.
+INSERT INTO run_outputs (id, run_id, output_key, schema, value)
+VALUES (%(id)s, %(run_id)s, %(key)s, %(schema)s, %(value)s)
+ON CONFLICT (run_id, output_key) DO UPDATE
+    SET schema = EXCLUDED.schema, value = EXCLUDED.value, created_at = now()
+RETURNING *
+
+-- name: sdk_set_state
+-- Upsert one key of the run's state.
+INSERT INTO run_state (run_id, state_key, value) VALUES (%(run_id)s, %(key)s, %(value)s)
+ON CONFLICT (run_id, state_key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+RETURNING *
+
+-- name: sdk_list_state
+-- The run's state, by key.
+SELECT * FROM run_state WHERE run_id = %(run_id)s ORDER BY state_key LIMIT 1000
+
+-- name: sdk_get_state
+-- One key of the run's state.
+SELECT * FROM run_state WHERE run_id = %(run_id)s AND state_key = %(key)s
+
+-- name: sdk_delete_state
+-- Remove one key of the run's state (absent is fine).
+DELETE FROM run_state WHERE run_id = %(run_id)s AND state_key = %(key)s
+
+-- name: sdk_usage
+-- Record usage; the total cost of the run so far comes back for the per-run budget.
+WITH ins AS (
+    INSERT INTO run_usage (run_id, project_id, provider, model, prompt_tokens, completion_tokens, total_tokens,
+                           cost_microusd)
+    VALUES (%(run_id)s, %(project_id)s, %(provider)s, %(model)s, %(prompt_tokens)s, %(completion_tokens)s,
+            %(total_tokens)s, %(cost_microusd)s)
+    RETURNING *
+)
+SELECT ins.*, ins.cost_microusd + COALESCE((SELECT sum(cost_microusd) FROM run_usage u WHERE u.run_id = ins.run_id), 0)
+       AS run_cost_microusd
+FROM ins
+
+-- name: sdk_tool_call
+-- Record one tool call.
+INSERT INTO run_tool_calls (run_id, tool_name, input, output, duration_ms, status)
+VALUES (%(run_id)s, %(tool_name)s, %(input)s, %(output)s, %(duration_ms)s, %(status)s)
+RETURNING *
+
+-- name: sdk_annotate
+-- Merge annotations into an active run's metadata, fenced on the token.
+UPDATE job_runs r SET metadata = r.metadata || %(annotations)s
+WHERE r.id = %(id)s AND r.attempt = %(attempt)s AND COALESCE(r.lease_id, r.parked_lease_id) = %(lease_id)s
+  AND (r.status = ANY('{executing,waiting}'::text[])) IS TRUE
+RETURNING r.*
+
+-- name: list_checkpoints
+-- A run's checkpoints, highest sequence first.
+SELECT * FROM run_checkpoints
+WHERE run_id = %(run_id)s AND (%(before_seq)s::int IS NULL OR sequence < %(before_seq)s)
+ORDER BY sequence DESC
+LIMIT %(limit)s
+
+-- name: list_outputs
+-- A run's outputs, by key.
+SELECT * FROM run_outputs
+WHERE run_id = %(run_id)s AND (%(after_key)s::text IS NULL OR output_key > %(after_key)s)
+ORDER BY output_key
+LIMIT %(limit)s
+
+-- name: list_usage
+-- A run's usage rows, oldest first.
+SELECT * FROM run_usage
+WHERE run_id = %(run_id)s
+  AND (CASE WHEN %(after_id)s::bigint IS NOT NULL THEN id > %(after_id)s
+            ELSE %(after_ts)s::timestamptz IS NULL OR created_at > %(after_ts)s END)
+ORDER BY created_at, id
+LIMIT %(limit)s
+
+-- name: list_tool_calls
+-- A run's tool calls, oldest first.
+SELECT * FROM run_tool_calls
+WHERE run_id = %(run_id)s
+  AND (CASE WHEN %(after_id)s::bigint IS NOT NULL THEN id > %(after_id)s
+            ELSE %(after_ts)s::timestamptz IS NULL OR created_at > %(after_ts)s END)
+ORDER BY id
+LIMIT %(limit)s
+
+-- name: list_children
+-- Runs spawned by a run, oldest first.
+SELECT * FROM job_runs
+WHERE parent_run_id = %(run_id)s
+  AND (%(after_ts)s::timestamptz IS NULL
+       OR (created_at, id) > (%(after_ts)s, COALESCE(%(after_id)s::uuid, '00000000-0000-0000-0000-000000000000')))
+ORDER BY created_at, id
+LIMIT %(limit)s
+
+-- ===================================================================== durable waits (engine.md §6)
+
+-- name: sdk_wait_for_event
+-- Park an executing run on an event, fenced on the token: executing -> waiting and the trigger row in
+-- one statement (a key already used in the project fails the statement, and so the transition).
+-- A project's active-wait cap, when it has one, refuses the wait instead (`over_quota`).
+-- transition parked: executing -> waiting
+WITH cur AS (
+    SELECT r.id, r.project_id,
+           COALESCE((SELECT q.max_active_event_triggers <= (SELECT count(*) FROM event_triggers t
+                                                            WHERE t.project_id = r.project_id AND t.status = 'waiting')
+                     FROM project_quotas q WHERE q.project_id = r.project_id), false) AS over_quota
+    FROM job_runs r
+    WHERE r.id = %(id)s AND r.attempt = %(attempt)s AND r.lease_id = %(lease_id)s
+    FOR UPDATE
+), parked AS (
+    UPDATE job_runs r SET status = 'waiting', parked_lease_id = r.lease_id, heartbeat_at = now(), {unlease}
+    FROM cur WHERE r.id = cur.id AND NOT cur.over_quota AND {guard parked}
+    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt,
+              'event ' || %(event_key)s::text AS note
+){after parked}, waits AS (
+    INSERT INTO event_triggers (id, event_key, project_id, source_type, job_run_id, timeout_secs, expires_at,
+                                notify_url, trigger_type)
+    SELECT %(trigger_id)s, %(event_key)s, cur.project_id, 'job_run', parked.id, %(timeout_secs)s,
+           now() + make_interval(secs => %(timeout_secs)s), %(notify_url)s, 'event'
+    FROM parked JOIN cur ON cur.id = parked.id
+    RETURNING *
+)
+SELECT waits.*, (SELECT bool_or(over_quota) FROM cur) AS over_quota FROM (SELECT 1) one LEFT JOIN waits ON true
+
+-- name: event_trigger_by_key
+-- One event trigger of a project by its key.
+SELECT * FROM event_triggers WHERE project_id = %(project_id)s AND event_key = %(event_key)s
+
+-- name: event_triggers_by_key
+-- An event key in every project (an internal caller without a project sends by key alone).
+SELECT * FROM event_triggers WHERE event_key = %(event_key)s LIMIT 2
+
+-- name: send_event
+-- Deliver an event: the trigger waiting -> received with its payload, and its waiting run resumed
+-- (waiting -> queued, same attempt) with the payload as its newest checkpoint, in one statement.
+-- The row as it was before comes back too, for the idempotent repeat and the 409.
+-- transition resumed: waiting -> queued
+WITH t AS (
+    SELECT * FROM event_triggers WHERE id = %(id)s FOR UPDATE
+), recv AS (
+    UPDATE event_triggers e SET status = 'received', response_payload = %(payload)s, received_at = now(),
+        sent_by = %(sent_by)s, updated_at = now()
+    FROM t WHERE e.id = t.id AND t.status = 'waiting'
+    RETURNING e.*
+), resumed AS (
+    UPDATE job_runs r SET status = 'queued', resume_event_key = recv.event_key, parked_lease_id = NULL,
+        next_retry_at = NULL, heartbeat_at = NULL
+    FROM recv WHERE r.id = recv.job_run_id AND recv.source_type = 'job_run' AND r.awaiting_children = 0
+      AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = r.id AND o.status = 'waiting'
+                      AND o.id <> recv.id)
+      AND {guard resumed}
+    RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt,
+              'event ' || recv.event_key AS note
+){after resumed}{wake resumed}, checkpoint AS (
+    INSERT INTO run_checkpoints (run_id, sequence, source, state)
+    SELECT r.id, COALESCE((SELECT max(c.sequence) FROM run_checkpoints c WHERE c.run_id = r.id), 0) + 1,
+           'event_trigger', %(payload)s
+    FROM resumed r WHERE %(checkpoint)s
+)
+SELECT COALESCE(recv.id, t.id) AS id, t.status AS was, recv.id IS NOT NULL AS received,
+       (SELECT count(*) FROM resumed_wake) AS woke
+FROM t LEFT JOIN recv ON recv.id = t.id
+
+-- name: cancel_event
+-- Cancel a waiting trigger; a run waiting on it is canceled too, which closes the trigger (the
+-- transition's consequence); a trigger whose run is no longer waiting is closed directly.
+-- transition moved: waiting -> canceled
+WITH t AS (
+    SELECT * FROM event_triggers WHERE id = %(id)s FOR UPDATE
+), moved AS (
+    UPDATE job_runs r SET status = 'canceled', error = 'canceled by user', finished_at = now(),
+        parked_lease_id = NULL
+    FROM t WHERE r.id = t.job_run_id AND t.status = 'waiting' AND {guard moved}
+    RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt, r.error, r.parent_run_id,
+              %(actor)s::text AS actor
+){after moved}, direct AS (
+    -- an expired trigger is not closed by the run's cancel (the reaper's pass owns those): close it here
+    UPDATE event_triggers e SET status = 'canceled', error = 'canceled by user', updated_at = now()
+    FROM t WHERE e.id = t.id AND t.status = 'waiting' AND (t.expires_at <= now() OR NOT EXISTS (SELECT 1 FROM moved))
+)
+SELECT t.status AS was FROM t
+
+-- name: get_event_trigger
+-- One event trigger by id.
+SELECT * FROM event_triggers WHERE id = %(id)s
+
+-- name: list_event_triggers
+-- A project's event triggers, newest first, optional filters.
+SELECT * FROM event_triggers
+WHERE project_id = %(project_id)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(source_type)s::text IS NULL OR source_type = %(source_type)s)
+  AND (%(workflow_run_id)s::uuid IS NULL OR workflow_run_id = %(workflow_run_id)s)
+  AND (%(after_ts)s::timestamptz IS NULL
+       OR (requested_at, id) < (%(after_ts)s, COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff')))
+ORDER BY requested_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: expire_waits
+-- Waits past their timeout: the trigger timed_out, and a run waiting on it timed_out with the same
+-- error (engine.md §6). Bounded per pass; a run that resumed or ended meanwhile is left alone.
+-- transition moved: waiting -> timed_out
+WITH due AS (
+    SELECT id FROM event_triggers
+    WHERE status = 'waiting' AND expires_at <= now()
+    ORDER BY expires_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), ended AS (
+    UPDATE event_triggers e SET status = 'timed_out', error = 'event trigger timed out', updated_at = now()
+    FROM due WHERE e.id = due.id
+    RETURNING e.id, e.job_run_id, e.source_type
+), moved AS (
+    UPDATE job_runs r SET status = 'timed_out', error = 'event trigger timed out', error_class = 'timeout',
+        finished_at = now(), parked_lease_id = NULL
+    FROM ended WHERE r.id = ended.job_run_id AND ended.source_type = 'job_run' AND {guard moved}
+    RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt, r.error, r.parent_run_id
+){after moved}
+SELECT (SELECT count(*) FROM ended) AS waits, (SELECT count(*) FROM moved) AS runs
+
+-- name: requeue_stale_dequeued
+-- Runs left `dequeued` longer than a lease go back to the queue, same attempt (engine.md §3.3).
+-- transition moved: dequeued -> queued
+WITH stale AS (
+    SELECT id FROM job_runs
+    WHERE status = 'dequeued' AND COALESCE(started_at, created_at) < now() - make_interval(secs => %(stale_secs)s)
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), moved AS (
+    UPDATE job_runs r SET status = 'queued', started_at = NULL
+    FROM stale WHERE r.id = stale.id AND {guard moved}
+    RETURNING r.id, 'dequeued'::text AS from_status, r.status AS to_status, r.attempt, 'stale dequeued'::text AS note
+){after moved}{wake moved}
+SELECT count(*) AS n, (SELECT count(*) FROM moved_wake) AS woke FROM moved
+
+-- name: resume_lost_waits
+-- Runs still waiting although what they waited for arrived over 30 s ago and nothing else holds them
+-- (no open wait, no awaited child): resumed. A safety net; the paths that answer a wait resume its
+-- run in the same statement.
+-- transition moved: waiting -> queued
+WITH lost AS (
+    SELECT DISTINCT r.id FROM event_triggers t JOIN job_runs r ON r.id = t.job_run_id
+    WHERE t.status = 'received' AND t.received_at < now() - interval '30 seconds'
+      AND t.received_at > now() - interval '1 day' AND r.status = 'waiting' AND r.awaiting_children = 0
+      AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = r.id AND o.status = 'waiting')
+    LIMIT 1000
+), moved AS (
+    UPDATE job_runs r SET status = 'queued', parked_lease_id = NULL, resume_event_key = 'reconciled'
+    FROM lost WHERE r.id = lost.id AND {guard moved}
+    RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt, 'wait answered'::text AS note
+){after moved}{wake moved}
+SELECT count(*) AS n, (SELECT count(*) FROM moved_wake) AS woke FROM moved
+
+-- ===================================================================== spawn and continue (api.md §4.9)
+
+-- name: sdk_spawn
+-- A child run of another job (same project or not), enqueued; with `await`, its parent waits for it:
+-- an executing parent parks (executing -> waiting), and either way the parent counts one more awaited
+-- child and gets the `spawn-await:<child>` trigger the child's end answers. Fenced on the parent's token.
+-- transition parked: executing -> waiting
+WITH cur AS (
+    SELECT r.id, r.status, r.project_id FROM job_runs r
+    WHERE r.id = %(parent_id)s AND r.attempt = %(attempt)s AND COALESCE(r.lease_id, r.parked_lease_id) = %(lease_id)s
+      AND r.status = ANY('{executing,waiting}'::text[])
+    FOR UPDATE
+), child AS (
+    INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
+                          triggered_by, expires_at, job_version, job_version_id, created_by, parent_run_id)
+    SELECT %(child_id)s, j.id, j.project_id, 'queued', %(priority)s, %(payload)s, %(payload_hash)s, j.tags,
+           j.default_run_metadata, 'spawn', now() + make_interval(secs => j.effective_run_ttl_secs), j.version,
+           j.version_id, %(actor)s, cur.id
+    FROM cur, jobs j WHERE j.id = %(job_id)s
+    RETURNING *
+), parked AS (
+    UPDATE job_runs r SET status = 'waiting', parked_lease_id = r.lease_id,
+        awaiting_children = r.awaiting_children + 1, {unlease}
+    FROM cur WHERE r.id = cur.id AND %(await)s AND cur.status = 'executing' AND {guard parked}
+    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt,
+              'awaiting spawned run'::text AS note
+){after parked}, counted AS (
+    UPDATE job_runs r SET awaiting_children = r.awaiting_children + 1
+    FROM cur WHERE r.id = cur.id AND %(await)s AND cur.status = 'waiting'
+), waits AS (
+    INSERT INTO event_triggers (id, event_key, project_id, source_type, job_run_id, timeout_secs, expires_at,
+                                trigger_type, request_payload)
+    SELECT %(trigger_id)s, 'spawn-await:' || child.id, cur.project_id, 'job_run', cur.id, %(timeout_secs)s,
+           now() + make_interval(secs => %(timeout_secs)s), 'spawn_await', jsonb_build_object('run_id', child.id)
+    FROM child, cur WHERE %(await)s
+    RETURNING event_key
+), wake AS (
+    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM child LIMIT 1) q
+)
+SELECT child.*, (SELECT event_key FROM waits) AS await_event_key, (SELECT count(*) FROM wake) AS woke
+FROM child
+
+-- name: sdk_continue
+-- Continue-as-new: a new run of the same job (the job's current version), continuing this one, one
+-- level deeper, same priority, tags and metadata; the payload given or the parent's. The parent is
+-- untouched. Fenced on the token; nothing is created past the depth cap.
+WITH cur AS (
+    SELECT r.* FROM job_runs r
+    WHERE r.id = %(parent_id)s AND r.attempt = %(attempt)s AND COALESCE(r.lease_id, r.parked_lease_id) = %(lease_id)s
+      AND r.status = ANY('{executing,waiting}'::text[])
+), ins AS (
+    INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
+                          triggered_by, expires_at, job_version, job_version_id, created_by, continuation_of,
+                          lineage_depth)
+    SELECT %(new_id)s, cur.job_id, cur.project_id, 'queued', cur.priority, COALESCE(%(payload)s::json, cur.payload),
+           COALESCE(%(payload_hash)s, cur.payload_hash), cur.tags, cur.metadata, 'job_chain',
+           now() + make_interval(secs => j.effective_run_ttl_secs), j.version, j.version_id, %(actor)s, cur.id,
+           cur.lineage_depth + 1
+    FROM cur JOIN jobs j ON j.id = cur.job_id
+    WHERE cur.lineage_depth < %(max_depth)s
+    RETURNING *
+), wake AS (
+    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM ins LIMIT 1) q
+)
+SELECT ins.*, (SELECT count(*) FROM wake) AS woke FROM ins
+
+-- name: run_lineage
+-- The continue-as-new chain a run belongs to, root first.
+WITH RECURSIVE up AS (
+    SELECT id, continuation_of, 0 AS hops FROM job_runs WHERE id = %(id)s
+    UNION ALL
+    SELECT r.id, r.continuation_of, up.hops + 1 FROM job_runs r JOIN up ON r.id = up.continuation_of
+    WHERE up.hops < 100
+), root AS (
+    SELECT id FROM up ORDER BY hops DESC LIMIT 1
+), down AS (
+    SELECT r.id, 0 AS depth FROM job_runs r JOIN root ON r.id = root.id
+    UNION ALL
+    SELECT r.id, down.depth + 1 FROM job_runs r JOIN down ON r.continuation_of = down.id
+    WHERE down.depth < 100
+)
+SELECT r.* FROM down JOIN job_runs r ON r.id = down.id ORDER BY down.depth, r.created_at LIMIT 200
+
+-- ===================================================================== budgets (engine.md §9.1)
+
+-- name: get_project_quota
+-- A project's limits (no row: none).
+SELECT * FROM project_quotas WHERE project_id = %(project_id)s
+
+-- name: put_project_quota
+-- Set a project's limits.
+INSERT INTO project_quotas (project_id, max_daily_cost_microusd, max_cost_per_run_microusd,
+                            max_active_event_triggers, timezone)
+VALUES (%(project_id)s, %(max_daily_cost_microusd)s, %(max_cost_per_run_microusd)s,
+        %(max_active_event_triggers)s, %(timezone)s)
+ON CONFLICT (project_id) DO UPDATE SET
+    max_daily_cost_microusd = EXCLUDED.max_daily_cost_microusd,
+    max_cost_per_run_microusd = EXCLUDED.max_cost_per_run_microusd,
+    max_active_event_triggers = EXCLUDED.max_active_event_triggers,
+    timezone = EXCLUDED.timezone, updated_at = now()
+RETURNING *
+
+-- name: project_spend_today
+-- A project's spend since the start of its day (in its time zone), in micro-USD.
+SELECT COALESCE(sum(cost_microusd), 0)::bigint AS spent FROM run_usage
+WHERE project_id = %(project_id)s
+  AND created_at >= (date_trunc('day', now() AT TIME ZONE %(timezone)s) AT TIME ZONE %(timezone)s)
+
+-- name: job_by_slug
+-- One job of a project by its slug (SDK spawn names jobs so).
+SELECT * FROM jobs WHERE project_id = %(project_id)s AND slug = %(slug)s
+
+-- ===================================================================== run streams (SSE, api.md §4.5)
+
+-- name: watch_run
+-- This API process streams the run: its changes NOTIFY strait_run_events. Returns the run's newest
+-- event id, where a stream without Last-Event-ID starts (nothing after the watch can be missed).
+WITH w AS (
+    INSERT INTO run_watchers (run_id, watcher, expires_at)
+    VALUES (%(run_id)s, %(watcher)s, now() + make_interval(secs => %(ttl)s))
+    ON CONFLICT (run_id, watcher) DO UPDATE SET expires_at = EXCLUDED.expires_at
+)
+SELECT COALESCE((SELECT max(id) FROM run_events WHERE run_id = %(run_id)s), 0) AS last_id
+
+-- name: unwatch_run
+-- No stream of this process watches the run any more.
+DELETE FROM run_watchers WHERE run_id = %(run_id)s AND watcher = %(watcher)s
+
+-- name: refresh_watches
+-- Keep this process's watches alive, and drop those of processes that stopped refreshing theirs.
+WITH mine AS (
+    UPDATE run_watchers SET expires_at = now() + make_interval(secs => %(ttl)s)
+    WHERE watcher = %(watcher)s AND run_id = ANY(%(run_ids)s)
+)
+DELETE FROM run_watchers WHERE expires_at < now() AND watcher <> %(watcher)s
+
+-- name: run_events_after
+-- New events of watched runs, each after its own cursor, oldest first.
+SELECT e.* FROM unnest(%(run_ids)s::uuid[], %(after_ids)s::bigint[]) AS c(run_id, after_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM run_events e WHERE e.run_id = c.run_id AND e.id > c.after_id ORDER BY e.id LIMIT 500
+) e
+ORDER BY e.id
+
+-- name: listen_run_events
+-- The API process's one stream listener.
+LISTEN strait_run_events

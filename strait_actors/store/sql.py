@@ -94,6 +94,17 @@ async def fetch_all(pool: AsyncConnectionPool, name: str, params: dict[str, Any]
     return rows  # type: ignore[no-any-return]
 
 
+async def _run(pool: AsyncConnectionPool, name: str, params: dict[str, Any]) -> None:
+    with translated():
+        async with pool.connection() as conn:
+            await conn.execute(q(name), params)
+
+
+async def execute(pool: AsyncConnectionPool, name: str, params: dict[str, Any]) -> None:
+    """A statement that returns no rows."""
+    await released_on_cancel(_run(pool, name, params))
+
+
 # Statements whose caller gave up, still being cancelled on the server: held here until they end.
 _abandoned: set[asyncio.Task[Any]] = set()
 

@@ -11,14 +11,18 @@ whose RETURNING names at least `id, from_status, to_status, attempt` (and option
 - `{guard NAME}`: the compare-and-set, `(r.status = ANY(<sources>)) IS TRUE`, plus a check of a per-row target
   against the declared targets. The statement adds its fence (attempt, lease) beside it.
 - `{unlease}`: clears the lease; required when a transition leaves `executing`.
-- `{after NAME}`: every consequence of the change, in the same statement: today the
-  `state_change` run event; the outbox, workflow callbacks, change feed and parent resume attach
-  here and nowhere else. A consequence that needs more of the run than NAME returns joins
-  `job_runs` by id: the statement's snapshot holds the columns a transition does not change
-  (job, project, parent run, workflow step).
+- `{after NAME}`: every consequence of the change, in the same statement: the `state_change` run
+  event; a run leaving `waiting` other than by resuming closes its open waits (engine.md §6); a
+  run that ends answers its parent's spawn-await, and the last awaited child resumes the parent
+  (a counter on the parent row, so concurrent children serialise on it: counting siblings from a
+  snapshot would let two last children each see the other still running). The outbox, workflow
+  callbacks and change feed attach here and nowhere else. A transition into a terminal status
+  returns `parent_run_id`, so runs without a parent cost the spawn-await part nothing.
 - `{wake NAME}`: a CTE `NAME_wake` that NOTIFYs the pollers when runs became claimable; the final
   SELECT must read it (a SELECT CTE runs only when read).
 - `{terminal}`: the terminal statuses as a text[] literal.
+- `{tell_watchers CTE}`: (for statements that write run events outside a transition) NOTIFY the
+  API processes streaming the runs of CTE (its `id` column), as every transition does.
 
 Every declared edge must be legal in `fsm.TRANSITIONS`, checked when the queries load, so an
 illegal or undeclared status write fails every test run rather than a production run.
@@ -32,9 +36,10 @@ from dataclasses import dataclass
 from strait_actors import fsm
 
 _HEADER = re.compile(r"^-- transition (\w+): ([\w* ]+?) -> ([\w ]+?)\s*$", re.M)
-_MACRO = re.compile(r"\{(guard|after|wake) (\w+)\}|\{(unlease|terminal)\}")
+_MACRO = re.compile(r"\{(guard|after|wake|tell_watchers) (\w+)\}|\{(unlease|terminal)\}")
 _SET_STATUS = re.compile(r"UPDATE job_runs r\s+SET status = ([\w.']+)(?=\s*,|\s+FROM\b)")
 _REQUIRED = ("id", "from_status", "to_status", "attempt")
+_TERMINAL_REQUIRED = ("parent_run_id",)  # and when a target is terminal
 _OPTIONAL = ("error", "actor", "note")
 _WARN = sorted((fsm.TERMINAL - {fsm.S.COMPLETED, fsm.S.CANCELED}) | {fsm.S.WAITING})
 
@@ -122,7 +127,8 @@ def _declare(statement: str, name: str, froms: str, tos: str) -> Transition:
         raise TransitionError(f"transition {name} writes {to_expr}, not its declared target")
     outputs = _output_names(cte)
     given = set(outputs) | ({"id", "attempt"} if "*" in outputs else set())  # r.*: the run's own columns
-    missing = [c for c in _REQUIRED if c not in given]
+    required = _REQUIRED + (_TERMINAL_REQUIRED if any(fsm.is_terminal(x) for x in targets) else ())
+    missing = [c for c in required if c not in given and "*" not in outputs]
     if missing:
         raise TransitionError(f"transition {name}: RETURNING lacks {missing}")
     if fsm.S.EXECUTING in sources and "{unlease}" not in cte:
@@ -151,7 +157,7 @@ def _after(t: Transition) -> str:
     extra = [
         f"CASE WHEN {c} IS NULL THEN '{{}}'::jsonb ELSE jsonb_build_object('{c}', {c}) END"
         for c in ("error", "actor")
-        if c in t.outputs
+        if c in t.outputs or (c == "error" and "*" in t.outputs)  # r.*: the run's own error column
     ]
     note = " || COALESCE(' (' || note || ')', '')" if "note" in t.outputs else ""
     data = " || ".join(["jsonb_build_object('from', from_status, 'to', to_status, 'attempt', attempt)", *extra])
@@ -165,7 +171,85 @@ def _after(t: Transition) -> str:
         f"           {data}\n"
         f"    FROM {t.name}\n"
         ")"
+        + (_close_waits(t) if fsm.S.WAITING in t.sources else "")
+        + (_answer_parents(t) if any(fsm.is_terminal(x) for x in t.targets) else "")
+        + f", {t.name}_watched AS (\n    {tell_watchers(t.name)}\n)"
     )
+
+
+def tell_watchers(cte: str, alias: str = "m") -> str:
+    """NOTIFY the API processes streaming these runs (`run_watchers`): a row update's RETURNING, so
+    it runs whether or not the statement reads it; an unwatched run costs one probe of a tiny table."""
+    return (
+        f"UPDATE run_watchers w SET expires_at = w.expires_at FROM {cte} {alias} WHERE w.run_id = {alias}.id\n"
+        f"    RETURNING pg_notify('strait_run_events', {alias}.id::text)"
+    )
+
+
+def _close_waits(t: Transition) -> str:
+    """A run that leaves `waiting` other than by resuming no longer waits: its open waits close.
+    Expired ones are left to the reaper's expiry pass, which times them out in its own statement
+    (a row is updated at most once per statement). The rows are found by index from each run (an
+    array of ids), whatever the planner thinks of a join with a CTE it has no statistics for."""
+    has_error = "error" in t.outputs or "*" in t.outputs  # r.*: the run's own error column
+    error = "COALESCE(m.error, 'run ended: ' || m.to_status)" if has_error else "'run ended: ' || m.to_status"
+    return (
+        f", {t.name}_waits AS (\n"
+        "    UPDATE event_triggers e SET status = 'canceled', updated_at = now(),\n"
+        f"        error = (SELECT {error} FROM {t.name} m WHERE m.id = e.job_run_id LIMIT 1)\n"
+        "    WHERE e.id = ANY(ARRAY(\n"
+        f"        SELECT w.id FROM {t.name} m CROSS JOIN LATERAL (\n"
+        "            SELECT o.id FROM event_triggers o\n"
+        "            WHERE o.job_run_id = m.id AND o.status = 'waiting' AND o.expires_at > now() LIMIT 1000) w\n"
+        "        WHERE m.from_status = 'waiting' AND m.to_status <> 'queued'))\n"
+        "      AND e.status = 'waiting'\n"
+        ")"
+    )
+
+
+def _answer_parents(t: Transition) -> str:
+    """A run that ends answers its parent's spawn-await; the parent's last awaited child resumes it
+    (waiting -> queued, same attempt), with its event and the pollers' wake, in this statement.
+    Rows are found by index (arrays of ids): runs without a parent cost a filter on this CTE only."""
+    return (
+        f", {t.name}_awaited AS (\n"
+        "    UPDATE event_triggers e SET status = 'received', received_at = now(), updated_at = now(),\n"
+        "        response_payload = (SELECT jsonb_build_object('run_id', m.id, 'status', m.to_status)\n"
+        f"                            FROM {t.name} m WHERE 'spawn-await:' || m.id = e.event_key LIMIT 1)\n"
+        "    WHERE e.id = ANY(ARRAY(\n"
+        f"        SELECT w.id FROM {t.name} m CROSS JOIN LATERAL (\n"
+        "            SELECT o.id FROM event_triggers o WHERE o.job_run_id = m.parent_run_id\n"
+        "              AND o.event_key = 'spawn-await:' || m.id AND o.status = 'waiting' LIMIT 1) w\n"
+        f"        WHERE m.parent_run_id IS NOT NULL AND m.to_status = ANY({_array(sorted(fsm.TERMINAL))})\n"
+        # a parent changed by this same statement (a cancel of a whole tree) is that change's alone:
+        # PostgreSQL applies only one of two updates of a row in one statement
+        f"          AND NOT EXISTS (SELECT 1 FROM {t.name} x WHERE x.id = m.parent_run_id)))\n"
+        "      AND e.status = 'waiting'\n"
+        "    RETURNING e.job_run_id AS parent_id\n"
+        f"), {t.name}_parents AS (\n"
+        "    UPDATE job_runs p SET awaiting_children = GREATEST(p.awaiting_children - c.n, 0),\n"
+        "        status = CASE WHEN p.awaiting_children <= c.n THEN 'queued' ELSE p.status END,\n"
+        "        parked_lease_id = CASE WHEN p.awaiting_children <= c.n THEN NULL ELSE p.parked_lease_id END,\n"
+        "        resume_event_key = CASE WHEN p.awaiting_children <= c.n THEN 'spawn-await'\n"
+        "                                ELSE p.resume_event_key END\n"
+        f"    FROM (SELECT parent_id, count(*) AS n FROM {t.name}_awaited GROUP BY parent_id) c\n"
+        f"    WHERE p.id = ANY(ARRAY(SELECT parent_id FROM {t.name}_awaited)) AND p.id = c.parent_id\n"
+        "      AND (p.status = 'waiting') IS TRUE\n"
+        "      AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = p.id AND o.status = 'waiting'\n"
+        "                      AND o.event_key NOT LIKE 'spawn-await:%%')\n"
+        "    RETURNING p.id, p.status AS to_status, p.attempt\n"
+        f"), {t.name}_parents_resumed AS (\n"
+        "    INSERT INTO run_events (run_id, type, level, message, data)\n"
+        "    SELECT p.id, 'state_change', 'info', 'waiting -> queued (awaited runs ended)',\n"
+        "           jsonb_build_object('from', 'waiting', 'to', 'queued', 'attempt', p.attempt)\n"
+        f"    FROM {t.name}_parents p\n"
+        "    CROSS JOIN LATERAL (SELECT pg_notify('strait_queue_wake', '') WHERE p.to_status = 'queued') w\n"
+        "    WHERE p.to_status = 'queued'\n"
+        ")"
+    )
+
+
+assert fsm.can(fsm.S.WAITING, fsm.S.QUEUED)  # the parent resume above writes this edge
 
 
 def _wake(t: Transition) -> str:
@@ -187,6 +271,8 @@ def expand(name: str, statement: str) -> str:
             return UNLEASE
         if bare == "terminal":
             return _array(sorted(fsm.TERMINAL))
+        if macro == "tell_watchers":
+            return tell_watchers(target, "x")
         t = by_name.get(target)
         if t is None:
             raise TransitionError(f"{name}: {{{macro} {target}}} names no declared transition")

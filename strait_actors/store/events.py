@@ -1,0 +1,115 @@
+"""Durable waits (engine.md §6): event triggers are rows, never timers in memory.
+
+A run parks on an event in one statement (its transition and the trigger row); an event's arrival
+resumes it in one statement (the trigger received, the run back to the queue with the payload as
+its newest checkpoint, the pollers woken). Timeouts are the reaper's, in bounded passes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from strait_actors import ids
+from strait_actors.store.errors import Duplicate, translated
+from strait_actors.store.sdk import Token
+from strait_actors.store.sql import Row, fetch_all, fetch_one, q
+
+
+class KeyInUse(Exception):
+    """The event key already names a trigger of the project (for the row's whole life)."""
+
+
+async def wait_for_event(
+    pool: AsyncConnectionPool, t: Token, event_key: str, timeout_secs: int, notify_url: str | None
+) -> Row:
+    """The new trigger (with `over_quota`), or a row of NULLs but `over_quota` when the run was not
+    parked (not executing under this token, or the project's cap). Raises KeyInUse."""
+    params = {
+        "id": t.run_id,
+        "attempt": t.attempt,
+        "lease_id": t.lease_id,
+        "trigger_id": ids.uuid7(),
+        "event_key": event_key,
+        "timeout_secs": timeout_secs,
+        "notify_url": notify_url,
+    }
+    try:
+        row = await fetch_one(pool, "sdk_wait_for_event", params)
+    except Duplicate as exc:
+        if "event_triggers" in str(exc):
+            raise KeyInUse(event_key) from None
+        raise
+    assert row is not None
+    return row
+
+
+async def by_key(pool: AsyncConnectionPool, project_id: str | None, event_key: str) -> list[Row]:
+    """The trigger of a project with this key; with no project, every project's (at most two)."""
+    if project_id is None:
+        return await fetch_all(pool, "event_triggers_by_key", {"event_key": event_key})
+    row = await fetch_one(pool, "event_trigger_by_key", {"project_id": project_id, "event_key": event_key})
+    return [] if row is None else [row]
+
+
+async def get(pool: AsyncConnectionPool, trigger_id: uuid.UUID) -> Row | None:
+    return await fetch_one(pool, "get_event_trigger", {"id": trigger_id})
+
+
+async def send(pool: AsyncConnectionPool, trigger_id: uuid.UUID, payload: Any, sent_by: str) -> Row:
+    """`{id, was, received, woke}`: `received` when this send delivered it; else `was` says what the
+    trigger was (the caller decides between the idempotent repeat and 409)."""
+    empty = payload is None or payload == {} or payload == []
+    params = {
+        "id": trigger_id,
+        "payload": None if payload is None else Jsonb(payload),
+        "sent_by": sent_by or None,
+        "checkpoint": not empty,
+    }
+    for _ in range(20):  # an SDK checkpoint of the run took the sequence meanwhile: again
+        try:
+            row = await fetch_one(pool, "send_event", params)
+        except Duplicate as exc:
+            if "run_checkpoints" in str(exc):
+                continue
+            raise
+        assert row is not None
+        return row
+    raise RuntimeError("checkpoint sequence kept being taken")
+
+
+async def cancel(pool: AsyncConnectionPool, trigger_id: uuid.UUID, actor: str) -> str | None:
+    """What the trigger was before (None: it vanished)."""
+    row = await fetch_one(pool, "cancel_event", {"id": trigger_id, "actor": actor or None})
+    return None if row is None else str(row["was"])
+
+
+async def list_triggers(pool: AsyncConnectionPool, params: dict[str, Any]) -> list[Row]:
+    return await fetch_all(pool, "list_event_triggers", params)
+
+
+# ----------------------------------------------------------------- the reaper's passes (sync)
+
+
+def expire_waits(conn: psycopg.Connection) -> tuple[int, int]:
+    """(waits timed out, runs timed out with them)."""
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("expire_waits")).fetchone()
+    return (int(row["waits"]), int(row["runs"])) if row else (0, 0)
+
+
+def requeue_stale_dequeued(conn: psycopg.Connection, stale_secs: float) -> int:
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("requeue_stale_dequeued"), {"stale_secs": stale_secs}).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def resume_lost_waits(conn: psycopg.Connection) -> int:
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("resume_lost_waits")).fetchone()
+    return int(row["n"]) if row else 0

@@ -1,0 +1,93 @@
+"""The run stream (api.md §4.5): SSE frames of a run's status changes, progress and logs, live, in
+order, to several clients at once through one listener; Last-Event-ID resumes; keep-alives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+from strait import AsyncClient
+
+from tests.client_helpers import make_job, setup, wait_terminal
+from tests.conftest import SECRET, Endpoint, Server, start_strait, stop_strait, wait_for
+from tests.test_sdk_plane import sdk_endpoint
+
+
+def read_stream(server: Server, run_id: str, out: list[tuple[str | None, Any]], last_id: str | None = None) -> None:
+    """Collect (id, message) per data frame and (None, comment) per comment until the server closes."""
+    headers = {"Authorization": f"Bearer {SECRET}", "X-Project-Id": "p1"}
+    if last_id is not None:
+        headers["Last-Event-ID"] = last_id
+    with httpx.stream("GET", f"{server.base}/v1/runs/{run_id}/stream", headers=headers, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"] == "text/event-stream" and r.headers["cache-control"] == "no-cache"
+        frame_id = None
+        for line in r.iter_lines():
+            if line.startswith("id: "):
+                frame_id = line[4:]
+            elif line.startswith("data: "):
+                out.append((frame_id, json.loads(line[6:])))
+            elif line.startswith(":"):
+                out.append((None, line))
+
+
+def test_stream_frames_live_in_order_to_two_clients_then_resume(endpoint: Endpoint, dsn: str, tmp_path: Path) -> None:
+    server = start_strait({"DATABASE_URL": dsn, "SSE_KEEPALIVE_INTERVAL_SECS": "0.3"}, tmp_path)
+    admin, c, _ = setup(server)
+    gate = asyncio.Event()
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
+        loops[:] = [asyncio.get_running_loop()]
+        await gate.wait()
+        await rc.sdk_runs.log_run(run_id, {"level": "warn", "message": "careful"})
+        await rc.sdk_runs.progress_run(run_id, {"percent": 40, "message": "almost"})
+        await rc.sdk_runs.complete_run(run_id, {"result": {"ok": 1}})
+        return {"http": True}
+
+    try:
+        sdk_endpoint(server, endpoint, handler)
+        job = make_job(c, endpoint)
+        run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
+        wait_for(lambda: loops, what="the run executing")
+        streams: list[list[tuple[str | None, Any]]] = [[], []]
+        readers = [threading.Thread(target=read_stream, args=(server, run_id, s)) for s in streams]
+        for t in readers:
+            t.start()
+        wait_for(lambda: all(any(x[1] == ": keepalive" for x in s) for s in streams), what="keep-alives")
+        loops[0].call_soon_threadsafe(gate.set)
+        for t in readers:
+            t.join(20)
+            assert not t.is_alive(), "the stream did not close after the terminal status"
+        wait_terminal(c, run_id)
+        for s in streams:
+            frames = [(i, m) for i, m in s if i is not None]
+            kinds = [(m["type"], m.get("event_type"), m.get("to")) for _, m in frames]
+            assert kinds == [("event", "log", None), ("event", "progress", None), ("status_change", None, "completed")]
+            log, progress, done = (m for _, m in frames)
+            assert (log["level"], log["message"], log["run_id"]) == ("warn", "careful", run_id)
+            assert progress["data"] == {"percent": 40} and progress["message"] == "almost"
+            assert (done["from"], done["job_id"], done["project_id"]) == ("executing", job["id"], "p1")
+            assert done["timestamp"].endswith("Z")
+            ids = [int(i) for i, _ in frames if i is not None]
+            assert ids == sorted(ids)
+        assert streams[0] == streams[1] or [f for f in streams[0] if f[0]] == [f for f in streams[1] if f[0]]
+        # reconnect after the first frame: the rest comes again, then the stream ends
+        first_id = next(i for i, _ in streams[0] if i is not None)
+        resumed: list[tuple[str | None, Any]] = []
+        read_stream(server, run_id, resumed, last_id=first_id)
+        assert [m["type"] for i, m in resumed if i is not None] == ["event", "status_change"]
+        # a finished run with nothing left to tell: 410 in the JSON envelope
+        r = httpx.get(
+            f"{server.base}/v1/runs/{run_id}/stream",
+            headers={"Authorization": f"Bearer {SECRET}", "X-Project-Id": "p1"},
+        )
+        assert r.status_code == 410 and r.json()["message"] == "run already in terminal state"
+    finally:
+        admin.close()
+        c.close()
+        stop_strait(server)

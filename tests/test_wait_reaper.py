@@ -1,0 +1,67 @@
+"""The reaper's passes for waits (engine.md §3.3, §6), on the database directly: waits past their
+timeout, runs stale in `dequeued`, runs whose wait was answered without resuming them. Each is
+bounded and fenced: a run that moved on meanwhile is left alone."""
+
+from __future__ import annotations
+
+import psycopg
+
+from strait_actors import ids
+from strait_actors.store import events
+from tests.helpers import make_job, make_runs
+
+
+def _trigger(conn: psycopg.Connection, run_id: str, key: str, status: str = "waiting", **cols: str) -> None:
+    values = {"id": ids.new_id(), "key": key, "run": run_id, "status": status, "expires": "2100-01-01", **cols}
+    conn.execute(
+        "INSERT INTO event_triggers (id, event_key, project_id, source_type, job_run_id, status, timeout_secs, "
+        "expires_at, received_at) VALUES (%(id)s, %(key)s, 'p', 'job_run', %(run)s, %(status)s, 60, "
+        "%(expires)s, %(received)s)",
+        {"received": None, **values},
+    )
+
+
+def test_expired_waits_time_out_their_runs_once(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        due, later, moved_on = make_runs(conn, job, 3, status="waiting")
+        _trigger(conn, due, "a", expires="2000-01-01")
+        _trigger(conn, later, "b")
+        _trigger(conn, moved_on, "c", expires="2000-01-01")
+        conn.execute("UPDATE job_runs SET status = 'completed' WHERE id = %s", (moved_on,))  # test set-up
+        assert events.expire_waits(conn) == (2, 1)
+        assert events.expire_waits(conn) == (0, 0)
+        rows = dict(conn.execute("SELECT id::text, status FROM job_runs").fetchall())
+        assert rows == {due: "timed_out", later: "waiting", moved_on: "completed"}
+        waits = dict(conn.execute("SELECT event_key, status FROM event_triggers").fetchall())
+        assert waits == {"a": "timed_out", "b": "waiting", "c": "timed_out"}
+        (error,) = conn.execute("SELECT error FROM job_runs WHERE id = %s", (due,)).fetchone() or (None,)
+        assert error == "event trigger timed out"
+
+
+def test_stale_dequeued_runs_go_back_to_the_queue(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        (stale,) = make_runs(conn, job, 1, status="dequeued", started_at="2000-01-01")
+        (fresh,) = make_runs(conn, job, 1, status="dequeued", started_at="2100-01-01")
+        assert events.requeue_stale_dequeued(conn, 20) == 1
+        rows = dict(conn.execute("SELECT id::text, status FROM job_runs").fetchall())
+        assert rows == {stale: "queued", fresh: "dequeued"}
+
+
+def test_a_wait_answered_without_resuming_its_run_is_resumed(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        lost, recent, still_held, awaiting = make_runs(conn, job, 4, status="waiting")
+        old = "now() - interval '1 minute'"
+        for run, key in ((lost, "l"), (still_held, "h"), (awaiting, "w")):
+            _trigger(conn, run, key, status="received")
+            conn.execute(f"UPDATE event_triggers SET received_at = {old} WHERE event_key = %s", (key,))
+        _trigger(conn, recent, "r", status="received")
+        conn.execute("UPDATE event_triggers SET received_at = now() WHERE event_key = 'r'")
+        _trigger(conn, still_held, "h2")  # another wait still open: not resumed
+        conn.execute("UPDATE job_runs SET awaiting_children = 1 WHERE id = %s", (awaiting,))
+        assert events.resume_lost_waits(conn) == 1
+        rows = dict(conn.execute("SELECT id::text, status FROM job_runs").fetchall())
+        assert rows == {lost: "queued", recent: "waiting", still_held: "waiting", awaiting: "waiting"}
+        assert events.resume_lost_waits(conn) == 0

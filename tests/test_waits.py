@@ -1,0 +1,189 @@
+"""Durable waits end to end (api.md §4.8, §5.6; engine.md §6): a run parks on an event through the
+SDK, is resumed by `send` (same run, same attempt, the payload as its newest checkpoint and in the
+resumed dispatch's headers), times out, or is canceled with its trigger."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from strait import AsyncClient, ConflictError, NotFoundError
+
+from tests.client_helpers import make_job, wait_terminal
+from tests.conftest import Endpoint, Server, wait_for
+from tests.test_sdk_plane import sdk_endpoint
+
+
+def waiting_handler(key: str, timeout: int = 60) -> Any:
+    """First dispatch: wait for `key`, then answer 200 (dropped: the run waits). A resumed dispatch
+    (it carries X-Resume-Event-Key) answers with what it was resumed with."""
+
+    async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
+        headers = seen["headers"]
+        if "X-Resume-Event-Key" in headers:
+            return {
+                "resumed_by": headers["X-Resume-Event-Key"],
+                "checkpoint": json.loads(headers.get("X-Last-Checkpoint", "null")),
+                "checkpoint_at": headers.get("X-Checkpoint-At"),
+                "attempt": headers["X-Attempt"],
+            }
+        answer = await rc.sdk_runs.wait_for_event_run(run_id, {"event_key": key, "timeout_secs": timeout})
+        assert answer["status"] == "waiting" and answer["event_key"] == key and answer["trigger_id"]
+        return {"first": True}
+
+    return handler
+
+
+def test_wait_then_send_resumes_the_same_run(clients: Any, endpoint: Endpoint, strait: Server) -> None:
+    _, c, _ = clients
+    errors = sdk_endpoint(strait, endpoint, waiting_handler("evt:1"))
+    job = make_job(c, endpoint)
+    run_id = c.jobs.trigger(job["id"], {"payload": {"mode": "wait"}})["id"]
+    wait_for(lambda: c.runs.get(run_id)["status"] == "waiting", what="run waiting")
+    waiting = c.event_triggers.list_events(query={"status": "waiting"})["data"]
+    assert [(t["event_key"], t["job_run_id"], t["source_type"]) for t in waiting] == [("evt:1", run_id, "job_run")]
+    sent = c.event_triggers.send_event("evt:1", {"payload": {"ok": True}})
+    assert sent["status"] == "received" and sent["response_payload"] == {"ok": True}
+    run = wait_terminal(c, run_id)
+    assert not errors, errors
+    assert run["status"] == "completed" and run["attempt"] == 1
+    assert run["result"]["resumed_by"] == "evt:1" and run["result"]["checkpoint"] == {"ok": True}
+    assert run["result"]["attempt"] == "1" and run["result"]["checkpoint_at"]
+    assert [r["headers"]["X-Run-ID"] for r in endpoint.requests] == [run_id, run_id]
+    tokens = [r["headers"]["X-Run-Token"] for r in endpoint.requests]
+    assert tokens[0] != tokens[1]  # a fresh token per dispatch (§1.5)
+    cps = c.runs.list_checkpoints(run_id)["data"]
+    assert [(cp["source"], cp["state"]) for cp in cps] == [("event_trigger", {"ok": True})]
+    changes = [
+        (e["data"]["from"], e["data"]["to"]) for e in c.runs.list_events(run_id)["data"] if e["type"] == "state_change"
+    ]
+    assert changes == [
+        ("queued", "executing"),
+        ("executing", "waiting"),
+        ("waiting", "queued"),
+        ("queued", "executing"),
+        ("executing", "completed"),
+    ]
+    # the same event again: the trigger, unchanged (idempotent); a different payload: 409
+    again = c.event_triggers.send_event("evt:1", {"payload": {"ok": True}})
+    assert again["id"] == sent["id"] and again["status"] == "received"
+    with pytest.raises(ConflictError):
+        c.event_triggers.send_event("evt:1", {"payload": {"ok": False}})
+    assert len(endpoint.requests) == 2
+    # the key stays taken for the trigger's whole life (engine.md §6)
+    assert c.event_triggers.get_event("evt:1")["status"] == "received"
+
+
+def test_wait_times_out(clients: Any, endpoint: Endpoint, strait: Server) -> None:
+    _, c, _ = clients
+    sdk_endpoint(strait, endpoint, waiting_handler("evt:late", timeout=1))
+    job = make_job(c, endpoint)
+    run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
+    run = wait_terminal(c, run_id)
+    assert (run["status"], run["error"]) == ("timed_out", "event trigger timed out")
+    trigger = c.event_triggers.get_event("evt:late")
+    assert (trigger["status"], trigger["error"]) == ("timed_out", "event trigger timed out")
+    with pytest.raises(ConflictError):
+        c.event_triggers.send_event("evt:late", {"payload": {}})
+    assert len(endpoint.requests) == 1
+
+
+def test_cancel_a_wait_cancels_its_run_and_canceling_the_run_closes_the_wait(
+    clients: Any, endpoint: Endpoint, strait: Server
+) -> None:
+    _, c, _ = clients
+    keys = iter(["evt:a", "evt:b"])
+    sdk_endpoint(strait, endpoint, lambda rc, run_id, seen: waiting_handler(next(keys))(rc, run_id, seen))
+    job = make_job(c, endpoint)
+    first = c.jobs.trigger(job["id"], {"payload": {"n": 1}})["id"]
+    wait_for(lambda: c.runs.get(first)["status"] == "waiting", what="first waiting")
+    second = c.jobs.trigger(job["id"], {"payload": {"n": 2}})["id"]
+    wait_for(lambda: c.runs.get(second)["status"] == "waiting", what="second waiting")
+
+    canceled = c.event_triggers.delete_event("evt:a")
+    assert (canceled["status"], canceled["error"]) == ("canceled", "canceled by user")
+    assert c.runs.get(first)["status"] == "canceled"
+    c.runs.delete(second)
+    assert c.event_triggers.get_event("evt:b")["status"] == "canceled"
+    with pytest.raises(ConflictError):
+        c.event_triggers.delete_event("evt:b")
+    with pytest.raises(NotFoundError):
+        c.event_triggers.send_event("evt:none", {"payload": {}})
+
+
+def test_wait_for_event_rules(clients: Any, endpoint: Endpoint, strait: Server) -> None:
+    """Bad keys, timeouts out of range, an unsafe notify_url: 400; a key in use: 409; a run that
+    already waits: 409; nothing is half-written (the run stays executing after each refusal)."""
+    _, c, _ = clients
+    answers: list[tuple[int, str]] = []
+
+    async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
+        token = seen["headers"]["X-Run-Token"]
+        async with httpx.AsyncClient(base_url=strait.base, headers={"Authorization": f"Bearer {token}"}) as h:
+            for body in (
+                {},
+                {"event_key": ""},
+                {"event_key": "a\nb"},
+                {"event_key": "k" * 513},
+                {"event_key": "ok", "timeout_secs": 0},
+                {"event_key": "ok", "timeout_secs": 2_592_001},
+                {"event_key": "ok", "timeout_secs": "60"},
+                {"event_key": "ok", "notify_url": "ftp://x"},
+                {"event_key": "ok", "bogus": 1},
+                {"event_key": "taken"},
+                {"event_key": "mine"},
+                {"event_key": "mine2"},
+            ):
+                r = await h.post(f"/sdk/v1/runs/{run_id}/wait-for-event", json=body)
+                answers.append((r.status_code, r.json().get("message", "")))
+        return {"done": True}
+
+    sdk_endpoint(strait, endpoint, handler)
+    # another run holds "taken"
+    job = make_job(c, endpoint)
+    holder_answers: list[Any] = []
+    endpoint_behave = endpoint.behave
+
+    async def holder(seen: dict[str, Any]) -> Any:
+        token = seen["headers"]["X-Run-Token"]
+        run_id = seen["headers"]["X-Run-ID"]
+        async with httpx.AsyncClient(base_url=strait.base, headers={"Authorization": f"Bearer {token}"}) as h:
+            r = await h.post(f"/sdk/v1/runs/{run_id}/wait-for-event", json={"event_key": "taken"})
+            holder_answers.append(r.status_code)
+        return {"parked": True}
+
+    endpoint.behave = holder
+    holder_run = c.jobs.trigger(job["id"], {"payload": {"holder": True}})["id"]
+    wait_for(lambda: c.runs.get(holder_run)["status"] == "waiting", what="holder waiting")
+    endpoint.behave = endpoint_behave
+    run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
+    wait_for(lambda: len(answers) == 12, what="the handler's calls")
+    statuses = [s for s, _ in answers]
+    assert statuses == [400, 400, 400, 400, 400, 400, 400, 400, 400, 409, 200, 409], answers
+    assert answers[9][1] == "event key already in use"
+    assert answers[11][1] == "run must be executing to wait for event, current status: waiting"
+    assert holder_answers == [200]
+    keys = sorted(t["event_key"] for t in c.event_triggers.list_events()["data"])
+    assert keys == ["mine", "taken"]
+    assert c.runs.get(run_id)["status"] == "waiting"
+
+
+def test_send_needs_a_scope_and_a_valid_body(clients: Any, endpoint: Endpoint, strait: Server) -> None:
+    admin, c, _ = clients
+    sdk_endpoint(strait, endpoint, waiting_handler("evt:s"))
+    job = make_job(c, endpoint)
+    run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
+    wait_for(lambda: c.runs.get(run_id)["status"] == "waiting", what="waiting")
+    reader = admin.api_keys.create({"project_id": "p1", "name": "r", "scopes": ["jobs:read"]})["key"]
+    h = {"Authorization": f"Bearer {reader}"}
+    assert httpx.post(f"{strait.base}/v1/events/evt:s/send", headers=h, json={}).status_code == 403
+    full = {"Authorization": f"Bearer {c._config.auth.token}"}
+    r = httpx.post(f"{strait.base}/v1/events/evt:s/send", headers=full, json={"payload": 1, "extra": 2})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+    r = httpx.post(
+        f"{strait.base}/v1/events/evt:s/send", headers={**full, "Content-Type": "application/json"}, content=b"[1]"
+    )
+    assert r.status_code == 400
+    assert c.runs.get(run_id)["status"] == "waiting"  # nothing half-written
