@@ -241,6 +241,21 @@ class Bench:
                 raise SystemExit(f"{label}: timed out: the endpoint saw {seen}/{len(ids)} runs")
             await asyncio.sleep(0.05)
 
+    async def trigger_bulk(self, n: int) -> list[str]:
+        """N runs through POST /trigger/bulk in requests of 500, one after another; their ids."""
+        ids: list[str] = []
+        for i in range(0, n, 500):
+            items = [{"payload": {"i": k}} for k in range(i, min(n, i + 500))]
+            async with self.s.post(f"{self.base}/v1/jobs/{self.job}/trigger/bulk", json={"items": items}) as r:
+                ids += [x["id"] for x in (await check(r))["results"]]
+        return ids
+
+    async def wait_completed(self, label: str, run_id: str, deadline: float) -> None:
+        while (last := (await self.status(run_id)).get("status")) != "completed":
+            if last in FAILED or time.monotonic() > deadline:
+                raise SystemExit(f"{label}: run {run_id} is {last}, not completed")
+            await asyncio.sleep(0.02)
+
     async def trigger(self, i: int) -> str:
         async with self.s.post(f"{self.base}/v1/jobs/{self.job}/trigger", json={"payload": {"i": i}}) as r:
             return str((await check(r))["id"])
@@ -250,10 +265,7 @@ class Bench:
         ids: list[str] = []
         t0, t0_wall = time.monotonic(), time.time()
         if mode == "bulk":
-            for i in range(0, n, 500):
-                items = [{"payload": {"i": k}} for k in range(i, min(n, i + 500))]
-                async with self.s.post(f"{self.base}/v1/jobs/{self.job}/trigger/bulk", json={"items": items}) as r:
-                    ids += [x["id"] for x in (await check(r))["results"]]
+            ids += await self.trigger_bulk(n)
         else:
             todo = iter(range(n))
 
@@ -267,10 +279,7 @@ class Bench:
 
         await self.wait_seen(mode, ids, before["count"], t0, deadline)
         t_seen = time.monotonic() - t0
-        while (last := (await self.status(ids[-1])).get("status")) != "completed":
-            if last in FAILED or time.monotonic() > deadline:
-                raise SystemExit(f"{mode}: run {ids[-1]} is {last}, not completed")
-            await asyncio.sleep(0.02)
+        await self.wait_completed(mode, ids[-1], deadline)
         total = time.monotonic() - t0
         after = await self.count()
         hits = after["hits"] - before["hits"]
@@ -296,17 +305,10 @@ class Bench:
         """Runs whose endpoint makes four SDK calls each (heartbeat, progress, log, complete)."""
         n, before = self.args.runs, await self.count()
         t0 = time.monotonic()
-        ids: list[str] = []
-        for i in range(0, n, 500):
-            items = [{"payload": {"i": k}} for k in range(i, min(n, i + 500))]
-            async with self.s.post(f"{self.base}/v1/jobs/{self.job}/trigger/bulk", json={"items": items}) as r:
-                ids += [x["id"] for x in (await check(r))["results"]]
+        ids = await self.trigger_bulk(n)
         deadline = time.monotonic() + 120 + n / 50
         await self.wait_seen("sdk", ids, before["count"], t0, deadline)
-        while (last := (await self.status(ids[-1])).get("status")) != "completed":
-            if last in FAILED or time.monotonic() > deadline:
-                raise SystemExit(f"sdk: run {ids[-1]} is {last}, not completed")
-            await asyncio.sleep(0.02)
+        await self.wait_completed("sdk", ids[-1], deadline)
         total = time.monotonic() - t0
         after = await self.count()
         calls = after["calls"] - before["calls"]
@@ -321,11 +323,7 @@ class Bench:
         """Park N runs on distinct events, then send the N events from 32 clients."""
         n, before = self.args.runs, await self.count()
         t0 = time.monotonic()
-        ids: list[str] = []
-        for i in range(0, n, 500):
-            items = [{"payload": {"i": k}} for k in range(i, min(n, i + 500))]
-            async with self.s.post(f"{self.base}/v1/jobs/{self.job}/trigger/bulk", json={"items": items}) as r:
-                ids += [x["id"] for x in (await check(r))["results"]]
+        ids = await self.trigger_bulk(n)
         await self.wait_seen("waits", ids, before["count"], t0, time.monotonic() + 120 + n / 50)
         while True:  # the last wait-for-event answered: every run is parked
             async with self.s.get(f"{self.base}/v1/runs", params={"status": "executing", "limit": "1"}) as r:
@@ -352,10 +350,7 @@ class Bench:
                 raise SystemExit(f"waits: timed out: {resumed}/{n} resumed")
             await asyncio.sleep(0.05)
         t_resumed = time.monotonic() - t1
-        while (last := (await self.status(ids[-1])).get("status")) != "completed":
-            if last in FAILED or time.monotonic() > deadline:
-                raise SystemExit(f"waits: run {ids[-1]} is {last}, not completed")
-            await asyncio.sleep(0.02)
+        await self.wait_completed("waits", ids[-1], deadline)
         mem.sample()
         rss_after = {role: mem.last.get(pid, 0) // 1024 for pid, role in mem.roles.items()}
         print(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any
@@ -229,6 +229,22 @@ def validator(schema: dict[str, Any]) -> Validator:
     """A validator for `schema` that fetches nothing and bounds its regexes (build once, reuse)."""
     cls = _safe_class(validator_for(schema, default=Draft202012Validator))
     return cls(schema, registry=_registry(schema))
+
+
+_job_validators: dict[tuple[Any, int, str], Validator] = {}
+
+
+def job_validator(job: Mapping[str, Any], column: str) -> Validator:
+    """The validator of a job's schema column (`payload_schema`, `result_schema`), compiled once
+    per job version."""
+    key = (job["id"], job["version"], column)
+    found = _job_validators.get(key)
+    if found is None:
+        found = validator(job[column])
+        if len(_job_validators) > 1000:
+            _job_validators.clear()
+        _job_validators[key] = found
+    return found
 
 
 def first_error(v: Validator, instance: Any, deadline: float | None = None) -> ValidationError | None:

@@ -3,6 +3,7 @@ a job on a test endpoint, and waiting for a run to end."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from strait import Client
@@ -10,6 +11,33 @@ from strait import Client
 from tests.conftest import SECRET, Endpoint, Server, wait_for
 
 TERMINAL = {"completed", "failed", "timed_out", "crashed", "system_failed", "canceled", "expired", "dead_letter"}
+
+
+class Gate:
+    """What endpoint handlers wait on, opened from the test's thread (the endpoint has its own loop)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self) -> None:
+        """Called in a handler: the loop the gate is opened on."""
+        self.loop = asyncio.get_running_loop()
+
+    @property
+    def bound(self) -> bool:
+        return self.loop is not None
+
+    async def wait(self) -> None:
+        self.bind()
+        await self.event.wait()
+
+    def is_open(self) -> bool:
+        return self.event.is_set()
+
+    def open(self) -> None:
+        assert self.loop is not None, "no handler has reached the gate"
+        self.loop.call_soon_threadsafe(self.event.set)
 
 
 def admin_client(server: Server) -> Client:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,8 @@ class Endpoint:
     url: str
     requests: list[dict[str, Any]] = field(default_factory=list)
     behave: Callable[[dict[str, Any]], Any] | None = None
+    # awaited on the endpoint's loop when it stops (clients its handlers share)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def run_ids(self) -> list[str]:
         return [r["headers"].get("X-Run-ID", "") for r in self.requests]
@@ -146,6 +148,8 @@ def endpoint() -> Iterator[Endpoint]:
         runner = loop.run_until_complete(serve())
         started.set()
         loop.run_forever()
+        for close in ep.closers:
+            loop.run_until_complete(close())
         loop.run_until_complete(runner.cleanup())
         pending = asyncio.all_tasks(loop)
         for task in pending:

@@ -1068,7 +1068,7 @@ def test_found_wait_states(fuzz: Fuzzer, child: str, send: bool) -> None:
             assert r.status_code == 200, r.text
         else:
             wait_for(lambda: _statuses(fuzz.dsn, [spawned]) == Counter({"dead_letter": 1}), what="the child to end")
-            time.sleep(0.5)
+            time.sleep(0.5)  # an absence: let the reaper (every 0.3 s here) pass over the parent
     status, waits = _wait_states(fuzz.dsn, run)
     still = [k for k, st in waits if st == "waiting"]
     assert status == "waiting" or not still, f"run {status} with waits still open: {still} (all: {waits})"

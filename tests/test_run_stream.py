@@ -3,7 +3,6 @@ order, to several clients at once through one listener; Last-Event-ID resumes; k
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 from strait import AsyncClient
 
-from tests.client_helpers import make_job, setup, wait_terminal
+from tests.client_helpers import Gate, make_job, setup, wait_terminal
 from tests.conftest import SECRET, Endpoint, Server, start_strait, stop_strait, wait_for
 from tests.test_sdk_plane import sdk_endpoint
 
@@ -38,11 +37,9 @@ def read_stream(server: Server, run_id: str, out: list[tuple[str | None, Any]], 
 def test_stream_frames_live_in_order_to_two_clients_then_resume(endpoint: Endpoint, dsn: str, tmp_path: Path) -> None:
     server = start_strait({"DATABASE_URL": dsn, "SSE_KEEPALIVE_INTERVAL_SECS": "0.3"}, tmp_path)
     admin, c, _ = setup(server)
-    gate = asyncio.Event()
-    loops: list[asyncio.AbstractEventLoop] = []
+    gate = Gate()
 
     async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
-        loops[:] = [asyncio.get_running_loop()]
         await gate.wait()
         await rc.sdk_runs.log_run(run_id, {"level": "warn", "message": "careful"})
         await rc.sdk_runs.progress_run(run_id, {"percent": 40, "message": "almost"})
@@ -53,13 +50,13 @@ def test_stream_frames_live_in_order_to_two_clients_then_resume(endpoint: Endpoi
         sdk_endpoint(server, endpoint, handler)
         job = make_job(c, endpoint)
         run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
-        wait_for(lambda: loops, what="the run executing")
+        wait_for(lambda: gate.bound, what="the run executing")
         streams: list[list[tuple[str | None, Any]]] = [[], []]
         readers = [threading.Thread(target=read_stream, args=(server, run_id, s)) for s in streams]
         for t in readers:
             t.start()
         wait_for(lambda: all(any(x[1] == ": keepalive" for x in s) for s in streams), what="keep-alives")
-        loops[0].call_soon_threadsafe(gate.set)
+        gate.open()
         for t in readers:
             t.join(20)
             assert not t.is_alive(), "the stream did not close after the terminal status"

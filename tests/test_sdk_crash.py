@@ -16,6 +16,7 @@ import psycopg
 from strait import AsyncClient
 
 from strait_actors import fsm
+from tests.client_helpers import Gate
 from tests.conftest import Endpoint, start_strait, stop_strait, wait_for
 from tests.test_processes import _setup_job, worker_pids
 from tests.test_sdk_plane import sdk_endpoint
@@ -32,11 +33,10 @@ def test_sigkill_of_every_worker_with_parked_and_heartbeating_runs(
 ) -> None:
     env = {"DATABASE_URL": dsn, "STALE_THRESHOLD_SECS": str(STALE), "HEARTBEAT_INTERVAL_SECS": "2"}
     server = start_strait(env, tmp_path)
-    finish = asyncio.Event()
-    loops: list[asyncio.AbstractEventLoop] = []
+    finish = Gate()
 
     async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
-        loops[:] = [asyncio.get_running_loop()]
+        finish.bind()
         kind = seen["body"]
         if b'"park"' in kind:
             if seen["headers"].get("X-Resume-Event-Key"):
@@ -44,7 +44,7 @@ def test_sigkill_of_every_worker_with_parked_and_heartbeating_runs(
             i = int(kind.split(b":")[-1].strip(b"}"))
             await rc.sdk_runs.wait_for_event_run(run_id, {"event_key": f"crash:{i}", "timeout_secs": 600})
             return {"parked": True}
-        while not finish.is_set():  # a long call that keeps its run alive itself
+        while not finish.is_open():  # a long call that keeps its run alive itself
             await rc.sdk_runs.heartbeat_run(run_id)
             await asyncio.sleep(BEAT)
         await rc.sdk_runs.complete_run(run_id, {"result": {"long": True}})
@@ -92,7 +92,7 @@ def test_sigkill_of_every_worker_with_parked_and_heartbeating_runs(
             for i in range(N):
                 r = c.post(f"/v1/events/crash:{i}/send", json={"payload": {"i": i}})
                 assert r.status_code == 200, r.text
-            loops[0].call_soon_threadsafe(finish.set)
+            finish.open()
             wait_for(lambda: count("completed") == 2 * N, timeout=60, what="every run completed")
             ends = conn.execute(
                 "SELECT run_id, count(*) FROM run_events WHERE type = 'state_change' "

@@ -10,23 +10,21 @@ from typing import Any
 import httpx
 from strait import AsyncClient
 
-from tests.client_helpers import make_job, wait_terminal
+from tests.client_helpers import Gate, make_job, wait_terminal
 from tests.conftest import SECRET, Endpoint, Server, wait_for
-from tests.test_sdk_plane import sdk_endpoint
+from tests.test_sdk_plane import run_http, sdk_endpoint
 
 
 def test_spawn_with_await_resumes_the_parent_once_after_the_last_child(
     clients: Any, endpoint: Endpoint, strait: Server
 ) -> None:
     _, c, _ = clients
-    gate = asyncio.Event()
-    loops: list[asyncio.AbstractEventLoop] = []
+    gate = Gate()
 
     async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
         headers = seen["headers"]
         body = seen["body"]
         if b'"child"' in body:
-            loops[:] = [asyncio.get_running_loop()]
             if b'"slow"' in body:
                 await gate.wait()
             return {"child_done": True}
@@ -51,8 +49,8 @@ def test_spawn_with_await_resumes_the_parent_once_after_the_last_child(
     slow = next(ch for ch in children if ch["payload"] == {"child": "slow"})
     wait_terminal(c, fast["id"])
     assert c.runs.get(parent)["status"] == "waiting"  # one child still running
-    wait_for(lambda: loops, what="the slow child started")
-    loops[0].call_soon_threadsafe(gate.set)
+    wait_for(lambda: gate.bound, what="the slow child started")
+    gate.open()
     run = wait_terminal(c, parent)
     assert not errors, errors
     assert run["status"] == "completed" and run["result"] == {"parent_resumed": "spawn-await"}
@@ -106,9 +104,8 @@ def test_spawn_into_another_project_needs_its_key(clients: Any, endpoint: Endpoi
     async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
         if b'"child"' in seen["body"]:
             return {"child": True}
-        token = seen["headers"]["X-Run-Token"]
         base = {"job_slug": "other", "project_id": "p2", "payload": {"child": True}}
-        async with httpx.AsyncClient(base_url=strait.base, headers={"Authorization": f"Bearer {token}"}) as h:
+        async with run_http(strait, seen) as h:
             for extra in (
                 {},
                 {"target_api_key": "strait_nope"},
@@ -142,8 +139,7 @@ def test_continue_as_new_builds_a_lineage_up_to_the_cap(clients: Any, endpoint: 
     statuses: list[int] = []
 
     async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
-        token = seen["headers"]["X-Run-Token"]
-        async with httpx.AsyncClient(base_url=strait.base, headers={"Authorization": f"Bearer {token}"}) as h:
+        async with run_http(strait, seen) as h:
             r = await h.post(f"/sdk/v1/runs/{run_id}/continue", json={"payload": {"step": 1}})
             statuses.append(r.status_code)
         return {"continued": r.status_code == 201}
@@ -174,8 +170,7 @@ def test_budgets_daily_cap_refuses_triggers_and_per_run_cap_fails_the_run(
     answers: list[Any] = []
 
     async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
-        token = seen["headers"]["X-Run-Token"]
-        async with httpx.AsyncClient(base_url=strait.base, headers={"Authorization": f"Bearer {token}"}) as h:
+        async with run_http(strait, seen) as h:
             for cost in (20_000, 20_000):
                 r = await h.post(
                     f"/sdk/v1/runs/{run_id}/usage", json={"provider": "p", "model": "m", "cost_microusd": cost}
@@ -213,11 +208,9 @@ def test_canceling_a_parent_cancels_its_unfinished_descendants(
     clients: Any, endpoint: Endpoint, strait: Server
 ) -> None:
     _, c, _ = clients
-    gate = asyncio.Event()
-    loops: list[asyncio.AbstractEventLoop] = []
+    gate = Gate()
 
     async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
-        loops[:] = [asyncio.get_running_loop()]
         if b'"child"' in seen["body"]:
             if b'"quick"' in seen["body"]:
                 return {"quick": True}
@@ -251,7 +244,7 @@ def test_canceling_a_parent_cancels_its_unfinished_descendants(
     assert kids == {"quick": "completed", "slow": "canceled", "awaited": "canceled"}
     waits = {t["event_key"].split(":")[0]: t["status"] for t in c.event_triggers.list_events()["data"]}
     assert waits == {"spawn-await": "canceled"}
-    loops[0].call_soon_threadsafe(gate.set)
+    gate.open()
     wait_for(lambda: len([r for r in endpoint.requests if b'"child"' in r["body"]]) == 3, what="child calls")
     # the late answers of the canceled children are dropped; the parent is never resumed
     assert c.runs.get(parent)["status"] == "canceled"

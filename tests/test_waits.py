@@ -13,7 +13,7 @@ from strait import AsyncClient, ConflictError, NotFoundError
 
 from tests.client_helpers import make_job, wait_terminal
 from tests.conftest import Endpoint, Server, wait_for
-from tests.test_sdk_plane import sdk_endpoint
+from tests.test_sdk_plane import run_http, sdk_endpoint
 
 
 def waiting_handler(key: str, timeout: int = 60) -> Any:
@@ -120,8 +120,7 @@ def test_wait_for_event_rules(clients: Any, endpoint: Endpoint, strait: Server) 
     answers: list[tuple[int, str]] = []
 
     async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
-        token = seen["headers"]["X-Run-Token"]
-        async with httpx.AsyncClient(base_url=strait.base, headers={"Authorization": f"Bearer {token}"}) as h:
+        async with run_http(strait, seen) as h:
             for body in (
                 {},
                 {"event_key": ""},
@@ -147,9 +146,8 @@ def test_wait_for_event_rules(clients: Any, endpoint: Endpoint, strait: Server) 
     endpoint_behave = endpoint.behave
 
     async def holder(seen: dict[str, Any]) -> Any:
-        token = seen["headers"]["X-Run-Token"]
         run_id = seen["headers"]["X-Run-ID"]
-        async with httpx.AsyncClient(base_url=strait.base, headers={"Authorization": f"Bearer {token}"}) as h:
+        async with run_http(strait, seen) as h:
             r = await h.post(f"/sdk/v1/runs/{run_id}/wait-for-event", json={"event_key": "taken"})
             holder_answers.append(r.status_code)
         return {"parked": True}

@@ -129,15 +129,7 @@ def run(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_event(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]),
-        "run_id": str(row["run_id"]),
-        "type": row["type"],
-        "level": row["level"],
-        "message": row["message"],
-        "data": row["data"],
-        "created_at": ts(row["created_at"]),
-    }
+    return _record(row, ("type", "level", "message", "data"))
 
 
 def job_version(row: dict[str, Any]) -> dict[str, Any]:
@@ -191,65 +183,45 @@ def now_ts() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _record(
+    row: dict[str, Any],
+    plain: tuple[str, ...],
+    *,
+    ids: tuple[str, ...] = ("id", "run_id"),
+    optional: tuple[str, ...] = (),
+    times: tuple[str, ...] = ("created_at",),
+) -> dict[str, Any]:
+    """A row of the run's satellite tables as the contract renders it: `ids` as strings, `plain`
+    as stored, `optional` only when set, `times` as RFC 3339."""
+    out: dict[str, Any] = {key: str(row[key]) for key in ids}
+    for key in plain:
+        out[key] = row[key]
+    for key in optional:
+        if row.get(key) is not None:
+            out[key] = row[key]
+    for key in times:
+        out[key] = ts(row[key])
+    return out
+
+
 def checkpoint(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]),
-        "run_id": str(row["run_id"]),
-        "sequence": row["sequence"],
-        "source": row["source"],
-        "state": row["state"],
-        "created_at": ts(row["created_at"]),
-    }
+    return _record(row, ("sequence", "source", "state"))
 
 
 def output(row: dict[str, Any]) -> dict[str, Any]:
-    out = {
-        "id": str(row["id"]),
-        "run_id": str(row["run_id"]),
-        "output_key": row["output_key"],
-        "value": row["value"],
-        "created_at": ts(row["created_at"]),
-    }
-    if row.get("schema") is not None:
-        out["schema"] = row["schema"]
-    return out
+    return _record(row, ("output_key", "value"), optional=("schema",))
 
 
 def state(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "run_id": str(row["run_id"]),
-        "state_key": row["state_key"],
-        "value": row["value"],
-        "updated_at": ts(row["updated_at"]),
-    }
+    return _record(row, ("state_key", "value"), ids=("run_id",), times=("updated_at",))
 
 
 def usage(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": str(row["id"]),
-        "run_id": str(row["run_id"]),
-        "provider": row["provider"],
-        "model": row["model"],
-        "prompt_tokens": row["prompt_tokens"],
-        "completion_tokens": row["completion_tokens"],
-        "total_tokens": row["total_tokens"],
-        "cost_microusd": row["cost_microusd"],
-        "created_at": ts(row["created_at"]),
-    }
+    return _record(row, ("provider", "model", "prompt_tokens", "completion_tokens", "total_tokens", "cost_microusd"))
 
 
 def tool_call(row: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": str(row["id"]),
-        "run_id": str(row["run_id"]),
-        "tool_name": row["tool_name"],
-        "status": row["status"],
-        "created_at": ts(row["created_at"]),
-    }
-    for key in ("input", "output", "duration_ms"):
-        if row.get(key) is not None:
-            out[key] = row[key]
-    return out
+    return _record(row, ("tool_name", "status"), optional=("input", "output", "duration_ms"))
 
 
 _TRIGGER_OPTIONAL = (

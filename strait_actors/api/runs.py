@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -228,31 +229,31 @@ async def list_outputs(request: web.Request) -> web.Response:
     return json_response(respond(keyed, page, lambda r: render.output({**r, "id": r["output_id"]})))
 
 
-@routes.get("/v1/runs/{run_id}/usage")
-async def list_usage(request: web.Request) -> web.Response:
+async def _rows_of_run(
+    request: web.Request, query: str, render_row: Callable[[dict[str, Any]], dict[str, Any]], id_kind: str = "int"
+) -> web.Response:
+    """One page of a run's rows in (created_at, id) order."""
     require(request, "runs:read")
     run = await load_run(request)
-    page = page_of(request, id_kind="int")
-    rows = await sdk_store.list_usage(request.app[POOL], run["id"], page.limit + 1, page.after_ts, page.after_id)
-    return json_response(respond(rows, page, render.usage))
+    page = page_of(request, id_kind=id_kind)
+    pool = request.app[POOL]
+    rows = await sdk_store.list_of_run(pool, query, run["id"], page.limit + 1, page.after_ts, page.after_id)
+    return json_response(respond(rows, page, render_row))
+
+
+@routes.get("/v1/runs/{run_id}/usage")
+async def list_usage(request: web.Request) -> web.Response:
+    return await _rows_of_run(request, "list_usage", render.usage)
 
 
 @routes.get("/v1/runs/{run_id}/tool-calls")
 async def list_tool_calls(request: web.Request) -> web.Response:
-    require(request, "runs:read")
-    run = await load_run(request)
-    page = page_of(request, id_kind="int")
-    rows = await sdk_store.list_tool_calls(request.app[POOL], run["id"], page.limit + 1, page.after_ts, page.after_id)
-    return json_response(respond(rows, page, render.tool_call))
+    return await _rows_of_run(request, "list_tool_calls", render.tool_call)
 
 
 @routes.get("/v1/runs/{run_id}/children")
 async def list_children(request: web.Request) -> web.Response:
-    require(request, "runs:read")
-    run = await load_run(request)
-    page = page_of(request)
-    rows = await sdk_store.list_children(request.app[POOL], run["id"], page.limit + 1, page.after_ts, page.after_id)
-    return json_response(respond(rows, page, render.run))
+    return await _rows_of_run(request, "list_children", render.run, id_kind="uuid")
 
 
 @routes.get("/v1/runs/{run_id}/lineage")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +40,6 @@ LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "
 MAX_STATE_KEY = 256
 MAX_STATE_VALUE = 64 * 1024
 MAX_TEXT = 64 * 1024  # a log message, an error text
-_result_validators: dict[tuple[uuid.UUID, int], Any] = {}
 
 
 # ----------------------------------------------------------------- the token
@@ -265,17 +263,6 @@ async def progress(request: web.Request) -> web.Response:
 # ----------------------------------------------------------------- complete, fail
 
 
-def _result_validator(job: Row) -> Any:
-    key = (job["id"], job["version"])
-    validator = _result_validators.get(key)
-    if validator is None:
-        validator = schemas.validator(job["result_schema"])
-        if len(_result_validators) > 1000:
-            _result_validators.clear()
-        _result_validators[key] = validator
-    return validator
-
-
 async def _check_result(request: web.Request, token: Token, result: Any) -> None:
     """The result against its job's `result_schema`: 422 `result_schema_validation_failed`."""
     run = await request.app[SDK].run(token.run_id)
@@ -284,7 +271,7 @@ async def _check_result(request: web.Request, token: Token, result: Any) -> None
     job = await request.app[JOBS].get(request.app[POOL], run["job_id"])
     if job is None or not job["result_schema"]:
         return
-    validator = _result_validator(job)
+    validator = schemas.job_validator(job, "result_schema")
     try:
         error = await bounded(lambda deadline: schemas.first_error(validator, result, deadline))
     except schemas.OutOfTime:

@@ -6,7 +6,6 @@ how it is enqueued (`store.enqueue`) are shared with the actors that create runs
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +27,6 @@ from strait_actors.store.errors import MissingReference, RateLimited
 from strait_actors.store.sql import Row
 
 routes = web.RouteTableDef()
-_validators: dict[tuple[uuid.UUID, int], Any] = {}
 
 
 def check_job(job: Row) -> None:
@@ -36,17 +34,6 @@ def check_job(job: Row) -> None:
         raise bad_request("job is disabled")
     if job["paused"]:
         raise conflict("job is paused -- resume it before triggering new runs")
-
-
-def _validator(job: Row) -> Any:
-    key = (job["id"], job["version"])
-    validator = _validators.get(key)
-    if validator is None:
-        validator = schemas.validator(job["payload_schema"])
-        if len(_validators) > 1000:
-            _validators.clear()
-        _validators[key] = validator
-    return validator
 
 
 def _check_payloads(validator: Any, payloads: list[Any], deadline: float, bulk: bool) -> None:
@@ -69,7 +56,7 @@ async def check_payloads(job: Row, payloads: list[Any], bulk: bool = False) -> N
     """Schema validation off the event loop when it is not cheap (`http.bounded`)."""
     if not job["payload_schema"]:
         return
-    validator = _validator(job)
+    validator = schemas.job_validator(job, "payload_schema")
     try:
         await bounded(lambda deadline: _check_payloads(validator, payloads, deadline, bulk))
     except schemas.OutOfTime:

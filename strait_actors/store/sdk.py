@@ -290,25 +290,17 @@ async def list_outputs(pool: AsyncConnectionPool, run_id: uuid.UUID, limit: int,
     return await fetch_all(pool, "list_outputs", {"run_id": run_id, "limit": limit, "after_key": after_key})
 
 
-async def list_usage(
-    pool: AsyncConnectionPool, run_id: uuid.UUID, limit: int, after_ts: datetime | None, after_id: int | None
+async def list_of_run(
+    pool: AsyncConnectionPool,
+    query: str,
+    run_id: uuid.UUID,
+    limit: int,
+    after_ts: datetime | None,
+    after_id: Any,
 ) -> list[Row]:
+    """One page of a run's rows in (created_at, id) order: `list_usage`, `list_tool_calls`, `list_children`."""
     params = {"run_id": run_id, "limit": limit, "after_ts": after_ts, "after_id": after_id}
-    return await fetch_all(pool, "list_usage", params)
-
-
-async def list_tool_calls(
-    pool: AsyncConnectionPool, run_id: uuid.UUID, limit: int, after_ts: datetime | None, after_id: int | None
-) -> list[Row]:
-    params = {"run_id": run_id, "limit": limit, "after_ts": after_ts, "after_id": after_id}
-    return await fetch_all(pool, "list_tool_calls", params)
-
-
-async def list_children(
-    pool: AsyncConnectionPool, run_id: uuid.UUID, limit: int, after_ts: datetime | None, after_id: Any
-) -> list[Row]:
-    params = {"run_id": run_id, "limit": limit, "after_ts": after_ts, "after_id": after_id}
-    return await fetch_all(pool, "list_children", params)
+    return await fetch_all(pool, query, params)
 
 
 async def lineage(pool: AsyncConnectionPool, run_id: uuid.UUID) -> list[Row]:
