@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 from strait import AsyncClient
 
 from tests.client_helpers import Gate, make_job, setup, wait_terminal
@@ -88,3 +89,71 @@ def test_stream_frames_live_in_order_to_two_clients_then_resume(endpoint: Endpoi
         admin.close()
         c.close()
         stop_strait(server)
+
+
+def _listeners(dsn: str) -> list[int]:
+    """Backends whose last statement is the run-stream LISTEN: the bridges (or PostgreSQL-mode hubs)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN strait_run_events'"
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def test_streams_over_redis_one_bridge_for_two_api_processes(
+    endpoint: Endpoint, dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    """With REDIS_URL, one LISTEN connection serves the cluster: the second API process streams
+    from Redis alone, and when the bridge's connection is lost another takes the role over."""
+    env = {"DATABASE_URL": dsn, "REDIS_URL": redis_url, "SSE_KEEPALIVE_INTERVAL_SECS": "0.3"}
+    first = start_strait(env, tmp_path, processes=1)
+    second: Server | None = None
+    admin, c, _ = setup(first)
+    gates = [Gate(), Gate()]
+
+    async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
+        gate = gates[json.loads(seen["body"])["n"]]
+        await gate.wait()
+        await rc.sdk_runs.log_run(run_id, {"level": "info", "message": "hello"})
+        await rc.sdk_runs.complete_run(run_id, {"result": {"ok": 1}})
+        return {"http": True}
+
+    def stream_both(servers: tuple[Server, Server], job_id: str, n: int) -> None:
+        run_id = c.jobs.trigger(job_id, {"payload": {"n": n}})["id"]
+        wait_for(lambda: gates[n].bound, what="the run executing")
+        assert len(_listeners(dsn)) == 1, "one LISTEN connection for both API processes"
+        streams: list[list[tuple[str | None, Any]]] = [[], []]
+        readers = [
+            threading.Thread(target=read_stream, args=(server, run_id, s))
+            for server, s in zip(servers, streams, strict=True)
+        ]
+        for t in readers:
+            t.start()
+        wait_for(lambda: all(any(x[1] == ": keepalive" for x in s) for s in streams), what="keep-alives")
+        gates[n].open()
+        for t in readers:
+            t.join(20)
+            assert not t.is_alive(), "the stream did not close after the terminal status"
+        for s in streams:
+            kinds = [(m["type"], m.get("message") or m.get("to")) for i, m in s if i is not None]
+            assert kinds == [("event", "hello"), ("status_change", "completed")], s
+        assert [f for f in streams[0] if f[0]] == [f for f in streams[1] if f[0]]
+
+    try:
+        wait_for(lambda: len(_listeners(dsn)) == 1, what="the first process bridging")
+        second = start_strait(env, tmp_path, mode="api")
+        sdk_endpoint(first, endpoint, handler)
+        job = make_job(c, endpoint)
+        stream_both((first, second), job["id"], 0)
+        # the bridge's connection is lost: a standby (or the same process, reconnecting) takes over
+        (bridge,) = _listeners(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (bridge,))
+        wait_for(lambda: len(_listeners(dsn)) == 1 and bridge not in _listeners(dsn), what="a new bridge")
+        stream_both((first, second), job["id"], 1)
+    finally:
+        admin.close()
+        c.close()
+        if second is not None:
+            stop_strait(second)
+        stop_strait(first)

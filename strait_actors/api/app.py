@@ -66,14 +66,14 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[SDK] = SdkStore(pool, settings.stale_threshold_secs)
     app[BUDGETS] = Budgets(pool)
-    hub = StreamHub(app[DSN], pool)
-    await hub.start()
-    app[HUB] = hub
     redis = None
     if settings.redis_url:
         import redis.asyncio as aioredis
 
         redis = aioredis.Redis.from_url(settings.redis_url)
+    hub = StreamHub(app[DSN], pool, redis)
+    await hub.start()
+    app[HUB] = hub
     app[LIMITER] = RateLimiter(
         settings.rate_limit_requests, settings.trigger_rate_limit_requests, redis, settings.auth_failure_limit
     )

@@ -8,6 +8,12 @@ notification the hub reads the new rows of that run once and fans them out in me
 stream of the run. A frame's `id:` is its event id, so a client that reconnects with
 `Last-Event-ID` gets what it missed (an addition to §4.5, whose frames carry no id: clients that
 ignore `id:` lines, such as the official client's parser, see the same `data:` frames).
+
+With REDIS_URL set, notifications travel over Redis pub/sub instead: one API process of the
+cluster (the holder of a PostgreSQL advisory lock) LISTENs and PUBLISHes each watched run's id on
+`strait:run_events`; every API process subscribes there and reads the rows as above. The other
+processes stand by for the lock, so one LISTEN connection serves the cluster; a process that takes
+the role over (or re-subscribes after losing Redis) has every stream re-read what it missed.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ from strait_actors.store.sql import Row, execute, fetch_all, fetch_one, q
 
 log = logging.getLogger(__name__)
 
+REDIS_CHANNEL = "strait:run_events"
+EVERY_RUN = "*"  # published when the bridge (re)starts: notifications may have been lost meanwhile
+BRIDGE_LOCK = 0x5354524149540001  # pg_advisory_lock key of the Redis bridge ("STRAIT" + 1)
+BRIDGE_RETRY_SECS = 2.0
 WATCH_TTL_SECS = 120.0  # a watch not refreshed for this long belongs to a process that is gone
 REFRESH_SECS = 30.0
 RECONNECT_SECS = 1.0
@@ -83,9 +93,13 @@ class Subscriber:
 class StreamHub:
     """The API process's one listener and its fan-out of run events to streams."""
 
-    def __init__(self, dsn: str, pool: AsyncConnectionPool) -> None:
+    def __init__(self, dsn: str, pool: AsyncConnectionPool, redis: Any = None) -> None:
         self.dsn = dsn
         self.pool = pool
+        self.redis = redis  # redis.asyncio.Redis: notifications over pub/sub (see the module doc)
+        self.bridging = False
+        self.outbox: set[str] = set()
+        self.outbox_ready = asyncio.Event()
         self.watcher = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.subs: dict[uuid.UUID, set[Subscriber]] = {}
         self.dirty: set[uuid.UUID] = set()
@@ -93,8 +107,9 @@ class StreamHub:
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._deliver())]
-        self.tasks.append(asyncio.create_task(self._refresh()))
+        pubsub = (self._bridge, self._publish, self._subscribe_redis)
+        sources = (self._listen,) if self.redis is None else pubsub
+        self.tasks = [asyncio.create_task(run()) for run in (*sources, self._deliver, self._refresh)]
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -112,8 +127,9 @@ class StreamHub:
         sub = Subscriber(run_id, after_id if after_id is not None else last)
         sub.last_id = last
         self.subs.setdefault(run_id, set()).add(sub)
-        if after_id is not None:  # Last-Event-ID: what was missed comes first
-            self._mark(run_id)
+        # one read now: with Last-Event-ID what was missed comes first, and an event notified
+        # between the watch and this line (dropped: the run had no subscriber yet) is not lost
+        self._mark(run_id)
         return sub
 
     async def unsubscribe(self, sub: Subscriber) -> None:
@@ -144,10 +160,87 @@ class StreamHub:
                         for run_id in list(self.subs):  # whatever happened while we were away
                             self._mark(run_id)
                         async for note in conn.notifies():
-                            with contextlib.suppress(ValueError):
-                                self._mark(uuid.UUID(note.payload))
+                            self._mark_note(note.payload)
             except (StoreError, OSError) as exc:
                 log.warning("run stream listener lost its connection (%s); reconnecting", exc)
+            await asyncio.sleep(RECONNECT_SECS)
+
+    def _mark_note(self, payload: str) -> None:
+        if payload == EVERY_RUN:
+            for run_id in list(self.subs):
+                self._mark(run_id)
+            return
+        with contextlib.suppress(ValueError):
+            self._mark(uuid.UUID(payload))
+
+    async def _bridge(self) -> None:
+        """Redis mode: take the cluster's bridge role when free, then LISTEN and hand each
+        notification to `_publish`. Losing the connection gives the role up (the lock is the
+        session's); a standby retries every BRIDGE_RETRY_SECS."""
+        while True:
+            try:
+                with translated():
+                    conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                    async with conn:
+                        while True:
+                            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (BRIDGE_LOCK,))
+                            row = await cur.fetchone()
+                            if row is not None and row[0]:
+                                break
+                            await asyncio.sleep(BRIDGE_RETRY_SECS)
+                        await conn.execute(q("listen_run_events"))
+                        self.bridging = True
+                        log.info("run streams: this process bridges PostgreSQL notifications to Redis")
+                        self._post(EVERY_RUN)
+                        async for note in conn.notifies():
+                            self._post(note.payload)
+            except (StoreError, OSError) as exc:
+                log.warning("run stream bridge lost its connection (%s); reconnecting", exc)
+            finally:
+                self.bridging = False
+            await asyncio.sleep(RECONNECT_SECS)
+
+    def _post(self, payload: str) -> None:
+        self.outbox.add(payload)
+        self.outbox_ready.set()
+
+    async def _publish(self) -> None:
+        """Everything the bridge heard since the last round, in one pipeline (repeats merged)."""
+        from redis.exceptions import RedisError
+
+        while True:
+            await self.outbox_ready.wait()
+            self.outbox_ready.clear()
+            batch, self.outbox = self.outbox, set()
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for payload in batch:
+                        pipe.publish(REDIS_CHANNEL, payload)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("run stream publish failed (%s); every stream re-reads when Redis is back", exc)
+                self.outbox.add(EVERY_RUN)
+                await asyncio.sleep(RECONNECT_SECS)
+                self.outbox_ready.set()
+
+    async def _subscribe_redis(self) -> None:
+        """Redis mode: the notifications of every bridge, for this process's streams."""
+        from redis.exceptions import RedisError
+
+        while True:
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                try:
+                    await pubsub.subscribe(REDIS_CHANNEL)
+                    self._mark_note(EVERY_RUN)  # whatever was published while we were away
+                    async for msg in pubsub.listen():
+                        if msg.get("type") == "message":
+                            data = msg["data"]
+                            self._mark_note(data.decode() if isinstance(data, bytes) else str(data))
+                finally:
+                    await pubsub.aclose()
+            except (RedisError, OSError) as exc:
+                log.warning("run stream subscription lost (%s); resubscribing", exc)
             await asyncio.sleep(RECONNECT_SECS)
 
     async def _deliver(self) -> None:
