@@ -322,6 +322,9 @@ class Bench:
     async def waits(self, mem: MemSampler) -> str:
         """Park N runs on distinct events, then send the N events from 32 clients."""
         n, before = self.args.runs, await self.count()
+        mem.sample()
+        rss_before = {role: mem.last.get(pid, 0) // 1024 for pid, role in mem.roles.items()}
+        print(f"waits: RSS MiB before: {rss_before}", flush=True)
         t0 = time.monotonic()
         ids = await self.trigger_bulk(n)
         await self.wait_seen("waits", ids, before["count"], t0, time.monotonic() + 120 + n / 50)

@@ -19,7 +19,8 @@ from tests.test_sdk_plane import sdk_endpoint
 
 def read_stream(server: Server, run_id: str, out: list[tuple[str | None, Any]], last_id: str | None = None) -> None:
     """Collect (id, message) per data frame and (None, comment) per comment until the server closes."""
-    headers = {"Authorization": f"Bearer {SECRET}", "X-Project-Id": "p1"}
+    # what a browser's EventSource sends
+    headers = {"Authorization": f"Bearer {SECRET}", "X-Project-Id": "p1", "Accept": "text/event-stream"}
     if last_id is not None:
         headers["Last-Event-ID"] = last_id
     with httpx.stream("GET", f"{server.base}/v1/runs/{run_id}/stream", headers=headers, timeout=30) as r:
@@ -85,6 +86,12 @@ def test_stream_frames_live_in_order_to_two_clients_then_resume(endpoint: Endpoi
             headers={"Authorization": f"Bearer {SECRET}", "X-Project-Id": "p1"},
         )
         assert r.status_code == 410 and r.json()["message"] == "run already in terminal state"
+        # text/event-stream is the stream's alone: a JSON route still answers 406 to it
+        r = httpx.get(
+            f"{server.base}/v1/runs/{run_id}",
+            headers={"Authorization": f"Bearer {SECRET}", "X-Project-Id": "p1", "Accept": "text/event-stream"},
+        )
+        assert r.status_code == 406, r.text
     finally:
         admin.close()
         c.close()
@@ -95,7 +102,7 @@ def _listeners(dsn: str) -> list[int]:
     """Backends whose last statement is the run-stream LISTEN: the bridges (or PostgreSQL-mode hubs)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN strait_run_events'"
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%%LISTEN strait_run_events'"
         ).fetchall()
     return [int(r[0]) for r in rows]
 

@@ -249,3 +249,25 @@ def test_canceling_a_parent_cancels_its_unfinished_descendants(
     # the late answers of the canceled children are dropped; the parent is never resumed
     assert c.runs.get(parent)["status"] == "canceled"
     assert len([r for r in endpoint.requests if r["headers"]["X-Run-ID"] == parent]) == 1
+
+
+def test_a_quota_time_zone_is_accepted_only_when_triggers_can_use_it(
+    clients: Any, endpoint: Endpoint, strait: Server
+) -> None:
+    """Python's zone database and PostgreSQL's differ at the edges: a name the quota PUT accepts
+    must work in every later trigger's budget check; one it cannot use is a 400 at the PUT."""
+    _, c, _ = clients
+    admin_h = {"Authorization": f"Bearer {SECRET}"}
+    job = make_job(c, endpoint)
+    outcomes: dict[str, int] = {}
+    for tz in ("Europe/Paris", "posixrules", "Factory", "localtime", "posix/Europe/Paris", "right/UTC", "Nope/Zone"):
+        body = {"max_daily_cost_microusd": 1_000_000, "timezone": tz}
+        r = httpx.put(f"{strait.base}/v1/projects/p1/quotas", headers=admin_h, json=body)
+        outcomes[tz] = r.status_code
+        if r.status_code == 400:
+            assert r.json()["message"] == f"timezone {tz!r} is not a known time zone", r.text
+            continue
+        assert r.status_code == 200 and r.json()["timezone"] == tz, r.text
+        run = c.jobs.trigger(job["id"], {"payload": {"tz": tz}})
+        assert run["status"] == "queued"
+    assert outcomes["Europe/Paris"] == 200 and outcomes["Nope/Zone"] == 400

@@ -25,12 +25,13 @@ from strait_actors.store.sql import make_pool
 _ACCEPTABLE = ("", "*/*", "application/json", "application/*", "application/x-ndjson", "text/csv")
 
 
-def check_media_types(request: web.Request) -> None:
-    """Accept and Content-Type rules of the JSON group (api.md §2.5)."""
+def check_media_types(request: web.Request, streaming: bool = False) -> None:
+    """Accept and Content-Type rules of the JSON group (api.md §2.5); a stream also takes
+    `text/event-stream`, what a browser's EventSource sends."""
     accept = request.headers.get("Accept", "")
     if accept not in _ACCEPTABLE:
         kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-        if not any(k in _ACCEPTABLE for k in kinds):
+        if not any(k in _ACCEPTABLE or (streaming and k == "text/event-stream") for k in kinds):
             raise ApiError(406, "not acceptable: this API answers application/json")
     if request.method in ("POST", "PUT", "PATCH"):
         ctype = request.headers.get("Content-Type")
@@ -45,8 +46,8 @@ async def v1_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     costs every request): media types, authentication, the rate limit, REQUEST_TIMEOUT."""
     if not request.path.startswith("/v1/"):
         return await handler(request)
-    check_media_types(request)
     streaming = is_long_lived(request)
+    check_media_types(request, streaming)
     try:
         async with asyncio.timeout(request.app[SETTINGS].request_timeout_secs):
             request[CALLER] = await authenticate(request)  # a key lookup is bounded too

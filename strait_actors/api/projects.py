@@ -17,7 +17,7 @@ from strait_actors.api.state import BUDGETS, KEYS, POOL
 from strait_actors.errors import bad_request, conflict, forbidden, not_found, unprocessable
 from strait_actors.payloads import clean_str
 from strait_actors.store import projects as store
-from strait_actors.store.errors import MissingReference
+from strait_actors.store.errors import MissingReference, Rejected
 
 routes = web.RouteTableDef()
 
@@ -235,4 +235,6 @@ async def put_quotas(request: web.Request) -> web.Response:
         row = await request.app[BUDGETS].put(pid, values)
     except MissingReference:
         raise not_found("project not found") from None
+    except Rejected:  # the only value PostgreSQL can still refuse: a zone name it does not know
+        raise bad_request(f"timezone {clean_str(tz)!r} is not a known time zone") from None
     return json_response(_quota_row(row, pid))

@@ -86,6 +86,7 @@ class Subscriber:
     def __init__(self, run_id: uuid.UUID, after_id: int) -> None:
         self.run_id = run_id
         self.after_id = after_id
+        self.start_id = after_id  # the client's cursor when the stream began (after_id moves on)
         self.last_id = after_id  # the run's newest event when the stream began
         self.queue: asyncio.Queue[Row] = asyncio.Queue()
 
@@ -306,7 +307,7 @@ async def serve(
     sub = await hub.subscribe(run["id"], after_id)
     try:
         latest = await fetch_one(hub.pool, "get_run", {"id": run["id"]})
-        if latest is None or (fsm.is_terminal(latest["status"]) and sub.after_id >= sub.last_id):
+        if latest is None or (fsm.is_terminal(latest["status"]) and sub.start_id >= sub.last_id):
             raise ApiError(410, "run already in terminal state")
         resp = web.StreamResponse(
             headers={

@@ -526,16 +526,23 @@ FROM v LEFT JOIN job_runs r ON r.id = v.id
 
 -- name: sdk_events
 -- Log and progress events of active runs. Event ids are drawn before the insert so that each call
--- gets its own row back.
+-- gets its own row back. The runs are locked first (in id order, as every batch does): a run's
+-- events then commit in the order of their ids, so a stream reading after its cursor never passes
+-- one still uncommitted, and an event never lands after the run's terminal change.
 WITH v AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(leases)s::uuid[], %(types)s::text[],
                          %(levels)s::text[], %(messages)s::text[], %(datas)s::jsonb[])
         WITH ORDINALITY AS v(id, attempt, lease_id, type, level, message, data, n)
+), locked AS (
+    SELECT r.id, r.status, r.attempt, COALESCE(r.lease_id, r.parked_lease_id) AS token_lease
+    FROM job_runs r WHERE r.id = ANY(ARRAY(SELECT v.id FROM v))
+    ORDER BY r.id
+    FOR NO KEY UPDATE OF r
 ), cur AS (
-    SELECT v.n, r.status, r.attempt, COALESCE(r.lease_id, r.parked_lease_id) AS token_lease,
-           (r.attempt = v.attempt AND COALESCE(r.lease_id, r.parked_lease_id) = v.lease_id
+    SELECT v.n, r.status, r.attempt, r.token_lease,
+           (r.attempt = v.attempt AND r.token_lease = v.lease_id
             AND r.status = ANY('{executing,waiting}'::text[])) IS TRUE AS ok
-    FROM v LEFT JOIN job_runs r ON r.id = v.id
+    FROM v LEFT JOIN locked r ON r.id = v.id
 ), ok AS (
     SELECT v.*, nextval(pg_get_serial_sequence('run_events', 'id')) AS event_id
     FROM v JOIN cur ON cur.n = v.n WHERE cur.ok
@@ -564,6 +571,7 @@ WITH v AS (
 ), locked AS (
     SELECT r.id, r.status AS from_status FROM job_runs r JOIN v ON v.id = r.id
     WHERE r.attempt = v.attempt AND COALESCE(r.lease_id, r.parked_lease_id) = v.lease_id
+    ORDER BY r.id
     FOR UPDATE OF r
 ), finished AS (
     UPDATE job_runs r SET status = v.to_status, result = v.result, error = v.error, error_class = v.error_class,
@@ -928,11 +936,13 @@ SELECT r.* FROM down JOIN job_runs r ON r.id = down.id ORDER BY down.depth, r.cr
 SELECT * FROM project_quotas WHERE project_id = %(project_id)s
 
 -- name: put_project_quota
--- Set a project's limits.
+-- Set a project's limits. The time zone is tried the way project_spend_today uses it: a name
+-- PostgreSQL does not know is refused here (Rejected), not at every later trigger.
 INSERT INTO project_quotas (project_id, max_daily_cost_microusd, max_cost_per_run_microusd,
                             max_active_event_triggers, timezone)
-VALUES (%(project_id)s, %(max_daily_cost_microusd)s, %(max_cost_per_run_microusd)s,
-        %(max_active_event_triggers)s, %(timezone)s)
+SELECT %(project_id)s, %(max_daily_cost_microusd)s, %(max_cost_per_run_microusd)s,
+       %(max_active_event_triggers)s, %(timezone)s
+WHERE (now() AT TIME ZONE %(timezone)s) IS NOT NULL
 ON CONFLICT (project_id) DO UPDATE SET
     max_daily_cost_microusd = EXCLUDED.max_daily_cost_microusd,
     max_cost_per_run_microusd = EXCLUDED.max_cost_per_run_microusd,
