@@ -102,7 +102,8 @@ def _listeners(dsn: str) -> list[int]:
     """Backends whose last statement is the run-stream LISTEN: the bridges (or PostgreSQL-mode hubs)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%%LISTEN strait_run_events'"
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE '%LISTEN strait_run_events'"
         ).fetchall()
     return [int(r[0]) for r in rows]
 

@@ -12,12 +12,26 @@ from strait_actors.api import events, health, jobs, projects, runs, sdk, trigger
 from strait_actors.api.auth import CALLER, KeyCache, authenticate
 from strait_actors.api.http import Handler, envelope, is_long_lived
 from strait_actors.api.limits import RateLimiter, take_request
-from strait_actors.api.state import BUDGETS, DSN, ENQUEUER, HUB, JOBS, KEYS, LIMITER, POOL, SDK, SETTINGS, STARTED
+from strait_actors.api.state import (
+    BUDGETS,
+    DSN,
+    ENQUEUER,
+    HUB,
+    JOBS,
+    KEYS,
+    LIMITER,
+    POOL,
+    SDK,
+    SENDER,
+    SETTINGS,
+    STARTED,
+)
 from strait_actors.api.streams import StreamHub
 from strait_actors.errors import ApiError
 from strait_actors.settings import Settings
 from strait_actors.store.budgets import Budgets
 from strait_actors.store.enqueue import Enqueuer
+from strait_actors.store.events import Sender
 from strait_actors.store.jobs import JobCache
 from strait_actors.store.sdk import SdkStore
 from strait_actors.store.sql import make_pool
@@ -67,6 +81,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[SDK] = SdkStore(pool, settings.stale_threshold_secs)
     app[BUDGETS] = Budgets(pool)
+    app[SENDER] = Sender(pool)
     redis = None
     if settings.redis_url:
         import redis.asyncio as aioredis

@@ -14,7 +14,7 @@ from strait_actors.api import render
 from strait_actors.api.auth import caller, project_scope, require
 from strait_actors.api.http import json_response, read_json
 from strait_actors.api.pagination import page_of, respond
-from strait_actors.api.state import POOL
+from strait_actors.api.state import POOL, SENDER
 from strait_actors.api.validation import event_key, json_value
 from strait_actors.errors import ApiError, bad_request, conflict, forbidden, not_found
 from strait_actors.ids import parse_uuid
@@ -56,7 +56,7 @@ async def send(request: web.Request) -> web.Response:
     payload = json_value(body.get("payload"))
     trigger = await _trigger(request)
     require(request, _SEND_SCOPE.get(trigger["source_type"], "jobs:trigger"))
-    outcome = await store.send(request.app[POOL], trigger["id"], payload, who.key_id or who.actor or "internal")
+    outcome = await request.app[SENDER].send(trigger["id"], payload, who.key_id or who.actor or "internal")
     latest = await store.get(request.app[POOL], trigger["id"])
     if latest is None:
         raise not_found("event trigger not found")

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from strait_actors.api.streams import StreamHub
     from strait_actors.store.budgets import Budgets
     from strait_actors.store.enqueue import Enqueuer
+    from strait_actors.store.events import Sender
     from strait_actors.store.jobs import JobCache
     from strait_actors.store.sdk import SdkStore
 
@@ -28,6 +29,7 @@ JOBS: web.AppKey[JobCache] = web.AppKey("jobs")
 SDK: web.AppKey[SdkStore] = web.AppKey("sdk")
 BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
 HUB: web.AppKey[StreamHub] = web.AppKey("hub")
+SENDER: web.AppKey[Sender] = web.AppKey("sender")
 STARTED = web.AppKey("started", float)
 
 CALLER: web.RequestKey[Caller] = web.RequestKey("caller")  # who is calling (auth.py)

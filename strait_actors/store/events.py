@@ -16,8 +16,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import ids
-from strait_actors.store.errors import Duplicate, translated
-from strait_actors.store.sdk import Token
+from strait_actors.store.errors import Duplicate, Rejected, translated
+from strait_actors.store.sdk import Batcher, Token
 from strait_actors.store.sql import Row, fetch_all, fetch_one, q
 
 
@@ -61,26 +61,28 @@ async def get(pool: AsyncConnectionPool, trigger_id: uuid.UUID) -> Row | None:
     return await fetch_one(pool, "get_event_trigger", {"id": trigger_id})
 
 
-async def send(pool: AsyncConnectionPool, trigger_id: uuid.UUID, payload: Any, sent_by: str) -> Row:
-    """`{id, was, received, woke}`: `received` when this send delivered it; else `was` says what the
-    trigger was (the caller decides between the idempotent repeat and 409)."""
-    empty = payload is None or payload == {} or payload == []
-    params = {
-        "id": trigger_id,
-        "payload": None if payload is None else Jsonb(payload),
-        "sent_by": sent_by or None,
-        "checkpoint": not empty,
-    }
-    for _ in range(20):  # an SDK checkpoint of the run took the sequence meanwhile: again
-        try:
-            row = await fetch_one(pool, "send_event", params)
-        except Duplicate as exc:
-            if "run_checkpoints" in str(exc):
-                continue
-            raise
-        assert row is not None
-        return row
-    raise RuntimeError("checkpoint sequence kept being taken")
+class Sender:
+    """Event sends of this API process, batched: concurrent sends share one statement and one
+    commit, each answered after it with its own row."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.batcher = Batcher(
+            pool, q("send_events"), ("ids", "payloads", "sent_bys", "checkpoints"), split_on=(Rejected, Duplicate)
+        )
+
+    async def send(self, trigger_id: uuid.UUID, payload: Any, sent_by: str) -> Row:
+        """`{was, received, woke}`: `received` when this send delivered it; else `was` says what
+        the trigger was (the caller decides between the idempotent repeat and 409)."""
+        empty = payload is None or payload == {} or payload == []
+        jsonb = None if payload is None else Jsonb(payload)
+        for _ in range(20):  # an SDK checkpoint of the run took the sequence meanwhile: again
+            try:
+                return await self.batcher.submit(trigger_id, jsonb, sent_by or None, not empty)
+            except Duplicate as exc:
+                if "run_checkpoints" in str(exc):
+                    continue
+                raise
+        raise RuntimeError("checkpoint sequence kept being taken")
 
 
 async def cancel(pool: AsyncConnectionPool, trigger_id: uuid.UUID, actor: str) -> str | None:

@@ -48,7 +48,7 @@ WITH due AS (
     FROM job_runs r JOIN jobs j ON j.id = r.job_id
     WHERE r.status = 'queued'
       AND (r.next_retry_at IS NULL OR r.next_retry_at <= now())
-      AND (r.expires_at IS NULL OR r.expires_at > now() OR r.attempt > 1)
+      AND (r.expires_at IS NULL OR r.expires_at > now() OR r.attempt > 1 OR r.resume_event_key IS NOT NULL)
       AND j.enabled AND NOT j.paused
       AND j.execution_mode = 'http'  -- worker-mode jobs wait for the worker plane (not built yet)
     ORDER BY r.priority DESC, r.created_at
@@ -161,13 +161,14 @@ WITH stale AS (
 SELECT to_status AS status, count(*) AS n FROM moved GROUP BY to_status
 
 -- name: expire_runs
--- Runs never started whose TTL passed go to expired (retried runs keep going: engine.md §2.7 ⚠).
+-- Runs never started whose TTL passed go to expired (retried runs keep going: engine.md §2.7 ⚠;
+-- so do runs resumed from a wait, which started long ago: a wait may outlast any TTL).
 -- Scans the claim index (queued runs only): a delayed run past its TTL is past its schedule too, so
 -- the claim has promoted it; no index of its own, which every run would pay for.
 -- transition moved: queued -> expired
 WITH due AS (
     SELECT id FROM job_runs
-    WHERE status = 'queued' AND expires_at <= now() AND attempt = 1
+    WHERE status = 'queued' AND expires_at <= now() AND attempt = 1 AND resume_event_key IS NULL
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
 ), moved AS (
@@ -725,36 +726,47 @@ SELECT * FROM event_triggers WHERE project_id = %(project_id)s AND event_key = %
 -- An event key in every project (an internal caller without a project sends by key alone).
 SELECT * FROM event_triggers WHERE event_key = %(event_key)s LIMIT 2
 
--- name: send_event
--- Deliver an event: the trigger waiting -> received with its payload, and its waiting run resumed
--- (waiting -> queued, same attempt) with the payload as its newest checkpoint, in one statement.
--- The row as it was before comes back too, for the idempotent repeat and the 409.
+-- name: send_events
+-- Deliver events, many sends in one statement (each commit with a NOTIFY is serialised by
+-- PostgreSQL, so sends one by one would each wait for their own WAL flush): each trigger
+-- waiting -> received with its payload, and its waiting run resumed (waiting -> queued, same
+-- attempt) with the payload as its newest checkpoint once no other wait of it is open. A trigger
+-- sent twice in one batch is delivered by the first call; the others see `received` false and
+-- are answered from the row as it is after (the idempotent repeat or the 409).
 -- transition resumed: waiting -> queued
-WITH t AS (
-    SELECT * FROM event_triggers WHERE id = %(id)s FOR UPDATE
+WITH v AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(payloads)s::jsonb[], %(sent_bys)s::text[], %(checkpoints)s::bool[])
+        WITH ORDINALITY AS v(id, payload, sent_by, checkpoint, n)
+), first AS (
+    SELECT DISTINCT ON (id) * FROM v ORDER BY id, n
+), t AS (
+    SELECT e.id, e.status, e.event_key, e.job_run_id, e.source_type, f.n, f.payload, f.sent_by, f.checkpoint
+    FROM event_triggers e JOIN first f ON f.id = e.id
+    ORDER BY e.id
+    FOR UPDATE OF e
 ), recv AS (
-    UPDATE event_triggers e SET status = 'received', response_payload = %(payload)s, received_at = now(),
-        sent_by = %(sent_by)s, updated_at = now()
+    UPDATE event_triggers e SET status = 'received', response_payload = t.payload, received_at = now(),
+        sent_by = t.sent_by, updated_at = now()
     FROM t WHERE e.id = t.id AND t.status = 'waiting'
-    RETURNING e.*
+    RETURNING e.id, e.event_key, e.job_run_id, e.source_type, t.n, t.payload, t.checkpoint
 ), resumed AS (
-    UPDATE job_runs r SET status = 'queued', resume_event_key = recv.event_key, parked_lease_id = NULL,
+    UPDATE job_runs r SET status = 'queued', resume_event_key = x.event_key, parked_lease_id = NULL,
         next_retry_at = NULL, heartbeat_at = NULL
-    FROM recv WHERE r.id = recv.job_run_id AND recv.source_type = 'job_run' AND r.awaiting_children = 0
+    FROM (SELECT DISTINCT ON (job_run_id) * FROM recv WHERE source_type = 'job_run' ORDER BY job_run_id, n) x
+    WHERE r.id = x.job_run_id AND r.awaiting_children = 0
       AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = r.id AND o.status = 'waiting'
-                      AND o.id <> recv.id)
+                      AND NOT o.id = ANY(ARRAY(SELECT id FROM recv)))
       AND {guard resumed}
     RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt,
-              'event ' || recv.event_key AS note
+              'event ' || x.event_key AS note, x.payload, x.checkpoint
 ){after resumed}{wake resumed}, checkpoint AS (
     INSERT INTO run_checkpoints (run_id, sequence, source, state)
     SELECT r.id, COALESCE((SELECT max(c.sequence) FROM run_checkpoints c WHERE c.run_id = r.id), 0) + 1,
-           'event_trigger', %(payload)s
-    FROM resumed r WHERE %(checkpoint)s
+           'event_trigger', r.payload
+    FROM resumed r WHERE r.checkpoint
 )
-SELECT COALESCE(recv.id, t.id) AS id, t.status AS was, recv.id IS NOT NULL AS received,
-       (SELECT count(*) FROM resumed_wake) AS woke
-FROM t LEFT JOIN recv ON recv.id = t.id
+SELECT v.n, t.status AS was, recv.id IS NOT NULL AS received, (SELECT count(*) FROM resumed_wake) AS woke
+FROM v LEFT JOIN t ON t.n = v.n LEFT JOIN recv ON recv.n = v.n
 
 -- name: cancel_event
 -- Cancel a waiting trigger; a run waiting on it is canceled too, which closes the trigger (the

@@ -64,8 +64,10 @@ class Batcher:
         statement: str,
         columns: Sequence[str],
         extra: Callable[[], dict[str, Any]] | None = None,
+        split_on: tuple[type[Exception], ...] = (Rejected,),
     ) -> None:
         self.pool = pool
+        self.split_on = split_on
         self.statement = statement
         self.columns = tuple(columns)
         self.extra = extra or dict
@@ -115,7 +117,7 @@ class Batcher:
             with translated():
                 cur = await conn.execute(self.statement, {**params, **self.extra()})
                 rows = await cur.fetchall()
-        except Rejected:
+        except self.split_on:  # one call's fault: find it by halves, the others go through
             if len(calls) == 1:
                 raise
             mid = len(calls) // 2
