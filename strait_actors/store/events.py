@@ -67,7 +67,11 @@ class Sender:
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.batcher = Batcher(
-            pool, q("send_events"), ("ids", "payloads", "sent_bys", "checkpoints"), split_on=(Rejected, Duplicate)
+            pool,
+            q("send_events"),
+            ("ids", "payloads", "sent_bys", "checkpoints"),
+            split_on=(Rejected, Duplicate),
+            max_flushes=1,
         )
 
     async def send(self, trigger_id: uuid.UUID, payload: Any, sent_by: str) -> Row:

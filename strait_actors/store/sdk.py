@@ -65,9 +65,11 @@ class Batcher:
         columns: Sequence[str],
         extra: Callable[[], dict[str, Any]] | None = None,
         split_on: tuple[type[Exception], ...] = (Rejected,),
+        max_flushes: int = MAX_FLUSHES,
     ) -> None:
         self.pool = pool
         self.split_on = split_on
+        self.max_flushes = max_flushes
         self.statement = statement
         self.columns = tuple(columns)
         self.extra = extra or dict
@@ -77,7 +79,7 @@ class Batcher:
     async def submit(self, *values: Any) -> Row:
         call = _Call(values, asyncio.get_running_loop().create_future())
         self.waiting.append(call)
-        if self.flushes < MAX_FLUSHES:
+        if self.flushes < self.max_flushes:
             self.flushes += 1
             asyncio.get_running_loop().create_task(self._flush())
         try:
