@@ -29,7 +29,7 @@ from aiohttp import web
 
 from strait_actors import embedded
 from strait_actors.store import db
-from tests.conftest import SECRET, free_port
+from tests.conftest import SECRET, free_port, poll
 
 TERMINAL = {"completed", "failed", "timed_out", "crashed", "system_failed", "canceled", "expired", "dead_letter"}
 # the shipped lease timings (config/default.toml), not the suite's short ones: a fault test asks
@@ -118,11 +118,10 @@ class PrivateRedis:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not self.socket.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start:\n{self.log.read_text()[-2000:]}")
-            time.sleep(0.02)
+        proc = self.proc
+        poll(lambda: self.socket.exists() or proc.poll() is not None, timeout=20, interval=0.02)
+        if not self.socket.exists():
+            raise RuntimeError(f"redis-server did not start:\n{self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -374,15 +373,16 @@ def census(dsn: str, job_id: str) -> list[RunRow]:
 def wait_settled(dsn: str, job_id: str, timeout: float) -> float:
     """Poll until no run of the job is left unfinished; returns how long it took (or the timeout)."""
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
+
+    def settled() -> bool:
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM job_runs WHERE job_id = %s AND NOT (status = ANY(%s))",
                 (job_id, list(TERMINAL)),
             ).fetchone()
-        if row is not None and row[0] == 0:
-            break
-        time.sleep(0.25)
+        return row is not None and row[0] == 0
+
+    poll(settled, timeout, interval=0.25)
     return time.monotonic() - t0
 
 

@@ -47,7 +47,18 @@ from psycopg.types.json import Jsonb
 from strait_actors import fsm, payloads
 from strait_actors.api.app import create_app
 from strait_actors.settings import load
-from tests.conftest import JWT_KEY, SECRET, Endpoint, Server, free_port, start_strait, stop_strait, wait_for, with_db
+from tests.conftest import (
+    JWT_KEY,
+    SECRET,
+    Endpoint,
+    Server,
+    free_port,
+    poll,
+    start_strait,
+    stop_strait,
+    wait_for,
+    with_db,
+)
 from tests.fuzz_strategies import (
     RESULT_LIMIT,
     SCHEMA,
@@ -414,13 +425,16 @@ class Fuzzer:
     def settled_logs(self, req: Req, logs: str) -> str:
         """The log with the 5xx's traceback in it: for a suspect of a KNOWN class, wait (2 s at
         most) for its signature, as the server's log may trail its answer by a moment."""
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and any(
-            k.suspects(req) and not all(t in logs for t in k.signature) for k in KNOWN
-        ):
-            time.sleep(0.02)
-            logs += self.new_logs()
-        return logs
+        seen = [logs]
+
+        def settled() -> bool:
+            if any(k.suspects(req) and not all(t in seen[0] for t in k.signature) for k in KNOWN):
+                seen[0] += self.new_logs()
+                return False
+            return True
+
+        poll(settled, timeout=2, interval=0.02)
+        return seen[0]
 
     def known_cause(self, req: Req, logs: str) -> Known | None:
         for k in KNOWN:
