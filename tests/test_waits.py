@@ -4,6 +4,7 @@ resumed dispatch's headers), times out, or is canceled with its trigger."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from strait import AsyncClient, ConflictError, NotFoundError
 
 from tests.client_helpers import make_job, wait_terminal
-from tests.conftest import Endpoint, Server, wait_for
+from tests.conftest import SECRET, Endpoint, Server, wait_for
 from tests.test_sdk_plane import run_http, sdk_endpoint
 
 
@@ -207,3 +208,61 @@ def test_a_wait_outlasts_the_run_ttl(clients: Any, endpoint: Endpoint, strait: S
     run = wait_terminal(c, run_id)
     assert not errors, errors
     assert (run["status"], run["attempt"], run["result"]["resumed_by"]) == ("completed", 1, "evt:ttl")
+
+
+def test_concurrent_sends_each_get_their_own_answer(clients: Any, endpoint: Endpoint, strait: Server) -> None:
+    """Sends share statements: each still gets its own trigger and status, a key sent twice at
+    once with two payloads is delivered once (200 and 409), the same payload twice is idempotent."""
+    admin, c, _ = clients
+
+    async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
+        key = json.loads(seen["body"])["key"]
+        return await waiting_handler(key)(rc, run_id, seen)
+
+    errors = sdk_endpoint(strait, endpoint, handler)
+    job = make_job(c, endpoint)
+    keys = [f"evt:c{i}" for i in range(12)]
+    runs = {c.jobs.trigger(job["id"], {"payload": {"key": k}})["id"]: k for k in keys}
+    wait_for(lambda: c.runs.list(query={"status": "waiting", "limit": 50})["data"].__len__() == 12, what="parked")
+    workflows_only = admin.api_keys.create({"project_id": "p1", "name": "w", "scopes": ["workflows:trigger"]})["key"]
+    r = httpx.post(
+        f"{strait.base}/v1/events/evt:c11/send", headers={"Authorization": f"Bearer {workflows_only}"}, json={}
+    )
+    assert r.status_code == 403 and "jobs:trigger" in r.json()["error"]["message"]
+    assert c.event_triggers.get_event("evt:c11")["status"] == "waiting"  # nothing delivered
+
+    full = {"Authorization": f"Bearer {c._config.auth.token}"}
+    internal = {"Authorization": f"Bearer {SECRET}"}  # no project: the key alone names the trigger
+    sends = [(k, {"v": k}, full) for k in keys[:10]]
+    sends += [(k, {"v": k}, full) for k in keys[:3]]  # the same event again, at once
+    sends += [(k, {"v": "other"}, full) for k in keys[3:6]]  # a different one, at once
+    sends += [("evt:none", {}, full), ("evt:c10", {"v": "evt:c10"}, internal), ("evt:c11", {"v": "evt:c11"}, full)]
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=strait.base, timeout=30) as h:
+            return list(
+                await asyncio.gather(
+                    *[h.post(f"/v1/events/{k}/send", headers=hd, json={"payload": p}) for k, p, hd in sends]
+                )
+            )
+
+    answers = asyncio.run(send_all())
+    by_key: dict[str, list[tuple[int, Any]]] = {}
+    for (k, p, _), r in zip(sends, answers, strict=True):
+        body = r.json()
+        if r.status_code == 200:
+            assert body["event_key"] == k and body["status"] == "received" and body["response_payload"] == p
+        by_key.setdefault(k, []).append((r.status_code, p))
+    assert by_key.pop("evt:none") == [(404, {})]
+    for k in keys[:3]:
+        assert by_key[k] == [(200, {"v": k}), (200, {"v": k})]
+    for k in keys[3:6]:
+        assert sorted(s for s, _ in by_key[k]) == [200, 409]
+    for k in keys[6:]:
+        assert by_key[k] == [(200, {"v": k})]
+    for run_id, k in runs.items():
+        run = wait_terminal(c, run_id)
+        winner = next(p for s, p in by_key[k] if s == 200)
+        assert (run["status"], run["result"]["checkpoint"], run["attempt"]) == ("completed", winner, 1)
+    assert not errors, errors
+    assert len(endpoint.requests) == 24  # each run dispatched twice: parked, then resumed once

@@ -45,7 +45,8 @@ async def _trigger(request: web.Request) -> Row:
 @routes.post("/v1/events/{event_key:.+}/send")
 async def send(request: web.Request) -> web.Response:
     who = caller(request)
-    if not (who.allows("jobs:trigger") or who.allows("workflows:trigger")):
+    jobs, workflows = who.allows("jobs:trigger"), who.allows("workflows:trigger")
+    if not (jobs or workflows):
         raise forbidden("insufficient permissions: requires jobs:trigger or workflows:trigger")
     body = await read_json(request)
     if not isinstance(body, dict):
@@ -54,16 +55,17 @@ async def send(request: web.Request) -> web.Response:
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}; this call takes payload")
     payload = json_value(body.get("payload"))
-    trigger = await _trigger(request)
-    require(request, _SEND_SCOPE.get(trigger["source_type"], "jobs:trigger"))
-    outcome = await request.app[SENDER].send(trigger["id"], payload, who.key_id or who.actor or "internal")
-    latest = await store.get(request.app[POOL], trigger["id"])
-    if latest is None:
+    key = event_key(request.match_info["event_key"])
+    project = who.project_id or (await _trigger(request))["project_id"]  # by key alone: find its project
+    source = None if jobs and workflows else "job_run" if jobs else "workflow_step"
+    row = await request.app[SENDER].send(project, key, source, payload, who.key_id or who.actor or "internal")
+    if row["id"] is None:
         raise not_found("event trigger not found")
-    if outcome["received"]:
-        return json_response(render.event_trigger(latest))
-    if latest["status"] == "received" and schemas.json_equal(latest["response_payload"], payload):
-        return json_response(render.event_trigger(latest))  # the same event again: idempotent
+    require(request, _SEND_SCOPE.get(row["source_type"], "jobs:trigger"))
+    if row["received"]:
+        return json_response(render.event_trigger(row))
+    if row["status"] == "received" and schemas.json_equal(row["response_payload"], payload):
+        return json_response(render.event_trigger(row))  # the same event again: idempotent
     raise conflict("event trigger is not in waiting state")
 
 

@@ -63,25 +63,26 @@ async def get(pool: AsyncConnectionPool, trigger_id: uuid.UUID) -> Row | None:
 
 class Sender:
     """Event sends of this API process, batched: concurrent sends share one statement and one
-    commit, each answered after it with its own row."""
+    commit, each answered after it with the trigger as it is then."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.batcher = Batcher(
             pool,
             q("send_events"),
-            ("ids", "payloads", "sent_bys", "checkpoints"),
+            ("projects", "keys", "sources", "payloads", "sent_bys", "checkpoints"),
             split_on=(Rejected, Duplicate),
             max_flushes=1,
         )
 
-    async def send(self, trigger_id: uuid.UUID, payload: Any, sent_by: str) -> Row:
-        """`{was, received, woke}`: `received` when this send delivered it; else `was` says what
-        the trigger was (the caller decides between the idempotent repeat and 409)."""
+    async def send(self, project_id: str, event_key: str, source: str | None, payload: Any, sent_by: str) -> Row:
+        """The trigger after the send (its columns NULL when there is none) and `received`, true
+        when this send delivered it; `source` is the waiter kind the caller may send to (None:
+        any), a trigger of another kind is left as it is (the caller answers 403)."""
         empty = payload is None or payload == {} or payload == []
         jsonb = None if payload is None else Jsonb(payload)
         for _ in range(20):  # an SDK checkpoint of the run took the sequence meanwhile: again
             try:
-                return await self.batcher.submit(trigger_id, jsonb, sent_by or None, not empty)
+                return await self.batcher.submit(project_id, event_key, source, jsonb, sent_by or None, not empty)
             except Duplicate as exc:
                 if "run_checkpoints" in str(exc):
                     continue

@@ -727,28 +727,31 @@ SELECT * FROM event_triggers WHERE project_id = %(project_id)s AND event_key = %
 SELECT * FROM event_triggers WHERE event_key = %(event_key)s LIMIT 2
 
 -- name: send_events
--- Deliver events, many sends in one statement (each commit with a NOTIFY is serialised by
--- PostgreSQL, so sends one by one would each wait for their own WAL flush): each trigger
--- waiting -> received with its payload, and its waiting run resumed (waiting -> queued, same
--- attempt) with the payload as its newest checkpoint once no other wait of it is open. A trigger
--- sent twice in one batch is delivered by the first call; the others see `received` false and
--- are answered from the row as it is after (the idempotent repeat or the 409).
+-- Deliver events, many sends in one statement and one round trip each (each commit with a NOTIFY
+-- is serialised by PostgreSQL, so sends one by one would each wait for their own WAL flush): a
+-- send names its trigger by (project, key) and the waiter kind its caller may send to (NULL: any);
+-- each trigger waiting -> received with its payload, and its waiting run resumed (waiting ->
+-- queued, same attempt) with the payload as its newest checkpoint once no other wait of it is
+-- open. Each call gets the trigger as it is after (NULLs: no such trigger) and `received`, true
+-- for the call that delivered it; a trigger sent twice in one batch is delivered by the first.
 -- transition resumed: waiting -> queued
 WITH v AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(payloads)s::jsonb[], %(sent_bys)s::text[], %(checkpoints)s::bool[])
-        WITH ORDINALITY AS v(id, payload, sent_by, checkpoint, n)
+    SELECT * FROM unnest(%(projects)s::text[], %(keys)s::text[], %(sources)s::text[], %(payloads)s::jsonb[],
+                         %(sent_bys)s::text[], %(checkpoints)s::bool[])
+        WITH ORDINALITY AS v(project_id, event_key, source, payload, sent_by, checkpoint, n)
 ), first AS (
-    SELECT DISTINCT ON (id) * FROM v ORDER BY id, n
+    SELECT DISTINCT ON (project_id, event_key) * FROM v ORDER BY project_id, event_key, n
 ), t AS (
-    SELECT e.id, e.status, e.event_key, e.job_run_id, e.source_type, f.n, f.payload, f.sent_by, f.checkpoint
-    FROM event_triggers e JOIN first f ON f.id = e.id
+    SELECT e AS trig, e.id, e.status, e.event_key, e.job_run_id, e.source_type, f.project_id, f.n, f.source,
+           f.payload, f.sent_by, f.checkpoint
+    FROM event_triggers e JOIN first f ON f.project_id = e.project_id AND f.event_key = e.event_key
     ORDER BY e.id
     FOR UPDATE OF e
 ), recv AS (
     UPDATE event_triggers e SET status = 'received', response_payload = t.payload, received_at = now(),
         sent_by = t.sent_by, updated_at = now()
-    FROM t WHERE e.id = t.id AND t.status = 'waiting'
-    RETURNING e.id, e.event_key, e.job_run_id, e.source_type, t.n, t.payload, t.checkpoint
+    FROM t WHERE e.id = t.id AND t.status = 'waiting' AND (t.source IS NULL OR t.source = t.source_type)
+    RETURNING e AS trig, e.id, e.event_key, e.job_run_id, e.source_type, t.n, t.payload, t.checkpoint
 ), resumed AS (
     UPDATE job_runs r SET status = 'queued', resume_event_key = x.event_key, parked_lease_id = NULL,
         next_retry_at = NULL, heartbeat_at = NULL
@@ -765,8 +768,9 @@ WITH v AS (
            'event_trigger', r.payload
     FROM resumed r WHERE r.checkpoint
 )
-SELECT v.n, t.status AS was, recv.id IS NOT NULL AS received, (SELECT count(*) FROM resumed_wake) AS woke
-FROM v LEFT JOIN t ON t.n = v.n LEFT JOIN recv ON recv.n = v.n
+SELECT v.n, COALESCE(recv.n = v.n, false) AS received, (SELECT count(*) FROM resumed_wake) AS woke,
+       (COALESCE(recv.trig, t.trig)).*
+FROM v LEFT JOIN t ON t.project_id = v.project_id AND t.event_key = v.event_key LEFT JOIN recv ON recv.id = t.id
 
 -- name: cancel_event
 -- Cancel a waiting trigger; a run waiting on it is canceled too, which closes the trigger (the
