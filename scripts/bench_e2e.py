@@ -16,6 +16,9 @@ X-Project-Id) it creates project "bench" and a job (max_attempts 1) pointing at 
   through the SDK plane (plain HTTP): runs/s and SDK calls/s end to end;
 - waits (on its own): N runs each park on a distinct event (wait-for-event), RSS is read while all
   are parked, then 32 clients send the N events: sends/s and resumes/s (every run dispatched again).
+- cron (on its own): --cron-jobs jobs firing every minute; over --cron-minutes whole minutes, read
+  from the database: every tick of every job fired once (no tick missed, none twice), the drift of
+  each run's insert from its tick (p50/p99/max), and the Scheduler's own CPU (its log line).
 
 A sampler thread reads VmRSS of the strait parent (api), its worker children and the endpoint from
 /proc every 0.25 s; peak RSS, VmHWM and RSS at the start/end of each scenario are printed. The
@@ -363,6 +366,57 @@ class Bench:
         )
         return f"waits: sends_per_s={n / t_sent:.0f} resumes_per_s={n / t_resumed:.0f} (N={n})"
 
+    async def cron(self, log: Path) -> str:
+        """--cron-jobs jobs on `* * * * *`; judge --cron-minutes whole minutes from the database."""
+        n, minutes = self.args.cron_jobs, self.args.cron_minutes
+        todo = iter(range(n))
+
+        async def creator() -> None:
+            for k in todo:
+                body = {
+                    "project_id": "bench",
+                    "name": f"Cron {k}",
+                    "slug": f"cron-{k}",
+                    "cron": "* * * * *",
+                    "endpoint_url": f"{self.ep}/job",
+                    "max_attempts": 1,
+                    "timeout_secs": 30,
+                }
+                async with self.s.post(f"{self.base}/v1/jobs", json=body) as r:
+                    await check(r)
+
+        t0 = time.monotonic()
+        await asyncio.gather(*[creator() for _ in range(16)])
+        print(f"cron: {n} jobs created in {time.monotonic() - t0:.1f} s", flush=True)
+        first = (int(time.time()) // 60 + 1) * 60  # the first whole minute after every job exists
+        end = first + 60 * minutes
+        await asyncio.sleep(end - time.time() + 10)  # the last tick's runs are in 10 s after it at most
+        import psycopg  # strait's own dependency
+
+        with psycopg.connect(self.args.dsn) as conn:
+            rows = conn.execute(
+                "SELECT r.job_id, split_part(r.idempotency_key, ':', 4)::bigint AS tick, "
+                "extract(epoch FROM r.created_at) AS at FROM job_runs r "
+                "WHERE r.triggered_by = 'cron' AND split_part(r.idempotency_key, ':', 4)::bigint >= %s "
+                "AND split_part(r.idempotency_key, ':', 4)::bigint < %s",
+                (first, end),
+            ).fetchall()
+            jobs = conn.execute("SELECT count(*) FROM jobs WHERE cron IS NOT NULL").fetchone()[0]
+        expected = jobs * minutes
+        distinct = len({(r[0], r[1]) for r in rows})
+        drift = sorted(float(r[2]) - r[1] for r in rows)
+        p50, p99 = drift[len(drift) // 2], drift[min(len(drift) - 1, int(len(drift) * 0.99))]
+        cpu = [ln for ln in log.read_text(errors="replace").splitlines() if "scheduler: last" in ln]
+        print(
+            f"cron: {jobs} jobs x {minutes} minutes: {len(rows)} runs for {distinct} distinct ticks of {expected} "
+            f"(missed {expected - distinct}, doubled {len(rows) - distinct}); drift from tick to insert: "
+            f"p50 {p50:.3f} s, p99 {p99:.3f} s, max {drift[-1]:.3f} s",
+            flush=True,
+        )
+        for ln in cpu[-(minutes + 1) * 4 :]:
+            print(f"cron: {ln.strip()[:200]}")
+        return f"cron: ticks={distinct}/{expected} doubled={len(rows) - distinct} drift_p99_s={p99:.3f} (jobs={jobs})"
+
     async def latency(self) -> str:
         n, before = 200, await self.count()
         sent: dict[str, float] = {}
@@ -421,7 +475,7 @@ async def bench(
         t = time.monotonic()  # one run end to end first: the workers are up and dispatch works
         await b.wait_seen("warm-up", [await b.trigger(-1)], 0, t, t + 60)
         summary = []
-        for sc in ("bulk", "single", "latency", "sdk", "waits"):
+        for sc in ("bulk", "single", "latency", "sdk", "waits", "cron"):
             if args.scenario == sc or (args.scenario == "all" and sc in ALL):
                 mem.mark(sc)
                 if sc == "latency":
@@ -430,6 +484,8 @@ async def bench(
                     summary.append(await b.sdk())
                 elif sc == "waits":
                     summary.append(await b.waits(mem))
+                elif sc == "cron":
+                    summary.append(await b.cron(log))
                 else:
                     summary.append(await b.throughput(sc))
                 mem.mark(sc)
@@ -454,7 +510,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20000)
     ap.add_argument("--database-url", default="", help="default: embedded PostgreSQL in a temp data dir")
     ap.add_argument("--endpoint-delay-ms", type=int, default=0)
-    ap.add_argument("--scenario", choices=["bulk", "single", "latency", "sdk", "waits", "all"], default="all")
+    ap.add_argument("--scenario", choices=["bulk", "single", "latency", "sdk", "waits", "cron", "all"], default="all")
+    ap.add_argument("--cron-jobs", type=int, default=10000, help="cron scenario: jobs firing every minute")
+    ap.add_argument("--cron-minutes", type=int, default=2, help="cron scenario: whole minutes measured")
     ap.add_argument("--clients", type=int, default=64, help="concurrent clients of the single scenario")
     ap.add_argument("--processes", type=int, help="passed to strait --processes")
     ap.add_argument("--strait", default=os.path.join(os.path.dirname(sys.executable), "strait"))
@@ -470,12 +528,14 @@ def main() -> int:
         INTERNAL_SECRET=SECRET,
         JWT_SIGNING_KEY="bench-jwt-signing-key-0123456789abcdef0123",
         ALLOW_PRIVATE_ENDPOINTS="true",
-        LOG_LEVEL="warn",
+        LOG_LEVEL="info" if args.scenario == "cron" else "warn",  # cron: the Scheduler's CPU line
     )
     for k in ("DATABASE_URL", "REDIS_URL"):
         env.pop(k, None)
     if args.database_url:
         env["DATABASE_URL"] = args.database_url
+    # the cron scenario reads the database itself (the embedded server listens on a socket in its dir)
+    args.dsn = args.database_url or f"postgresql://postgres:@/postgres?host={data / 'pg'}"
     cmd = [*args.strait.split(), "--mode", "all"] + (["--processes", str(args.processes)] if args.processes else [])
     procs: list[subprocess.Popen[bytes]] = []
     mem: MemSampler | None = None

@@ -44,6 +44,7 @@ class Settings:
     heartbeat_interval_secs: float = 5
     stale_threshold_secs: float = 20
     reaper_interval_secs: float = 2
+    scheduler_interval_secs: float = 0.5
     worker_drain_timeout_secs: float = 30
     executor_http_timeout_secs: float = 300
     max_response_bytes: int = 1048576
@@ -140,6 +141,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError("MAX_DEQUEUE_BATCH_SIZE: must be between 1 and 1000")
     if s.stale_threshold_secs <= s.heartbeat_interval_secs:
         raise SettingsError("STALE_THRESHOLD_SECS: must be longer than HEARTBEAT_INTERVAL_SECS")
+    if not 0 < s.scheduler_interval_secs <= 30:
+        raise SettingsError("SCHEDULER_INTERVAL_SECS: must be above 0 and at most 30")
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def test_only_the_seam_writes_state_change_events_and_creations_start_in_an_init
         for m in re.finditer(r"INSERT INTO job_runs\b.*?SELECT\s+[^,]+,\s*[^,]+,\s*[^,]+,\s*'(\w+)'", text, re.S):
             assert m.group(1) in fsm.INITIAL, name
             literal_creations.append(name)
-    assert literal_creations == ["replay_run", "sdk_spawn", "sdk_continue"]
+    assert literal_creations == ["replay_run", "sdk_spawn", "sdk_continue", "cron_fire"]
 
 
 GOOD = """-- transition moved: executing -> completed

@@ -20,6 +20,7 @@ from strait_actors.actors.clock import Clock
 from strait_actors.actors.dispatcher import DispatcherPool
 from strait_actors.actors.poller import Poller
 from strait_actors.actors.reaper import Reaper
+from strait_actors.actors.scheduler import Scheduler
 from strait_actors.actors.supervisor import ChildSpec, RestartPolicy, Supervisor
 from strait_actors.messages import Tick
 from strait_actors.settings import Settings
@@ -47,6 +48,7 @@ def children(s: Settings) -> list[Child]:
         ),
         Child(ChildSpec("poller", Poller.start), tick=s.poller_interval_ms / 1000),  # the fallback to NOTIFY
         Child(ChildSpec("reaper", Reaper.start), tick=s.reaper_interval_secs),
+        Child(ChildSpec("scheduler", Scheduler.start), tick=s.scheduler_interval_secs),
     ]
 
 

@@ -265,7 +265,10 @@ UPDATE jobs SET name = %(name)s, slug = %(slug)s, description = %(description)s,
     environment_id = %(environment_id)s, default_run_metadata = %(default_run_metadata)s,
     version_policy = %(version_policy)s, execution_mode = %(execution_mode)s, queue_name = %(queue_name)s,
     backwards_compatible = %(backwards_compatible)s, updated_by = %(updated_by)s,
-    version = version + 1, version_id = %(version_id)s, updated_at = now()
+    version = version + 1, version_id = %(version_id)s, updated_at = now(),
+    -- a changed schedule is armed again from this change (the Scheduler's next pass)
+    next_fire_at = CASE WHEN cron IS DISTINCT FROM %(cron)s OR timezone IS DISTINCT FROM %(timezone)s THEN NULL
+                        ELSE next_fire_at END
 WHERE id = %(id)s AND version = %(version)s
 RETURNING *
 
@@ -975,6 +978,101 @@ WHERE project_id = %(project_id)s
 -- name: job_by_slug
 -- One job of a project by its slug (SDK spawn names jobs so).
 SELECT * FROM jobs WHERE project_id = %(project_id)s AND slug = %(slug)s
+
+-- ===================================================================== cron Scheduler (engine.md §7.1)
+
+-- name: cron_unarmed
+-- Jobs with a cron and no next tick yet (new, or cron / time zone changed): the Scheduler arms them.
+SELECT id::text AS id, cron, timezone, updated_at FROM jobs
+WHERE cron IS NOT NULL AND next_fire_at IS NULL
+LIMIT %(limit)s
+
+-- name: cron_arm
+-- Give jobs their next tick, unless the job changed since it was read (the next pass reads it again).
+UPDATE jobs j SET next_fire_at = v.next_at
+FROM unnest(%(ids)s::uuid[], %(next)s::timestamptz[], %(seen)s::timestamptz[]) AS v(id, next_at, seen)
+WHERE j.id = v.id AND j.next_fire_at IS NULL AND j.updated_at = v.seen
+
+-- name: cron_due
+-- Jobs whose tick is due, oldest tick first.
+SELECT id::text AS id, cron, timezone, next_fire_at FROM jobs
+WHERE cron IS NOT NULL AND next_fire_at <= %(now)s
+ORDER BY next_fire_at
+LIMIT %(limit)s
+
+-- name: cron_fire
+-- Fire due ticks. A job's tick is taken by moving its next_fire_at on, compared and set (of many
+-- schedulers, one takes it); its run is inserted in the same statement with the tick's fire key as
+-- its idempotency key (a key already used makes no second run). A taken tick of a job that is off
+-- (disabled, paused), whose overlap policy is `skip` while a run of it is active, or over its
+-- rate limit or its project's daily cost cap, is skipped and says why. Cron runs: no payload,
+-- priority 0, triggered_by cron, created_by system:cron, a TTL only when the job sets run_ttl_secs.
+WITH v AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(due)s::timestamptz[], %(fire_at)s::timestamptz[],
+                         %(next)s::timestamptz[], %(keys)s::text[], %(run_ids)s::uuid[])
+        AS v(id, due, fire_at, next_at, fire_key, run_id)
+), taken AS (
+    UPDATE jobs j SET next_fire_at = v.next_at
+    FROM v WHERE j.id = v.id AND j.next_fire_at = v.due
+    RETURNING j.id, j.project_id, j.enabled, j.paused, j.cron_overlap_policy, j.rate_limit_max,
+              j.rate_limit_window_secs, j.run_ttl_secs, j.tags, j.default_run_metadata, j.version, j.version_id,
+              v.fire_at, v.fire_key, v.run_id
+), judged AS (
+    SELECT t.*, CASE
+        WHEN NOT t.enabled OR t.paused THEN 'job_off'
+        WHEN t.cron_overlap_policy = 'skip' AND EXISTS (
+            SELECT 1 FROM job_runs r
+            WHERE r.job_id = t.id AND r.status = ANY('{queued,dequeued,executing,waiting,delayed}'::text[])) THEN 'overlap'
+        WHEN t.rate_limit_max IS NOT NULL AND (
+            SELECT count(*) FROM job_runs r
+            WHERE r.job_id = t.id AND r.created_at >= now() - make_interval(secs => COALESCE(t.rate_limit_window_secs, 60))
+        ) >= t.rate_limit_max THEN 'rate_limit'
+        WHEN (SELECT q.max_daily_cost_microusd <= (
+                  SELECT COALESCE(sum(u.cost_microusd), 0) FROM run_usage u
+                  WHERE u.project_id = t.project_id
+                    AND u.created_at >= (date_trunc('day', now() AT TIME ZONE q.timezone) AT TIME ZONE q.timezone))
+              FROM project_quotas q WHERE q.project_id = t.project_id) THEN 'budget'
+        END AS skipped
+    FROM taken t
+), ins AS (
+    INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
+                          triggered_by, expires_at, idempotency_key, job_version, job_version_id, created_by)
+    SELECT j.run_id, j.id, j.project_id, 'queued', 0, '{}', %(empty_hash)s, j.tags, j.default_run_metadata,
+           'cron', CASE WHEN j.run_ttl_secs > 0 THEN now() + make_interval(secs => j.run_ttl_secs) END,
+           j.fire_key, j.version, j.version_id, 'system:cron'
+    FROM judged j WHERE j.skipped IS NULL
+    ON CONFLICT (job_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, job_id
+), wake AS (
+    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM ins LIMIT 1) w
+)
+SELECT j.id::text AS job_id, j.fire_at, j.fire_key, j.skipped, j.cron_overlap_policy, ins.id::text AS run_id,
+       (SELECT count(*) FROM wake) AS woke
+FROM judged j LEFT JOIN ins ON ins.job_id = j.id
+
+-- name: cron_cancel_overlapped
+-- `cancel_running`: a tick's new run is in; every other run of its job that is not terminal, and
+-- their descendants, are canceled (leases cleared, so a dispatch in flight records nothing).
+-- transition moved: * -> canceled
+WITH RECURSIVE v AS (
+    SELECT * FROM unnest(%(job_ids)s::uuid[], %(run_ids)s::uuid[]) AS v(job_id, run_id)
+), tree AS (
+    SELECT r.id, 0 AS depth FROM job_runs r JOIN v ON r.job_id = v.job_id AND r.id <> v.run_id
+    WHERE NOT r.status = ANY({terminal})
+    UNION
+    SELECT c.id, tree.depth + 1 FROM job_runs c JOIN tree ON c.parent_run_id = tree.id WHERE tree.depth < 20
+), cur AS (
+    SELECT r.id, r.status AS from_status FROM job_runs r JOIN (SELECT DISTINCT id FROM tree) t ON t.id = r.id
+    WHERE NOT r.status = ANY({terminal})
+    ORDER BY r.id
+    FOR UPDATE OF r
+), moved AS (
+    UPDATE job_runs r SET status = 'canceled', finished_at = now(), error = 'canceled by cron overlap policy',
+        {unlease}
+    FROM cur WHERE r.id = cur.id AND {guard moved}
+    RETURNING r.*, cur.from_status, r.status AS to_status, 'system:cron'::text AS actor
+){after moved}
+SELECT count(*) AS n FROM moved
 
 -- ===================================================================== run streams (SSE, api.md §4.5)
 

@@ -1,0 +1,107 @@
+"""The cron Scheduler's statements (engine.md §7.1): arm jobs with their next tick, fire due ticks.
+
+A tick is fired once however many schedulers run: taking it moves the job's `next_fire_at` on,
+compared and set, in the statement that inserts its run under the tick's fire key (a unique
+idempotency key of the job). No lock is held between statements; a scheduler that loses the
+compare-and-set for a job simply has nothing to do for it.
+
+After downtime a job's latest missed tick fires once (`latest_fire`), and the ones before it are
+skipped; the tick after `now` is armed next.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from croniter import CroniterBadCronError, CroniterBadDateError, CroniterNotAlphaError
+from psycopg.rows import dict_row
+
+from strait_actors import cron, ids
+from strait_actors.payloads import canonical_payload
+from strait_actors.store.errors import translated
+from strait_actors.store.sql import q
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+# a schedule that never matches (February 30th) or cannot be read is parked here, never due
+NEVER = datetime(9999, 12, 31, tzinfo=UTC)
+_EMPTY_HASH = canonical_payload({})[1]
+_CRON_ERRORS = (CroniterBadCronError, CroniterBadDateError, CroniterNotAlphaError, KeyError, ValueError)
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """One due tick a scheduler took: the run it made, or why it was skipped."""
+
+    job_id: str
+    fire_at: datetime
+    fire_key: str
+    run_id: str | None  # None: skipped, or the fire key had a run already
+    skipped: str | None  # job_off | overlap | rate_limit | budget
+
+
+def _next(expr: str, tz: str | None, after: datetime) -> datetime:
+    try:
+        return cron.next_fire(expr, tz, after)
+    except _CRON_ERRORS as exc:
+        log.warning("cron %r (%s) has no next tick after %s: %s", expr, tz, after.isoformat(), exc)
+        return NEVER
+
+
+def arm(conn: psycopg.Connection) -> int:
+    """Arm jobs without a next tick: the first tick after their last change (so a job created a
+    moment before its tick still gets it)."""
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(q("cron_unarmed"), {"limit": BATCH}).fetchall()
+        if not rows:
+            return 0
+        params = {
+            "ids": [r["id"] for r in rows],
+            "next": [_next(r["cron"], r["timezone"], r["updated_at"]) for r in rows],
+            "seen": [r["updated_at"] for r in rows],
+        }
+        return cur.execute(q("cron_arm"), params).rowcount
+
+
+def fire_due(conn: psycopg.Connection, now: datetime) -> list[Fired]:
+    """Fire the ticks due at `now` (one batch): each job's latest due tick once, its next armed."""
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(q("cron_due"), {"now": now, "limit": BATCH}).fetchall()
+        if not rows:
+            return []
+        ticks = list(_ticks(rows, now))
+        params: dict[str, Any] = {
+            "ids": [t[0] for t in ticks],
+            "due": [t[1] for t in ticks],
+            "fire_at": [t[2] for t in ticks],
+            "next": [t[3] for t in ticks],
+            "keys": [cron.fire_key(t[0], t[2]) for t in ticks],
+            "run_ids": [ids.uuid7() for _ in ticks],
+            "empty_hash": _EMPTY_HASH,
+        }
+        with conn.transaction():  # a cancel_running tick's cancels commit with its new run
+            out = cur.execute(q("cron_fire"), params).fetchall()
+            cancel = [r for r in out if r["run_id"] and r["cron_overlap_policy"] == "cancel_running"]
+            if cancel:
+                cur.execute(
+                    q("cron_cancel_overlapped"),
+                    {"job_ids": [r["job_id"] for r in cancel], "run_ids": [r["run_id"] for r in cancel]},
+                )
+        return [Fired(r["job_id"], r["fire_at"], r["fire_key"], r["run_id"], r["skipped"]) for r in out]
+
+
+def _ticks(rows: list[dict[str, Any]], now: datetime) -> Iterable[tuple[str, datetime, datetime, datetime]]:
+    """(job, due tick as stored, tick to fire, next tick) for each due job."""
+    for r in rows:
+        due = r["next_fire_at"]
+        try:
+            fire_at = cron.latest_fire(r["cron"], r["timezone"], now, due)
+        except _CRON_ERRORS:
+            fire_at = due
+        yield r["id"], due, fire_at, _next(r["cron"], r["timezone"], max(now, fire_at))

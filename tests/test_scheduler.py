@@ -1,0 +1,163 @@
+"""The cron Scheduler against real PostgreSQL (engine.md §7.1): a due tick fires once however many
+schedulers run, the latest missed tick fires once after downtime, overlap policies, off and limited
+jobs skip; and end to end, a strait worker fires a tick and the run reaches the endpoint."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from strait_actors import cron
+from strait_actors.store import queue, schedules
+from tests.client_helpers import make_job as api_job
+from tests.client_helpers import wait_terminal
+from tests.conftest import Endpoint, Server, wait_for
+from tests.helpers import make_job, make_runs
+
+T = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)  # a tick of every schedule below
+
+
+def due_job(conn: psycopg.Connection, expr: str = "*/5 * * * *", at: datetime = T, **cols: Any) -> str:
+    return make_job(conn, "http://x/", cron=expr, next_fire_at=at, **cols)
+
+
+def runs_of(conn: psycopg.Connection, job: str) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM job_runs WHERE job_id = %s ORDER BY created_at", (job,)).fetchall()
+
+
+def next_fire_at(conn: psycopg.Connection, job: str) -> datetime:
+    row = conn.execute("SELECT next_fire_at FROM jobs WHERE id = %s", (job,)).fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def test_a_due_tick_fires_once_and_the_next_is_armed(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = due_job(conn)
+        fired = schedules.fire_due(conn, T + timedelta(seconds=10))
+        assert [(f.job_id, f.fire_at, f.skipped) for f in fired] == [(job, T, None)]
+        assert schedules.fire_due(conn, T + timedelta(seconds=20)) == []  # taken: nothing due
+        [run] = runs_of(conn, job)
+        assert str(run["id"]) == fired[0].run_id and run["status"] == "queued"
+        assert (run["idempotency_key"], run["triggered_by"], run["created_by"]) == (
+            cron.fire_key(job, T),
+            "cron",
+            "system:cron",
+        )
+        assert (run["payload"], run["priority"], run["expires_at"]) == ({}, 0, None)  # TTL only when set
+        assert next_fire_at(conn, job) == T + timedelta(minutes=5)
+
+
+def test_after_downtime_the_latest_missed_tick_fires_once(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = due_job(conn, at=T - timedelta(days=2))  # 576 ticks missed
+        now = T + timedelta(minutes=7)
+        [f] = schedules.fire_due(conn, now)
+        assert (f.fire_at, f.skipped) == (T + timedelta(minutes=5), None)
+        assert len(runs_of(conn, job)) == 1
+        assert next_fire_at(conn, job) == T + timedelta(minutes=10)
+
+
+def test_many_schedulers_fire_each_tick_once(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        jobs = [due_job(conn, "* * * * *") for _ in range(300)]
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def scheduler() -> None:
+        try:
+            with queue.connect(dsn) as conn:
+                for minute in range(3):  # three ticks of every job
+                    barrier.wait()
+                    while schedules.fire_due(conn, T + timedelta(minutes=minute, seconds=1)):
+                        pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=scheduler) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT job_id::text, idempotency_key FROM job_runs").fetchall()
+    assert len(rows) == 900 and len(set(rows)) == 900  # asserted from the database: no tick twice
+    keys = {(j, cron.fire_key(j, T + timedelta(minutes=m))) for j in jobs for m in range(3)}
+    assert set(rows) == keys
+
+
+def test_overlap_policies(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        skip = due_job(conn, cron_overlap_policy="skip")
+        cancel = due_job(conn, cron_overlap_policy="cancel_running")
+        allow = due_job(conn)
+        for job in (skip, cancel, allow):
+            make_runs(conn, job, 1, status="executing")
+            make_runs(conn, job, 1, status="queued")
+            make_runs(conn, job, 1, status="completed")
+        fired = {f.job_id: f for f in schedules.fire_due(conn, T)}
+        assert fired[skip].skipped == "overlap" and fired[skip].run_id is None
+        assert fired[allow].run_id and fired[cancel].run_id
+        assert sorted(r["status"] for r in runs_of(conn, skip)) == ["completed", "executing", "queued"]
+        assert sorted(r["status"] for r in runs_of(conn, allow)) == ["completed", "executing", "queued", "queued"]
+        statuses = {str(r["id"]): r["status"] for r in runs_of(conn, cancel)}
+        assert statuses.pop(fired[cancel].run_id) == "queued"
+        assert sorted(statuses.values()) == ["canceled", "canceled", "completed"]
+        events = conn.execute(
+            "SELECT e.data->>'from', e.data->>'actor' FROM run_events e JOIN job_runs r ON r.id = e.run_id "
+            "WHERE r.job_id = %s AND e.data->>'to' = 'canceled' ORDER BY 1",
+            (cancel,),
+        ).fetchall()
+        assert events == [("executing", "system:cron"), ("queued", "system:cron")]
+        # every job's next tick is armed, skipped or not
+        assert {next_fire_at(conn, j) for j in (skip, cancel, allow)} == {T + timedelta(minutes=5)}
+
+
+def test_off_and_limited_jobs_skip_their_ticks(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        off = due_job(conn, enabled=False)
+        paused = due_job(conn, paused=True)
+        limited = due_job(conn, rate_limit_max=1, rate_limit_window_secs=3600)
+        make_runs(conn, limited, 1, status="completed")
+        fired = {f.job_id: f.skipped for f in schedules.fire_due(conn, T)}
+        assert fired == {off: "job_off", paused: "job_off", limited: "rate_limit"}
+        assert conn.execute("SELECT count(*) FROM job_runs WHERE triggered_by = 'cron'").fetchone() == (0,)
+        # a disabled job's schedule still moves on: enabled again, it does not fire a backlog
+        assert next_fire_at(conn, off) == T + timedelta(minutes=5)
+
+
+def test_jobs_are_armed_from_their_last_change(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/", cron="0 9 * * *", timezone="Asia/Tokyo")
+        changed = conn.execute("SELECT updated_at FROM jobs WHERE id = %s", (job,)).fetchone()[0]  # type: ignore[index]
+        assert schedules.arm(conn) == 1
+        assert next_fire_at(conn, job) == cron.next_fire("0 9 * * *", "Asia/Tokyo", changed)
+        assert next_fire_at(conn, job).astimezone(cron.zone("Asia/Tokyo")).hour == 9
+        assert schedules.arm(conn) == 0
+
+
+def test_a_worker_fires_cron_ticks_end_to_end(clients: Any, endpoint: Endpoint, strait: Server) -> None:
+    _, c, _ = clients
+    job = api_job(c, endpoint, cron="* * * * *")
+    with psycopg.connect(strait.env["DATABASE_URL"], autocommit=True) as conn:
+        armed = wait_for(lambda: next_fire_at(conn, job["id"]), what="the job armed")
+        assert armed.second == 0 and armed > datetime.now(UTC) - timedelta(minutes=1)
+        # as if the tick were due now: the scheduler fires it within its interval
+        conn.execute("UPDATE jobs SET next_fire_at = now() - interval '1 second' WHERE id = %s", (job["id"],))
+        run_id = wait_for(lambda: c.runs.list(query={"job_id": job["id"]})["data"], what="a cron run")[0]["id"]
+        run = wait_terminal(c, run_id)
+        assert run["status"] == "completed" and run["triggered_by"] == "cron"
+        assert endpoint.run_ids() == [run_id]
+        # a changed schedule is armed again, in its new time zone
+        c.jobs.update(job["id"], {"cron": "0 12 * * *", "timezone": "Asia/Kolkata"})
+        again = wait_for(
+            lambda: (t := next_fire_at(conn, job["id"])) and t.astimezone(cron.zone("Asia/Kolkata")).hour == 12 and t,
+            what="re-armed",
+        )
+        assert again.astimezone(cron.zone("Asia/Kolkata")).minute == 0
