@@ -9,6 +9,7 @@ skipped and counted.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,8 @@ from strait_actors.store import queue, schedules
 from strait_actors.store.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+REPORT_SECS = 60.0
 
 
 class Scheduler(SupervisedActor):
@@ -35,6 +38,9 @@ class Scheduler(SupervisedActor):
         # ticks this process fired / skipped by reason (the metrics endpoint will export these)
         self.fired = 0
         self.skipped: Counter[str] = Counter()
+        self.cpu = 0.0  # thread CPU seconds spent in ticks since the last report
+        self.report_at = time.monotonic() + REPORT_SECS
+        self.reported = (0, 0)
 
     def started(self) -> None:
         self.conn = queue.connect(self.ctx.dsn)
@@ -56,6 +62,31 @@ class Scheduler(SupervisedActor):
                 self.down = True
 
     def tick(self, now: datetime) -> None:
+        cpu = time.thread_time()
+        try:
+            self._tick(now)
+        finally:
+            self.cpu += time.thread_time() - cpu
+            if time.monotonic() >= self.report_at:
+                self._log_summary()
+
+    def _log_summary(self) -> None:
+        """One line a minute when there was work: what fired, what was skipped, the CPU it took."""
+        skipped = sum(self.skipped.values())
+        fired, was_skipped = self.fired - self.reported[0], skipped - self.reported[1]
+        if fired or was_skipped:
+            log.info(
+                "scheduler: last %.0f s: %d tick(s) fired, %d skipped (%s); %.3f s CPU",
+                REPORT_SECS + time.monotonic() - self.report_at,
+                fired,
+                was_skipped,
+                ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())) or "none",
+                self.cpu,
+            )
+        self.reported, self.cpu = (self.fired, skipped), 0.0
+        self.report_at = time.monotonic() + REPORT_SECS
+
+    def _tick(self, now: datetime) -> None:
         if self.conn is None or self.conn.closed:
             self.conn = queue.connect(self.ctx.dsn)
         self.down = False

@@ -994,11 +994,14 @@ FROM unnest(%(ids)s::uuid[], %(next)s::timestamptz[], %(seen)s::timestamptz[]) A
 WHERE j.id = v.id AND j.next_fire_at IS NULL AND j.updated_at = v.seen
 
 -- name: cron_due
--- Jobs whose tick is due, oldest tick first.
+-- Jobs whose tick is due, oldest tick first. Rows another scheduler is firing are skipped: the
+-- schedulers share a burst of ticks instead of racing for the same ones (which tick fires, and
+-- that it fires once, is cron_fire's compare-and-set and the fire key's, not this lock's).
 SELECT id::text AS id, cron, timezone, next_fire_at FROM jobs
 WHERE cron IS NOT NULL AND next_fire_at <= %(now)s
 ORDER BY next_fire_at
 LIMIT %(limit)s
+FOR NO KEY UPDATE SKIP LOCKED
 
 -- name: cron_fire
 -- Fire due ticks. A job's tick is taken by moving its next_fire_at on, compared and set (of many
@@ -1013,7 +1016,7 @@ WITH v AS (
         AS v(id, due, fire_at, next_at, fire_key, run_id)
 ), taken AS (
     UPDATE jobs j SET next_fire_at = v.next_at
-    FROM v WHERE j.id = v.id AND j.next_fire_at = v.due
+    FROM v WHERE j.id = ANY(%(ids)s::uuid[]) AND j.id = v.id AND j.next_fire_at = v.due
     RETURNING j.id, j.project_id, j.enabled, j.paused, j.cron_overlap_policy, j.rate_limit_max,
               j.rate_limit_window_secs, j.run_ttl_secs, j.tags, j.default_run_metadata, j.version, j.version_id,
               v.fire_at, v.fire_key, v.run_id

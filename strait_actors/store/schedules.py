@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -71,7 +72,7 @@ def arm(conn: psycopg.Connection) -> int:
 
 def fire_due(conn: psycopg.Connection, now: datetime) -> list[Fired]:
     """Fire the ticks due at `now` (one batch): each job's latest due tick once, its next armed."""
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
+    with translated(), conn.cursor(row_factory=dict_row) as cur, conn.transaction():
         rows = cur.execute(q("cron_due"), {"now": now, "limit": BATCH}).fetchall()
         if not rows:
             return []
@@ -85,23 +86,35 @@ def fire_due(conn: psycopg.Connection, now: datetime) -> list[Fired]:
             "run_ids": [ids.uuid7() for _ in ticks],
             "empty_hash": _EMPTY_HASH,
         }
-        with conn.transaction():  # a cancel_running tick's cancels commit with its new run
-            out = cur.execute(q("cron_fire"), params).fetchall()
-            cancel = [r for r in out if r["run_id"] and r["cron_overlap_policy"] == "cancel_running"]
-            if cancel:
-                cur.execute(
-                    q("cron_cancel_overlapped"),
-                    {"job_ids": [r["job_id"] for r in cancel], "run_ids": [r["run_id"] for r in cancel]},
-                )
+        # one transaction: the rows read stay this scheduler's, and a cancel_running tick's cancels
+        # commit with its new run
+        out = cur.execute(q("cron_fire"), params).fetchall()
+        cancel = [r for r in out if r["run_id"] and r["cron_overlap_policy"] == "cancel_running"]
+        if cancel:
+            cur.execute(
+                q("cron_cancel_overlapped"),
+                {"job_ids": [r["job_id"] for r in cancel], "run_ids": [r["run_id"] for r in cancel]},
+            )
         return [Fired(r["job_id"], r["fire_at"], r["fire_key"], r["run_id"], r["skipped"]) for r in out]
 
 
 def _ticks(rows: list[dict[str, Any]], now: datetime) -> Iterable[tuple[str, datetime, datetime, datetime]]:
-    """(job, due tick as stored, tick to fire, next tick) for each due job."""
+    """(job, due tick as stored, tick to fire, next tick) for each due job. On time (the tick after
+    the due one is still ahead) that is one computation; after downtime, the latest missed tick."""
     for r in rows:
-        due = r["next_fire_at"]
+        due, expr, tz = r["next_fire_at"], r["cron"], r["timezone"]
+        after_due = _next_cached(expr, tz, due)
+        if after_due > now:
+            yield r["id"], due, due, after_due
+            continue
         try:
-            fire_at = cron.latest_fire(r["cron"], r["timezone"], now, due)
+            fire_at = cron.latest_fire(expr, tz, now, due)
         except _CRON_ERRORS:
             fire_at = due
-        yield r["id"], due, fire_at, _next(r["cron"], r["timezone"], max(now, fire_at))
+        yield r["id"], due, fire_at, _next(expr, tz, max(now, fire_at))
+
+
+@lru_cache(maxsize=1024)
+def _next_cached(expr: str, tz: str | None, after: datetime) -> datetime:
+    """Jobs that share a schedule share their ticks: one computation for all of them per tick."""
+    return _next(expr, tz, after)
