@@ -108,6 +108,16 @@ def latest_fire(expr: str, tz_name: str | None, at: datetime, not_before: dateti
     return best
 
 
+def window_opening(expr: str, tz_name: str | None, ref: datetime) -> datetime | None:
+    """An execution window (engine.md §2.6): None when the minute of `ref` matches `expr` in the
+    zone (the run goes out as asked), else the next instant it matches (the run waits for it)."""
+    tz = zone(tz_name)
+    wall = ref.astimezone(tz).replace(tzinfo=None, second=0, microsecond=0)
+    if croniter.match(_ALIASES.get(expr.strip().lower(), expr), wall):
+        return None
+    return next_fire(expr, tz_name, ref)
+
+
 def fire_key(job_id: str, instant: datetime) -> str:
     """The tick's key: the job and the instant's unix minute."""
     return f"cron:job:{job_id}:{int(instant.timestamp()) // 60 * 60}"

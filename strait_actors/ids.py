@@ -21,6 +21,12 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+def uuid7_floor(unix_secs: float) -> uuid.UUID:
+    """The smallest UUIDv7 of that instant: every id made before it sorts below it."""
+    ms = max(0, int(unix_secs * 1000)) & 0xFFFF_FFFF_FFFF
+    return uuid.UUID(int=ms << 80 | 0x7 << 76 | 0x2 << 62)
+
+
 def new_id() -> str:
     return str(uuid7())
 

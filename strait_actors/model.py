@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from strait_actors import fsm, ids
+from strait_actors import cron, fsm, ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,7 @@ class RunOrigin:
     trace: dict[str, str] = field(default_factory=dict)
     batch_id: uuid.UUID | None = None
     triggered_by: str = "manual"
+    project_tz: str | None = None  # the project's time zone: a job's execution window without its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +71,16 @@ class NewRun:
 
 
 def new_run(origin: RunOrigin, req: RunRequest, payload: str, payload_hash: str, key: str | None) -> NewRun:
-    """A run of `origin.job` as `req` asks: delayed when scheduled ahead, the job's TTL rule unless
+    """A run of `origin.job` as `req` asks: delayed when scheduled ahead or asked outside the job's
+    execution window (until its next opening, engine.md §2.6), the job's TTL rule unless
     the request gives one (`effective_run_ttl_secs` is the schema's one copy of that rule); a TTL
     of 0 means none."""
     job = origin.job
-    delayed = req.scheduled_at is not None and req.scheduled_at > origin.now
+    at = req.scheduled_at
+    if job.get("execution_window_cron"):  # outside its window, a run waits for the next opening
+        ref = at if at is not None and at > origin.now else origin.now
+        at = cron.window_opening(job["execution_window_cron"], job["timezone"] or origin.project_tz, ref) or at
+    delayed = at is not None and at > origin.now
     ttl = req.ttl_secs if req.ttl_secs is not None else job["effective_run_ttl_secs"]
     return NewRun(
         id=ids.uuid7(),
@@ -87,7 +93,7 @@ def new_run(origin: RunOrigin, req: RunRequest, payload: str, payload_hash: str,
         tags={**job["tags"], **req.tags} if job["tags"] else req.tags,
         metadata={**(job["default_run_metadata"] or {}), **req.metadata, **origin.trace},
         triggered_by=origin.triggered_by,
-        scheduled_at=req.scheduled_at if delayed else None,
+        scheduled_at=at if delayed else None,
         ttl_secs=float(ttl) if ttl else None,
         idempotency_key=key,
         concurrency_key=req.concurrency_key,

@@ -45,6 +45,11 @@ class Settings:
     stale_threshold_secs: float = 20
     reaper_interval_secs: float = 2
     scheduler_interval_secs: float = 0.5
+    run_retention_short_hours: float = 720
+    run_retention_long_hours: float = 2160
+    event_trigger_retention_hours: float = 720
+    retention_interval_secs: float = 60
+    retention_batch_size: int = 5000
     worker_drain_timeout_secs: float = 30
     executor_http_timeout_secs: float = 300
     max_response_bytes: int = 1048576
@@ -141,6 +146,11 @@ def _validate(s: Settings) -> None:
         raise SettingsError("MAX_DEQUEUE_BATCH_SIZE: must be between 1 and 1000")
     if s.stale_threshold_secs <= s.heartbeat_interval_secs:
         raise SettingsError("STALE_THRESHOLD_SECS: must be longer than HEARTBEAT_INTERVAL_SECS")
+    for name in ("run_retention_short_hours", "run_retention_long_hours", "event_trigger_retention_hours"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{name.upper()}: must be 0 (keep) or a number of hours")
+    if not 1 <= s.retention_batch_size <= 100000:
+        raise SettingsError("RETENTION_BATCH_SIZE: must be between 1 and 100000")
     if not 0 < s.scheduler_interval_secs <= 30:
         raise SettingsError("SCHEDULER_INTERVAL_SECS: must be above 0 and at most 30")
 

@@ -132,7 +132,7 @@ def endpoint() -> Iterator[Endpoint]:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        seen = {"headers": dict(request.headers), "body": body, "at": time.time()}
+        seen = {"headers": dict(request.headers), "body": body, "at": time.time(), "query": request.query_string}
         ep.requests.append(seen)
         answer = ep.behave(seen) if ep.behave else None
         if asyncio.iscoroutine(answer):

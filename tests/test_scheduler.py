@@ -8,6 +8,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import psycopg
 from psycopg.rows import dict_row
 
@@ -15,7 +16,7 @@ from strait_actors import cron
 from strait_actors.store import queue, schedules
 from tests.client_helpers import make_job as api_job
 from tests.client_helpers import wait_terminal
-from tests.conftest import Endpoint, Server, wait_for
+from tests.conftest import SECRET, Endpoint, Server, wait_for
 from tests.helpers import make_job, make_runs
 
 T = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)  # a tick of every schedule below
@@ -161,3 +162,74 @@ def test_a_worker_fires_cron_ticks_end_to_end(clients: Any, endpoint: Endpoint, 
             what="re-armed",
         )
         assert again.astimezone(cron.zone("Asia/Kolkata")).minute == 0
+
+
+def test_a_run_asked_outside_its_execution_window_waits_for_the_next_opening(
+    clients: Any, endpoint: Endpoint, strait: Server
+) -> None:
+    """engine.md §2.6: inside the window a run goes out as asked; outside, `delayed` to the next
+    opening (in the job's zone, else its project's, else UTC), for single, bulk and dry-run triggers."""
+    _, c, _ = clients
+    new_year = "0 0 1 1 *"
+    job = api_job(c, endpoint, "nye", execution_window_cron=new_year, timezone="Pacific/Auckland")
+    t0 = datetime.now(UTC)
+    run = c.runs.get(c.jobs.trigger(job["id"], {"payload": {}})["id"])
+    opening = cron.next_fire(new_year, "Pacific/Auckland", t0)
+    assert run["status"] == "delayed" and datetime.fromisoformat(run["scheduled_at"]) == opening
+    assert opening.astimezone(cron.zone("Pacific/Auckland")).strftime("%m-%d %H:%M") == "01-01 00:00"
+    bulk = c.jobs.bulk_trigger(job["id"], {"items": [{"payload": {"i": 1}}, {"payload": {"i": 2}}]})
+    assert {r["status"] for r in bulk["results"]} == {"delayed"}
+    dry = c.jobs.trigger(job["id"], {"payload": {}, "dry_run": True})
+    assert datetime.fromisoformat(dry["scheduled_at"]) == opening
+    # asked for later, outside the window: the first opening after the time asked
+    later = (opening + timedelta(hours=1)).isoformat()
+    run = c.runs.get(c.jobs.trigger(job["id"], {"payload": {}, "scheduled_at": later})["id"])
+    assert datetime.fromisoformat(run["scheduled_at"]) == cron.next_fire(new_year, "Pacific/Auckland", opening)
+
+    # always open: out at once; asked for later: as asked
+    open_job = api_job(c, endpoint, "open", execution_window_cron="* * * * *")
+    now_run = c.jobs.trigger(open_job["id"], {"payload": {}})["id"]
+    assert wait_terminal(c, now_run)["status"] == "completed"
+    ahead = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    run = c.runs.get(c.jobs.trigger(open_job["id"], {"payload": {}, "scheduled_at": ahead.isoformat()})["id"])
+    assert run["status"] == "delayed" and datetime.fromisoformat(run["scheduled_at"]) == ahead
+
+    # no zone on the job: the project's
+    admin_h = {"Authorization": f"Bearer {SECRET}"}
+    assert httpx.put(
+        f"{strait.base}/v1/projects/p1/quotas", headers=admin_h, json={"timezone": "Asia/Tokyo"}
+    ).is_success
+    nine = api_job(c, endpoint, "nine", execution_window_cron="0 9 * * *")
+    run = c.runs.get(c.jobs.trigger(nine["id"], {"payload": {}})["id"])
+    at = datetime.fromisoformat(run["scheduled_at"]).astimezone(cron.zone("Asia/Tokyo"))
+    assert (at.hour, at.minute) == (9, 0) and run["status"] == "delayed"
+    assert endpoint.run_ids() == [now_run]  # nothing outside its window went out
+
+
+def test_version_policy_decides_which_settings_a_queued_run_dispatches_with(
+    clients: Any, endpoint: Endpoint, strait: Server
+) -> None:
+    """engine.md §3.1: runs enqueued before an update dispatch with their version's settings under
+    `pin`, with the current ones under `latest`, and under `minor` with the current ones only when
+    the new version is backwards compatible. Runs enqueued after the update use the new version."""
+    _, c, _ = clients
+    cases = {
+        "pin": ({"version_policy": "pin"}, {}, "v=1"),
+        "latest": ({"version_policy": "latest"}, {}, "v=2"),
+        "minor-breaking": ({"version_policy": "minor"}, {}, "v=1"),
+        "minor-compatible": ({"version_policy": "minor"}, {"backwards_compatible": True}, "v=2"),
+    }
+    soon = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    runs: dict[str, tuple[str, str]] = {}
+    for slug, (create, update, _) in cases.items():
+        job = api_job(c, endpoint, slug, endpoint_url=endpoint.url + "?v=1", timeout_secs=7, **create)
+        early = c.jobs.trigger(job["id"], {"payload": {}, "scheduled_at": soon})["id"]  # waits in the queue
+        c.jobs.update(job["id"], {"endpoint_url": endpoint.url + "?v=2", **update})
+        late = c.jobs.trigger(job["id"], {"payload": {}})["id"]
+        runs[slug] = (early, late)
+    for early, late in runs.values():
+        assert wait_terminal(c, early)["status"] == "completed" and wait_terminal(c, late)["status"] == "completed"
+    query = {r["headers"]["X-Run-ID"]: r["query"] for r in endpoint.requests}
+    for slug, (_, _, expected) in cases.items():
+        early, late = runs[slug]
+        assert (query[early], query[late]) == (expected, "v=2"), slug

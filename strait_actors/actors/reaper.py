@@ -20,7 +20,7 @@ import psycopg
 
 from strait_actors.actors.base import SupervisedActor, TreeContext
 from strait_actors.messages import Tick
-from strait_actors.store import events, queue
+from strait_actors.store import events, queue, retention
 from strait_actors.store.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Reaper(SupervisedActor):
         self.conn: psycopg.Connection | None = None
         self.down = False  # the database was lost; the hold-off starts when it answers again
         self.leases_trusted_at = 0.0  # monotonic time from which an expired lease means a dead worker
+        self.purge_at = 0.0  # monotonic time of the next retention pass
 
     def started(self) -> None:
         """Open the sweep connection."""
@@ -89,3 +90,17 @@ class Reaper(SupervisedActor):
         lost = events.resume_lost_waits(self.conn)
         if lost:
             log.warning("%d waiting run(s) whose wait was answered without resuming them: resumed", lost)
+        if time.monotonic() >= self.purge_at:
+            self.purge_at = time.monotonic() + s.retention_interval_secs
+            self.purge()
+
+    def purge(self) -> None:
+        """Retention: one bounded batch of old runs and one of old event triggers."""
+        s, conn = self.ctx.settings, self.conn
+        assert conn is not None
+        runs = retention.purge_runs(
+            conn, s.run_retention_short_hours, s.run_retention_long_hours, s.retention_batch_size
+        )
+        triggers = retention.purge_event_triggers(conn, s.event_trigger_retention_hours, s.retention_batch_size)
+        if runs or triggers:
+            log.info("retention: deleted %d run(s) and %d event trigger(s)", runs, triggers)

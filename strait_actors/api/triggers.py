@@ -100,6 +100,14 @@ async def enqueue(request: web.Request, job: Row, runs: list[NewRun]) -> list[Re
         raise ApiError(429, str(exc), code="enqueue_throttled", headers={"Retry-After": str(exc.retry_after)}) from None
 
 
+async def _window_tz(request: web.Request, job: Row) -> str | None:
+    """The zone of a job's execution window when the job names none: its project's (a quota's)."""
+    if not job["execution_window_cron"] or job["timezone"]:
+        return None
+    quota = await request.app[BUDGETS].quota(job["project_id"])
+    return quota["timezone"] if quota else None
+
+
 def _new_run(origin: RunOrigin, t: RunRequest, key: str | None) -> tuple[NewRun, str]:
     try:
         payload, digest = canonical_payload(t.payload)
@@ -143,7 +151,7 @@ async def trigger(request: web.Request) -> web.Response:
     t = validate_trigger(body, now=now)
     check_job(job)
     await check_payloads(job, [t.payload])
-    origin = RunOrigin(job, who.actor or None, now, _trace_metadata(request))
+    origin = RunOrigin(job, who.actor or None, now, _trace_metadata(request), project_tz=await _window_tz(request, job))
     run, digest = _new_run(origin, t, _header_key(request) or t.idempotency_key)
     if t.dry_run:
         return _dry_run(job, run, digest, t)
@@ -168,7 +176,9 @@ async def trigger_bulk(request: web.Request) -> web.Response:
     inputs = [validate_trigger(item, now=now, index=i) for i, item in enumerate(items)]
     check_job(job)
     await check_payloads(job, [t.payload for t in inputs], bulk=True)
-    origin = RunOrigin(job, who.actor or None, now, _trace_metadata(request), batch_id)
+    origin = RunOrigin(
+        job, who.actor or None, now, _trace_metadata(request), batch_id, project_tz=await _window_tz(request, job)
+    )
     runs = [_new_run(origin, t, t.idempotency_key)[0] for t in inputs]
     receipts = await enqueue(request, job, runs)
     results = [{"id": str(r.id), "status": r.status, "idempotency_hit": r.idempotency_hit} for r in receipts]

@@ -64,17 +64,33 @@ WITH due AS (
     RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.job_id, r.priority, r.created_at,
               r.payload::text AS payload, r.lease_id, r.expires_at, r.error AS previous_error,
               r.metadata ->> 'traceparent' AS traceparent, r.metadata ->> 'tracestate' AS tracestate,
-              c.resume_event_key
+              c.resume_event_key, r.job_version
 ){after claimed}
 -- always one row at least: (NULL id, promoted count) when nothing was claimed
 SELECT c.id::text AS id, c.job_id::text AS job_id, c.attempt, c.payload, c.lease_id::text AS lease_id,
-       c.expires_at, c.previous_error, COALESCE(j.endpoint_url, '') AS endpoint_url, j.timeout_secs,
-       j.max_attempts, j.retry_strategy, j.retry_delays_secs, j.retry_priority_boost, j.signing_secret,
+       c.expires_at, c.previous_error,
+       -- the settings of the job version the run is pinned to, else the job's own (engine.md §3.1)
+       COALESCE(pv.snap ->> 'endpoint_url', j.endpoint_url, '') AS endpoint_url,
+       COALESCE((pv.snap ->> 'timeout_secs')::int, j.timeout_secs) AS timeout_secs,
+       COALESCE((pv.snap ->> 'max_attempts')::int, j.max_attempts) AS max_attempts,
+       CASE WHEN pv.snap IS NULL THEN j.retry_strategy ELSE pv.snap ->> 'retry_strategy' END AS retry_strategy,
+       CASE WHEN pv.snap IS NULL THEN j.retry_delays_secs
+            WHEN jsonb_typeof(pv.snap -> 'retry_delays_secs') = 'array'
+            THEN ARRAY(SELECT x::int FROM jsonb_array_elements_text(pv.snap -> 'retry_delays_secs') x) END
+           AS retry_delays_secs,
+       COALESCE((pv.snap ->> 'retry_priority_boost')::int, j.retry_priority_boost) AS retry_priority_boost,
+       j.signing_secret,
        c.traceparent, c.tracestate, c.priority AS claim_priority, c.created_at AS claim_created_at,
        c.resume_event_key, cp.state AS last_checkpoint, cp.created_at AS checkpoint_at,
        w.n AS promoted
 FROM (SELECT count(*) AS n FROM promoted_wake) w
 LEFT JOIN (claimed c JOIN jobs j ON j.id = c.job_id
+           -- version_policy: a run of an older version reads that version's snapshot when the job pins
+           -- it (`pin`; `minor` unless the job's current version is backwards compatible)
+           LEFT JOIN LATERAL (SELECT v.snapshot AS snap FROM job_versions v
+                              WHERE c.job_version <> j.version
+                                AND (j.version_policy = 'pin' OR (j.version_policy = 'minor' AND NOT j.backwards_compatible))
+                                AND v.job_id = c.job_id AND v.version = c.job_version) pv ON true
            -- a retried or resumed run is told its newest checkpoint (api.md §5.2, §5.6); others skip the probe
            LEFT JOIN LATERAL (SELECT k.state::text AS state, k.created_at FROM run_checkpoints k
                               WHERE (c.attempt > 1 OR c.resume_event_key IS NOT NULL) AND k.run_id = c.id
@@ -1076,6 +1092,58 @@ WITH RECURSIVE v AS (
     RETURNING r.*, cur.from_status, r.status AS to_status, 'system:cron'::text AS actor
 ){after moved}
 SELECT count(*) AS n FROM moved
+
+-- ===================================================================== retention (engine.md §7.3)
+
+-- name: purge_runs
+-- Terminal runs that finished before their status's retention, oldest first, one bounded batch, with
+-- their own rows (events, checkpoints, outputs, state, tool calls, waits, stream watchers; usage rows
+-- stay: they are the project's spend). dead_letter never. The runs are found in the primary key's
+-- time order (ids are UUIDv7; `created_before` is the id of the newest cutoff), so retention needs
+-- no index of its own on job_runs. A NULL retention keeps its class.
+WITH old AS (
+    SELECT id FROM job_runs
+    WHERE id < %(created_before)s
+      AND ((status = ANY('{completed,failed,canceled,expired}'::text[])
+            AND finished_at < now() - make_interval(secs => %(short_secs)s))
+        OR (status = ANY('{timed_out,crashed,system_failed}'::text[])
+            AND finished_at < now() - make_interval(secs => %(long_secs)s)))
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), events AS (
+    DELETE FROM run_events e USING old WHERE e.run_id = old.id
+), checkpoints AS (
+    DELETE FROM run_checkpoints c USING old WHERE c.run_id = old.id
+), outputs AS (
+    DELETE FROM run_outputs o USING old WHERE o.run_id = old.id
+), state AS (
+    DELETE FROM run_state s USING old WHERE s.run_id = old.id
+), tool_calls AS (
+    DELETE FROM run_tool_calls t USING old WHERE t.run_id = old.id
+), waits AS (
+    DELETE FROM event_triggers t USING old WHERE t.job_run_id = old.id
+), watchers AS (
+    DELETE FROM run_watchers w USING old WHERE w.run_id = old.id
+), gone AS (
+    DELETE FROM job_runs r USING old WHERE r.id = old.id RETURNING r.id
+)
+SELECT count(*) AS n FROM gone
+
+-- name: purge_event_triggers
+-- Event triggers answered, timed out or canceled before the retention, one bounded batch (a waiting
+-- one never: it belongs to a live wait). Found in the primary key's time order, as runs are.
+WITH old AS (
+    SELECT id FROM event_triggers
+    WHERE id < %(created_before)s AND status <> 'waiting'
+      AND updated_at < now() - make_interval(secs => %(secs)s)
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM event_triggers t USING old WHERE t.id = old.id RETURNING t.id
+)
+SELECT count(*) AS n FROM gone
 
 -- ===================================================================== run streams (SSE, api.md §4.5)
 
