@@ -14,60 +14,30 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import psycopg
 
-from strait_actors.actors.base import SupervisedActor, TreeContext
-from strait_actors.messages import Tick
+from strait_actors.actors.base import TreeContext
+from strait_actors.actors.sweeper import SweepActor
 from strait_actors.store import events, queue, retention
-from strait_actors.store.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 
-class Reaper(SupervisedActor):
+class Reaper(SweepActor):
     """Sweeps for lost leases and expired runs; safe in many processes (SKIP LOCKED, fenced)."""
 
     name = "reaper"
 
     def __init__(self, ctx: TreeContext) -> None:
         super().__init__(ctx)
-        self.conn: psycopg.Connection | None = None
-        self.down = False  # the database was lost; the hold-off starts when it answers again
         self.leases_trusted_at = 0.0  # monotonic time from which an expired lease means a dead worker
         self.purge_at = 0.0  # monotonic time of the next retention pass
 
-    def started(self) -> None:
-        """Open the sweep connection."""
-        self.conn = queue.connect(self.ctx.dsn)
-
-    def cleanup(self) -> None:
-        """Close the sweep connection."""
-        if self.conn is not None:
-            self.conn.close()
-
-    def on_receive(self, message: Any) -> None:
-        """Each tick: one sweep."""
-        if isinstance(message, Tick):
-            try:
-                self.sweep()
-            except Unavailable as exc:
-                # expected in an outage, so not a crash (which would spend the restart budget the
-                # supervisor shares among the children): the next tick reconnects
-                if self.conn is not None:
-                    self.conn.close()
-                self.conn = None
-                if not self.down:
-                    log.warning("database unavailable (%s); sweeping again when it answers", exc)
-                self.down = True
-
     def sweep(self) -> None:
-        s = self.ctx.settings
-        if self.conn is None or self.conn.closed:
-            self.conn = queue.connect(self.ctx.dsn)
+        s, conn = self.ctx.settings, self.connection()
         started = time.monotonic()
-        queue.ping(self.conn)
+        queue.ping(conn)
         stalled = time.monotonic() - started > s.heartbeat_interval_secs
         if self.down or stalled:
             self.down = False
@@ -75,29 +45,28 @@ class Reaper(SupervisedActor):
             why = "stalled" if stalled else "away"
             log.warning("the database was %s: lost leases are reaped again in %.0f s", why, s.stale_threshold_secs)
         if time.monotonic() >= self.leases_trusted_at:
-            reaped = queue.reap_lost_leases(self.conn)
+            reaped = queue.reap_lost_leases(conn)
             if reaped:
                 log.warning("lost leases: %s", reaped)
-        expired = queue.expire_runs(self.conn)
+        expired = queue.expire_runs(conn)
         if expired:
             log.info("expired %d run(s)", expired)
-        waits, runs = events.expire_waits(self.conn)
+        waits, runs = events.expire_waits(conn)
         if waits:
             log.info("%d wait(s) timed out, %d waiting run(s) with them", waits, runs)
-        stale = events.requeue_stale_dequeued(self.conn, s.stale_threshold_secs)
+        stale = events.requeue_stale_dequeued(conn, s.stale_threshold_secs)
         if stale:
             log.warning("%d run(s) stale in dequeued went back to the queue", stale)
-        lost = events.resume_lost_waits(self.conn)
+        lost = events.resume_lost_waits(conn)
         if lost:
             log.warning("%d waiting run(s) whose wait was answered without resuming them: resumed", lost)
         if time.monotonic() >= self.purge_at:
             self.purge_at = time.monotonic() + s.retention_interval_secs
-            self.purge()
+            self.purge(conn)
 
-    def purge(self) -> None:
+    def purge(self, conn: psycopg.Connection) -> None:
         """Retention: one bounded batch of old runs and one of old event triggers."""
-        s, conn = self.ctx.settings, self.conn
-        assert conn is not None
+        s = self.ctx.settings
         runs = retention.purge_runs(
             conn, s.run_retention_short_hours, s.run_retention_long_hours, s.retention_batch_size
         )

@@ -12,29 +12,23 @@ import logging
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
 
-import psycopg
-
-from strait_actors.actors.base import SupervisedActor, TreeContext
-from strait_actors.messages import Tick
-from strait_actors.store import queue, schedules
-from strait_actors.store.errors import Unavailable
+from strait_actors.actors.base import TreeContext
+from strait_actors.actors.sweeper import SweepActor
+from strait_actors.store import schedules
 
 log = logging.getLogger(__name__)
 
 REPORT_SECS = 60.0
 
 
-class Scheduler(SupervisedActor):
+class Scheduler(SweepActor):
     """Cron ticks from `jobs.next_fire_at`; safe in many processes."""
 
     name = "scheduler"
 
     def __init__(self, ctx: TreeContext) -> None:
         super().__init__(ctx)
-        self.conn: psycopg.Connection | None = None
-        self.down = False
         # ticks this process fired / skipped by reason (the metrics endpoint will export these)
         self.fired = 0
         self.skipped: Counter[str] = Counter()
@@ -42,24 +36,8 @@ class Scheduler(SupervisedActor):
         self.report_at = time.monotonic() + REPORT_SECS
         self.reported = (0, 0)
 
-    def started(self) -> None:
-        self.conn = queue.connect(self.ctx.dsn)
-
-    def cleanup(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-
-    def on_receive(self, message: Any) -> None:
-        if isinstance(message, Tick):
-            try:
-                self.tick(datetime.now(UTC))
-            except Unavailable as exc:  # an outage is not a crash: the next tick reconnects
-                if self.conn is not None:
-                    self.conn.close()
-                self.conn = None
-                if not self.down:
-                    log.warning("database unavailable (%s); scheduling again when it answers", exc)
-                self.down = True
+    def sweep(self) -> None:
+        self.tick(datetime.now(UTC))
 
     def tick(self, now: datetime) -> None:
         cpu = time.thread_time()
@@ -87,13 +65,12 @@ class Scheduler(SupervisedActor):
         self.report_at = time.monotonic() + REPORT_SECS
 
     def _tick(self, now: datetime) -> None:
-        if self.conn is None or self.conn.closed:
-            self.conn = queue.connect(self.ctx.dsn)
+        conn = self.connection()
         self.down = False
-        while schedules.arm(self.conn) >= schedules.BATCH:
+        while schedules.arm(conn) >= schedules.BATCH:
             pass
         while True:
-            fired = schedules.fire_due(self.conn, now)
+            fired = schedules.fire_due(conn, now)
             for f in fired:
                 if f.skipped:
                     self.skipped[f.skipped] += 1
