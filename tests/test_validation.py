@@ -367,6 +367,8 @@ def test_create_422_wins_over_400() -> None:
         ({"webhook_url": "mailto:x@y.z"}, "invalid webhook_url: scheme must be http or https"),
         ({"timeout_secs": 86401}, "timeout_secs must be <= 86400"),
         ({"timeout_secs": 10**12}, "timeout_secs must be <= 86400"),
+        ({"rate_limit_window_secs": 2_592_001}, "rate_limit_window_secs must be <= 2592000"),
+        ({"dedup_window_secs": 10**9}, "dedup_window_secs must be <= 2592000"),
         ({"debounce_window_secs": 5, "batch_window_secs": 5}, "mutually exclusive"),
         ({"cron": "61 * * * *"}, 'invalid cron expression: cron "61 * * * *"'),
         ({"cron": "0 0 * * * *"}, "invalid cron expression: cron"),  # 6 fields (seconds)

@@ -52,7 +52,7 @@ class Scheduler(SweepActor):
         """One line a minute when there was work: what fired, what was skipped, the CPU it took."""
         skipped = sum(self.skipped.values())
         fired, was_skipped = self.fired - self.reported[0], skipped - self.reported[1]
-        if fired or was_skipped:
+        if fired or was_skipped or self.cpu >= 0.1:  # a scheduler that lost every tick still spent CPU
             log.info(
                 "scheduler: last %.0f s: %d tick(s) fired, %d skipped (%s); %.3f s CPU",
                 REPORT_SECS + time.monotonic() - self.report_at,

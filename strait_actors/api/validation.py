@@ -31,6 +31,7 @@ UrlCheck = Callable[[str], None]
 
 INT32_MAX: Final = 2**31 - 1  # integer columns are 32-bit; larger values would 500 in the DB
 MAX_TIMEOUT_SECS: Final = 86_400
+MAX_WINDOW_SECS: Final = 30 * 86_400  # rate-limit and dedup windows look at runs: not past their retention
 MAX_TTL_SECS: Final = 2_592_000  # 30 days
 MAX_KEY_LEN: Final = 256  # trigger keys (concurrency/debounce/batch/idempotency)
 MAX_SCHEDULE_AHEAD: Final = timedelta(days=30)
@@ -303,6 +304,9 @@ def _check_semantics(job: Mapping[str, Any], url_check: UrlCheck | None) -> None
             _check_url(name, job[name], url_check)
     if (job.get("timeout_secs") or 0) > MAX_TIMEOUT_SECS:
         raise bad_request(f"timeout_secs must be <= {MAX_TIMEOUT_SECS}")
+    for name in ("rate_limit_window_secs", "dedup_window_secs"):  # engine.md §2.5: within run retention
+        if (job.get(name) or 0) > MAX_WINDOW_SECS:
+            raise bad_request(f"{name} must be <= {MAX_WINDOW_SECS} (30 days, the run retention)")
     for name in ("cron", "execution_window_cron"):
         if job.get(name) is not None:
             _check_cron(name, job[name])
