@@ -8,6 +8,7 @@ is set for the subclass to act on, and the next tick reconnects.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from typing import Any
 
 import psycopg
@@ -20,7 +21,7 @@ from strait_actors.store.errors import Unavailable
 log = logging.getLogger(__name__)
 
 
-class SweepActor(SupervisedActor):
+class SweepActor(SupervisedActor, ABC):
     """One `sweep()` per Tick, on a connection that survives database outages."""
 
     def __init__(self, ctx: TreeContext) -> None:
@@ -56,5 +57,6 @@ class SweepActor(SupervisedActor):
                     log.warning("%s: database unavailable (%s); again when it answers", self.name, exc)
                 self.down = True
 
+    @abstractmethod
     def sweep(self) -> None:
-        raise NotImplementedError
+        """One bounded pass (the subclass's work)."""
