@@ -84,7 +84,17 @@ def test_sigkill_of_every_worker_with_parked_and_heartbeating_runs(
                 ).fetchone()
                 return row is not None and row[0] == N
 
-            wait_for(held, timeout=30, what="the SDK heartbeats holding every lease")
+            try:
+                wait_for(held, timeout=30, what="the SDK heartbeats holding every lease")
+            except AssertionError as exc:  # say where the runs are (this has failed rarely, unexplained)
+                rows = conn.execute(
+                    "SELECT status, attempt, lease_expires_at > %s + make_interval(secs => %s) AS held, count(*) "
+                    "FROM job_runs GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+                    (killed_at, STALE + 2),
+                ).fetchall()
+                raise AssertionError(
+                    f"{exc}; runs (status, attempt, held, n): {rows}; endpoint errors {errors[:3]}"
+                ) from None
             wait_for(
                 lambda: set(worker_pids(server)).isdisjoint(victims) and len(worker_pids(server)) == 2,
                 what="the workers restarted",
