@@ -16,6 +16,9 @@ X-Project-Id) it creates project "bench" and a job (max_attempts 1) pointing at 
   through the SDK plane (plain HTTP): runs/s and SDK calls/s end to end;
 - waits (on its own): N runs each park on a distinct event (wait-for-event), RSS is read while all
   are parked, then 32 clients send the N events: sends/s and resumes/s (every run dispatched again).
+- limits (on its own): N runs of a job with max_concurrency=50 on a 100 ms endpoint (runs/s against
+  the limit's ceiling of 500/s, and the peak concurrency the endpoint saw), then N runs over 1,000
+  concurrency keys at max_concurrency_per_key=1 on the no-op endpoint (runs/s, peak per key);
 - cron (on its own): --cron-jobs jobs firing every minute; over --cron-minutes whole minutes, read
   from the database: every tick of every job fired once (no tick missed, none twice), the drift of
   each run's insert from its tick (p50/p99/max), and the Scheduler's own CPU (its log line).
@@ -50,22 +53,43 @@ ALL = ("bulk", "single", "latency")  # --scenario all: the spine's figures (sdk 
 FAILED = {"failed", "timed_out", "crashed", "system_failed", "canceled", "expired", "dead_letter"}
 HEADERS = {"Authorization": f"Bearer {SECRET}", "X-Project-Id": "bench", "X-Actor-Id": "bench"}
 ENDPOINT = textwrap.dedent("""
-    import asyncio, sys, time
+    import asyncio, json, sys, time
     from aiohttp import web
     DELAY = float(sys.argv[2]) / 1000
     seen = {}  # run id -> time.time() of its first delivery
     hits = 0
+    inflight, peak = 0, 0  # requests being served at once, and the most seen
+    keyed, key_peak = {}, 0  # the same per concurrency key ("k" of the payload, when ?keyed=1)
     async def job(request):
-        global hits
-        await request.read()
+        global hits, inflight, peak, key_peak
+        body = await request.read()
         now = time.time()
         hits += 1
         seen.setdefault(request.headers.get("X-Run-ID", ""), now)
-        if DELAY:
-            await asyncio.sleep(DELAY)
+        delay, key = DELAY, None
+        if request.query_string:  # the limits scenario: ?delay_ms=N, ?keyed=1
+            delay = float(request.query.get("delay_ms", DELAY * 1000)) / 1000
+            if "keyed" in request.query:
+                key = json.loads(body).get("k")
+                keyed[key] = keyed.get(key, 0) + 1
+                key_peak = max(key_peak, keyed[key])
+        inflight += 1
+        peak = max(peak, inflight)
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            inflight -= 1
+            if key is not None:
+                keyed[key] -= 1
         return web.json_response({"ok": True})
-    async def count(request):  # GET /count?all=1 adds the first-seen time of every run
-        return web.json_response({"count": len(seen), "hits": hits, "seen": seen if "all" in request.query else {}})
+    async def count(request):  # GET /count?all=1 adds the first-seen time of every run; ?reset=1 the peaks
+        global peak, key_peak
+        out = {"count": len(seen), "hits": hits, "seen": seen if "all" in request.query else {},
+               "peak": peak, "key_peak": key_peak}
+        if "reset" in request.query:
+            peak, key_peak = inflight, 0
+        return web.json_response(out)
     app = web.Application()
     app.add_routes([web.post("/job", job), web.get("/count", count)])
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, backlog=4096)
@@ -244,12 +268,18 @@ class Bench:
                 raise SystemExit(f"{label}: timed out: the endpoint saw {seen}/{len(ids)} runs")
             await asyncio.sleep(0.05)
 
-    async def trigger_bulk(self, n: int) -> list[str]:
-        """N runs through POST /trigger/bulk in requests of 500, one after another; their ids."""
+    async def trigger_bulk(self, n: int, job: str = "", keys: int = 0) -> list[str]:
+        """N runs through POST /trigger/bulk in requests of 500, one after another; their ids.
+        With `keys`, run k has the concurrency key (and payload "k") k % keys."""
         ids: list[str] = []
         for i in range(0, n, 500):
-            items = [{"payload": {"i": k}} for k in range(i, min(n, i + 500))]
-            async with self.s.post(f"{self.base}/v1/jobs/{self.job}/trigger/bulk", json={"items": items}) as r:
+            if keys:
+                items = [
+                    {"payload": {"k": k % keys}, "concurrency_key": f"k{k % keys}"} for k in range(i, min(n, i + 500))
+                ]
+            else:
+                items = [{"payload": {"i": k}} for k in range(i, min(n, i + 500))]
+            async with self.s.post(f"{self.base}/v1/jobs/{job or self.job}/trigger/bulk", json={"items": items}) as r:
                 ids += [x["id"] for x in (await check(r))["results"]]
         return ids
 
@@ -366,6 +396,50 @@ class Bench:
         )
         return f"waits: sends_per_s={n / t_sent:.0f} resumes_per_s={n / t_resumed:.0f} (N={n})"
 
+    async def make_job(self, slug: str, endpoint: str, **extra: Any) -> str:
+        body = {
+            "project_id": "bench",
+            "name": slug,
+            "slug": slug,
+            "endpoint_url": endpoint,
+            "max_attempts": 1,
+            "timeout_secs": 30,
+            **extra,
+        }
+        async with self.s.post(f"{self.base}/v1/jobs", json=body) as r:
+            return str((await check(r))["id"])
+
+    async def limits(self) -> str:
+        """max_concurrency=50 on a 100 ms endpoint; then 1,000 keys at max_concurrency_per_key=1."""
+        n, out = self.args.runs, []
+        phases = (
+            ("capped", f"{self.ep}/job?delay_ms=100", {"max_concurrency": 50}, 0),
+            ("per-key", f"{self.ep}/job?delay_ms=0&keyed=1", {"max_concurrency_per_key": 1}, 1000),
+        )
+        for slug, url, limit, keys in phases:
+            job = await self.make_job(slug, url, **limit)
+            before = await self.count()
+            async with self.s.get(f"{self.ep}/count?reset=1"):
+                pass
+            t0 = time.monotonic()
+            ids = await self.trigger_bulk(n, job, keys)
+            t_trig = time.monotonic() - t0
+            deadline = time.monotonic() + 120 + n / 20
+            await self.wait_seen(f"limits {slug}", ids, before["count"], t0, deadline)
+            await self.wait_completed(f"limits {slug}", ids[-1], deadline)
+            total = time.monotonic() - t0
+            after = await self.count()
+            peak = after["key_peak"] if keys else after["peak"]
+            what = f"peak per key {peak} (limit 1, {keys} keys)" if keys else f"peak at the endpoint {peak} (limit 50)"
+            ceiling = " of a 500/s ceiling" if not keys else ""
+            print(
+                f"limits {slug}: {n} runs triggered in {t_trig:.2f} s, all completed after {total:.2f} s: "
+                f"{n / total:.0f} runs/s{ceiling}; {what}; endpoint hits {after['hits'] - before['hits']}",
+                flush=True,
+            )
+            out.append(f"{slug}_runs_per_s={n / total:.0f} {slug}_peak={peak}")
+        return f"limits: {' '.join(out)} (N={n})"
+
     async def cron(self, log: Path) -> str:
         """--cron-jobs jobs on `* * * * *`; judge --cron-minutes whole minutes from the database."""
         n, minutes = self.args.cron_jobs, self.args.cron_minutes
@@ -475,7 +549,7 @@ async def bench(
         t = time.monotonic()  # one run end to end first: the workers are up and dispatch works
         await b.wait_seen("warm-up", [await b.trigger(-1)], 0, t, t + 60)
         summary = []
-        for sc in ("bulk", "single", "latency", "sdk", "waits", "cron"):
+        for sc in ("bulk", "single", "latency", "sdk", "waits", "limits", "cron"):
             if args.scenario == sc or (args.scenario == "all" and sc in ALL):
                 mem.mark(sc)
                 if sc == "latency":
@@ -486,6 +560,8 @@ async def bench(
                     summary.append(await b.waits(mem))
                 elif sc == "cron":
                     summary.append(await b.cron(log))
+                elif sc == "limits":
+                    summary.append(await b.limits())
                 else:
                     summary.append(await b.throughput(sc))
                 mem.mark(sc)
@@ -510,7 +586,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20000)
     ap.add_argument("--database-url", default="", help="default: embedded PostgreSQL in a temp data dir")
     ap.add_argument("--endpoint-delay-ms", type=int, default=0)
-    ap.add_argument("--scenario", choices=["bulk", "single", "latency", "sdk", "waits", "cron", "all"], default="all")
+    ap.add_argument(
+        "--scenario", choices=["bulk", "single", "latency", "sdk", "waits", "limits", "cron", "all"], default="all"
+    )
     ap.add_argument("--cron-jobs", type=int, default=10000, help="cron scenario: jobs firing every minute")
     ap.add_argument("--cron-minutes", type=int, default=2, help="cron scenario: whole minutes measured")
     ap.add_argument("--clients", type=int, default=64, help="concurrent clients of the single scenario")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 
 import psycopg
@@ -154,3 +155,103 @@ def test_expiry_only_for_runs_never_started(dsn: str) -> None:
         assert queue.expire_runs(conn) == 1
         row = conn.execute("SELECT status, error FROM job_runs WHERE id = %s", (fresh[0],)).fetchone()
         assert row == ("expired", "run expired")
+
+
+def _claim_all(dsn: str, claimers: int, batch: int) -> list[str]:
+    """Claimers racing until the queue gives them nothing more; every run id claimed."""
+    claimed: list[list[str]] = [[] for _ in range(claimers)]
+    barrier = threading.Barrier(claimers)
+
+    def claimer(i: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            q = Queue(conn, worker_id=f"w{i}", lease_secs=30)
+            barrier.wait()
+            while True:
+                got = q.claim(batch)
+                claimed[i].extend(r.id for r in got.runs)
+                if not got.runs and not got.promoted:
+                    return
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(claimers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return [r for c in claimed for r in c]
+
+
+def test_racing_claimers_never_take_more_than_the_limits(dsn: str) -> None:
+    """Four claimers in batches of 37 over 600 runs: a job limit of 10 is never overshot, inside a
+    batch or across claimers, nor a per-key limit of 2; the runs left over are held out of the claim
+    index with their gates counting them. Outcomes give slots back and the next claims take the oldest."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        capped = make_job(conn, "http://x/", max_concurrency=10)
+        keyed = make_job(conn, "http://x/", max_concurrency_per_key=2)
+        free = make_job(conn, "http://x/")
+        make_runs(conn, capped, 200)
+        for k in range(5):
+            make_runs(conn, keyed, 40, concurrency_key=f"k{k}")
+        make_runs(conn, free, 200)
+    first = _claim_all(dsn, 4, 37)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        by_job = dict(conn.execute("SELECT job_id::text, count(*) FROM job_runs WHERE status = 'executing' GROUP BY 1"))
+        assert by_job == {capped: 10, keyed: 10, free: 200}
+        per_key = conn.execute(
+            "SELECT concurrency_key, count(*) FROM job_runs WHERE status = 'executing' AND job_id = %s GROUP BY 1",
+            (keyed,),
+        ).fetchall()
+        assert sorted(per_key) == [(f"k{k}", 2) for k in range(5)]
+        assert len(first) == len(set(first)) == 220
+        gates = conn.execute("SELECT ckey, cap, active, held FROM run_gates ORDER BY job_id, ckey").fetchall()
+        assert sorted(gates) == sorted([("", 10, 10, 190)] + [(f"k{k}", 2, 2, 38) for k in range(5)])
+        held = conn.execute("SELECT count(*) FROM job_runs WHERE status = 'queued' AND held LIKE 'g:%%'").fetchone()
+        assert held == (380,)
+        # the capped job's oldest 4 runs end: 4 slots, taken by its 4 oldest held runs
+        done = conn.execute(
+            "SELECT id::text, attempt, lease_id::text FROM job_runs WHERE job_id = %s AND status = 'executing' "
+            "ORDER BY created_at LIMIT 4",
+            (capped,),
+        ).fetchall()
+
+    async def record() -> set[str]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            outcomes = [Outcome(r, a, lease, "completed", None, None, None, 0.0, 0) for r, a, lease in done]
+            return await queue.record_outcomes(aconn, outcomes)
+
+    assert len(asyncio.run(record())) == 4
+    second = _claim_all(dsn, 4, 37)
+    assert len(second) == 4
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT active, held FROM run_gates WHERE job_id = %s", (capped,)).fetchone() == (10, 186)
+        newest_taken, oldest_left = conn.execute(
+            "SELECT max(created_at) FILTER (WHERE id = ANY(%s::uuid[])), "
+            "min(created_at) FILTER (WHERE status = 'queued') FROM job_runs WHERE job_id = %s",
+            (second, capped),
+        ).fetchone()
+        assert newest_taken <= oldest_left  # oldest first
+
+
+def test_a_retry_in_backoff_waits_out_of_the_claim_index(dsn: str) -> None:
+    """A retry with a delay is held as 'retry' (claims do not walk past it) until it is due; then a
+    claim brings it back, says so (`promoted`), and the next claim takes it."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/", max_attempts=3)
+        (run,) = make_runs(conn, job, 1)
+        q = Queue(conn, worker_id="w", lease_secs=30)
+        (claimed,) = q.claim(5).runs
+
+        async def fail() -> set[str]:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+                o = Outcome(run, 1, claimed.lease_id, "queued", None, "boom", "transient", 0.6, 0)
+                return await queue.record_outcomes(aconn, [o])
+
+        assert asyncio.run(fail()) == {run}
+        assert conn.execute("SELECT status, held FROM job_runs WHERE id = %s", (run,)).fetchone() == ("queued", "retry")
+        first = q.claim(5)
+        assert first.runs == [] and not first.promoted
+        deadline = time.monotonic() + 10
+        while not (got := q.claim(5)).promoted:  # due after 0.6 s: brought back to the claim index
+            assert got.runs == [] and time.monotonic() < deadline
+            time.sleep(0.05)
+        (again,) = q.claim(5).runs
+        assert (again.id, again.attempt) == (run, 2)

@@ -32,7 +32,10 @@ def sdk_endpoint(server: Server, endpoint: Endpoint, handler: Handler) -> list[d
     async def behave(seen: dict[str, Any]) -> Any:
         headers = seen["headers"]
         if not shared:  # one connection pool for every run's client: making one costs ~60 ms of the loop
-            shared.append(httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=None)))
+            # and every connection kept alive: with hundreds of runs calling at once, httpx's default of
+            # 20 kept would make the rest reconnect on every call
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+            shared.append(httpx.AsyncClient(timeout=30, limits=limits))
             endpoint.closers.append(shared[0].aclose)
         rc = AsyncClient(base_url=server.base, run_token=headers["X-Run-Token"], retry=None, http_client=shared[0])
         try:

@@ -182,6 +182,8 @@ def test_budgets_daily_cap_refuses_triggers_and_per_run_cap_fails_the_run(
     job = make_job(c, endpoint, max_attempts=3)
     run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
     run = wait_terminal(c, run_id)
+    # the run fails in the usage call's own statement: its answer reaches the endpoint just after
+    wait_for(lambda: len(answers) == 2, what="both usage calls answered")
     assert [s for s, _ in answers] == [201, 429]
     assert "per-run cost budget exceeded" in answers[1][1]
     assert (run["status"], run["error_class"], run["attempt"]) == ("failed", "budget", 1)

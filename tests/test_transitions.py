@@ -112,7 +112,8 @@ GOOD = """-- transition moved: executing -> completed
 WITH moved AS (
     UPDATE job_runs r SET status = 'completed', {unlease}
     FROM v WHERE r.id = v.id AND {guard moved}
-    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt, r.parent_run_id
+    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt, r.parent_run_id,
+              r.job_id, r.slots
 ){after moved}
 SELECT id FROM moved"""
 
@@ -129,6 +130,8 @@ SELECT id FROM moved"""
         (("r.status AS to_status, ", ""), "RETURNING lacks ['to_status']"),
         # an ending run answers its parent's spawn-await: the seam needs to know the parent
         ((", r.parent_run_id", ""), "RETURNING lacks ['parent_run_id']"),
+        # a run leaving executing gives its concurrency slots back: the seam needs them
+        ((", r.slots", ""), "RETURNING lacks ['slots']"),
         (("{after moved}", "{after moved}{wake moved}"), "never read"),
         (("SELECT id FROM moved", "SELECT id FROM moved{wake other}"), "names no declared transition"),
     ],

@@ -1,7 +1,9 @@
 """The Reaper: runs whose worker died (lease expired) go back to the queue or end `crashed`;
 runs never started whose TTL passed end `expired`; waits past their timeout end `timed_out`;
 runs stale in `dequeued` go back to the queue; a waiting run whose wait was answered without
-resuming it is resumed. One bounded batch of each per tick.
+resuming it is resumed. One bounded batch of each per tick. Every HELD_BACKSTOP_SECS, runs held
+back as 'job' (migration 0005) whose job can run again are released, in case a claim held them
+just after the job's update released the others.
 
 A lease that ran out while the database was gone (stopped, or stalled) says nothing about its
 worker: no worker could extend it. So after the reaper has seen the database lost or stalled it
@@ -23,6 +25,8 @@ from strait_actors.store import events, queue, retention
 
 log = logging.getLogger(__name__)
 
+HELD_BACKSTOP_SECS = 30.0
+
 
 class Reaper(SweepActor):
     """Sweeps for lost leases and expired runs; safe in many processes (SKIP LOCKED, fenced)."""
@@ -33,6 +37,7 @@ class Reaper(SweepActor):
         super().__init__(ctx)
         self.leases_trusted_at = 0.0  # monotonic time from which an expired lease means a dead worker
         self.purge_at = 0.0  # monotonic time of the next retention pass
+        self.held_at = 0.0  # monotonic time of the next held-runs backstop
 
     def sweep(self) -> None:
         s, conn = self.ctx.settings, self.connection()
@@ -60,6 +65,11 @@ class Reaper(SweepActor):
         lost = events.resume_lost_waits(conn)
         if lost:
             log.warning("%d waiting run(s) whose wait was answered without resuming them: resumed", lost)
+        if time.monotonic() >= self.held_at:
+            self.held_at = time.monotonic() + HELD_BACKSTOP_SECS
+            held = queue.release_held_runs(conn)
+            if held:
+                log.warning("%d run(s) held back after their job could run again: released", held)
         if time.monotonic() >= self.purge_at:
             self.purge_at = time.monotonic() + s.retention_interval_secs
             self.purge(conn)

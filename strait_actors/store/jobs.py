@@ -127,6 +127,7 @@ async def update_job(
             if row is None:
                 raise VersionConflict
             await conn.execute(q("insert_job_version"), snapshot)
+            await conn.execute(q("sync_job_gates"), {"id": current["id"]})
     return row  # type: ignore[no-any-return]
 
 

@@ -29,8 +29,16 @@ INSERT INTO schema_migrations (name) VALUES (%(name)s)
 -- ===================================================================== queue (worker)
 
 -- name: claim_runs
--- Promote due delayed runs, then claim queued runs for this worker under a fresh lease: one round trip.
--- Promoted runs are not visible to this statement's snapshot; their wake makes the next claim immediate.
+-- Promote due delayed runs (and due retries, held 'retry' while in backoff), then claim queued runs for
+-- this worker under a fresh lease: one round trip. Promoted runs are not visible to this statement's
+-- snapshot; they are counted in `promoted`, so the caller claims again at once.
+-- Concurrency limits (migration 0005): the runs considered are the next queued ones by the claim
+-- index, plus the held runs of gates that have a slot free again. Their gates are locked in key order
+-- (a locked row is read as it is now, not as the snapshot saw it), slots granted in claim order,
+-- ranked per key then per job, so one batch never overshoots a limit. A run that gets no slot is
+-- held (out of the claim index, until its gate frees one); a run of a paused, disabled or non-HTTP job
+-- is held as 'job' (its job's update releases it); a run whose gate does not exist yet is left
+-- queued and the gate made: the caller claims again at once (`promoted` counts it).
 -- transition promoted: delayed -> queued
 -- transition claimed: queued -> executing
 WITH due AS (
@@ -43,30 +51,135 @@ WITH due AS (
     UPDATE job_runs r SET status = 'queued'
     FROM due WHERE r.id = due.id AND {guard promoted}
     RETURNING r.id, 'delayed'::text AS from_status, r.status AS to_status, r.attempt
-){after promoted}{wake promoted}, candidates AS (
-    SELECT r.id, r.resume_event_key
+){after promoted}{wake promoted}, due_retries AS (
+    -- retries in backoff wait out of the claim index (held 'retry'); due ones go back to it
+    SELECT id FROM job_runs
+    WHERE status = 'queued' AND held = 'retry' AND next_retry_at <= now()
+    ORDER BY next_retry_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), retried AS (
+    UPDATE job_runs r SET held = NULL FROM due_retries d WHERE r.id = d.id RETURNING r.id
+), fresh AS (
+    SELECT r.id, r.job_id, r.priority, r.created_at, r.resume_event_key, NULL::text AS was_held,
+           COALESCE(r.concurrency_key, '') AS ckey,
+           j.enabled AND NOT j.paused AND j.execution_mode = 'http' AS runnable,
+           NULLIF(j.max_concurrency, 0) AS job_cap, NULLIF(j.max_concurrency_per_key, 0) AS key_cap
     FROM job_runs r JOIN jobs j ON j.id = r.job_id
-    WHERE r.status = 'queued'
+    WHERE r.status = 'queued' AND r.held IS NULL
       AND (r.next_retry_at IS NULL OR r.next_retry_at <= now())
       AND (r.expires_at IS NULL OR r.expires_at > now() OR r.attempt > 1 OR r.resume_event_key IS NOT NULL)
-      AND j.enabled AND NOT j.paused
-      AND j.execution_mode = 'http'  -- worker-mode jobs wait for the worker plane (not built yet)
     ORDER BY r.priority DESC, r.created_at
     LIMIT %(limit)s
     FOR UPDATE OF r SKIP LOCKED
+), ready AS (
+    SELECT g.job_id, g.ckey, LEAST(g.cap - g.active, %(limit)s) AS spare FROM run_gates g
+    WHERE g.held > 0 AND g.active < g.cap
+    LIMIT 64
+), released AS (
+    SELECT h.id, h.job_id, h.priority, h.created_at, h.resume_event_key, h.held AS was_held,
+           COALESCE(h.concurrency_key, '') AS ckey,
+           j.enabled AND NOT j.paused AND j.execution_mode = 'http' AS runnable,
+           NULLIF(j.max_concurrency, 0) AS job_cap, NULLIF(j.max_concurrency_per_key, 0) AS key_cap
+    FROM ready d CROSS JOIN LATERAL (
+        SELECT x.id, x.job_id, x.priority, x.created_at, x.resume_event_key, x.held, x.concurrency_key FROM job_runs x
+        WHERE x.job_id = d.job_id AND x.status = 'queued' AND x.held = 'g:' || d.ckey
+          AND (x.next_retry_at IS NULL OR x.next_retry_at <= now())
+        ORDER BY x.priority DESC, x.created_at
+        LIMIT d.spare
+        FOR UPDATE SKIP LOCKED) h
+    JOIN jobs j ON j.id = h.job_id
+), pool AS (
+    SELECT *, job_cap IS NOT NULL AS job_gated, key_cap IS NOT NULL AND ckey <> '' AS key_gated FROM (
+        SELECT * FROM fresh UNION ALL SELECT * FROM released) p
+), wanted AS (
+    SELECT job_id, '' AS ckey, max(job_cap) AS cap FROM pool WHERE runnable AND job_gated GROUP BY job_id
+    UNION SELECT job_id, ckey, max(key_cap) FROM pool WHERE runnable AND key_gated GROUP BY job_id, ckey
+    UNION SELECT job_id, substr(was_held, 3), NULL FROM pool WHERE was_held IS NOT NULL
+), gates AS (
+    SELECT g.job_id, g.ckey, g.cap - g.active AS spare FROM run_gates g
+    WHERE (g.job_id, g.ckey) IN (SELECT job_id, ckey FROM wanted)
+    ORDER BY g.job_id, g.ckey
+    FOR UPDATE
+), new_gates AS (
+    INSERT INTO run_gates (job_id, ckey, cap)
+    SELECT w.job_id, w.ckey, w.cap FROM wanted w
+    WHERE w.cap IS NOT NULL AND NOT EXISTS (SELECT 1 FROM gates g WHERE g.job_id = w.job_id AND g.ckey = w.ckey)
+    ON CONFLICT DO NOTHING
+    RETURNING job_id
+), by_key AS (
+    -- first the per-key limit: a run is granted if its rank among this batch's runs of its key fits
+    SELECT p.id, p.job_id, p.job_gated,
+           CASE WHEN NOT p.key_gated THEN 'ok'
+                WHEN kg.job_id IS NULL THEN 'defer'
+                WHEN row_number() OVER (PARTITION BY p.job_id, p.ckey ORDER BY p.priority DESC, p.created_at)
+                     <= kg.spare THEN 'ok'
+                ELSE 'g:' || p.ckey END AS verdict,
+           p.priority, p.created_at
+    FROM pool p LEFT JOIN gates kg ON p.key_gated AND kg.job_id = p.job_id AND kg.ckey = p.ckey
+    WHERE p.runnable
+), by_job AS (
+    -- then the job's limit, among the runs their key allowed
+    SELECT k.id,
+           CASE WHEN NOT k.job_gated THEN 'ok'
+                WHEN jg.job_id IS NULL THEN 'defer'
+                WHEN row_number() OVER (PARTITION BY k.job_id ORDER BY k.priority DESC, k.created_at) <= jg.spare
+                THEN 'ok'
+                ELSE 'g:' END AS verdict
+    FROM by_key k LEFT JOIN gates jg ON k.job_gated AND jg.job_id = k.job_id AND jg.ckey = ''
+    WHERE k.verdict = 'ok'
+), verdicts AS (
+    SELECT p.id, p.job_id, p.was_held, p.resume_event_key, p.priority, p.created_at,
+           CASE WHEN NOT p.runnable THEN 'job' WHEN k.verdict <> 'ok' THEN k.verdict ELSE b.verdict END AS verdict,
+           CASE WHEN p.job_gated AND p.key_gated THEN ARRAY['', p.ckey] WHEN p.job_gated THEN ARRAY['']
+                WHEN p.key_gated THEN ARRAY[p.ckey] END AS slots
+    FROM pool p LEFT JOIN by_key k ON k.id = p.id LEFT JOIN by_job b ON b.id = p.id
+), decided AS (
+    -- verdict: 'ok' claimed; 'defer' left queued (its gate was just made); 'job' or 'g:<ckey>' held;
+    -- 'skip' granted but past this claim's limit (released gates add runs to the fresh ones): untouched
+    SELECT v.id, v.job_id, v.was_held, v.resume_event_key, v.slots,
+           CASE WHEN v.verdict = 'ok' AND row_number() OVER (PARTITION BY v.verdict = 'ok'
+                                                              ORDER BY v.priority DESC, v.created_at) > %(limit)s
+                THEN 'skip' ELSE v.verdict END AS verdict
+    FROM verdicts v
+), held_back AS (
+    UPDATE job_runs r SET held = CASE WHEN d.verdict = 'defer' THEN NULL ELSE d.verdict END
+    FROM decided d
+    WHERE r.id = d.id AND d.verdict NOT IN ('ok', 'skip')
+      AND r.held IS DISTINCT FROM CASE WHEN d.verdict = 'defer' THEN NULL ELSE d.verdict END
+    RETURNING r.id
+), gate_moves AS (
+    -- each gate updated once: slots taken, runs it now holds, runs it no longer holds
+    UPDATE run_gates g SET active = g.active + m.taken, held = GREATEST(g.held + m.held_in - m.held_out, 0)
+    FROM (SELECT job_id, ckey, sum(taken)::int AS taken, sum(held_in)::int AS held_in, sum(held_out)::int AS held_out
+          FROM (SELECT d.job_id, s AS ckey, 1 AS taken, 0 AS held_in, 0 AS held_out
+                FROM decided d CROSS JOIN LATERAL unnest(d.slots) s WHERE d.verdict = 'ok'
+                UNION ALL
+                SELECT d.job_id, substr(d.verdict, 3), 0, 1, 0 FROM decided d
+                WHERE d.verdict LIKE 'g:%%' AND d.verdict IS DISTINCT FROM d.was_held
+                UNION ALL
+                SELECT d.job_id, substr(d.was_held, 3), 0, 0, 1 FROM decided d
+                WHERE d.was_held IS NOT NULL AND d.verdict <> 'skip' AND d.verdict IS DISTINCT FROM d.was_held) x
+          GROUP BY job_id, ckey) m
+    WHERE g.job_id = m.job_id AND g.ckey = m.ckey AND (g.job_id, g.ckey) IN (SELECT job_id, ckey FROM gates)
+    RETURNING g.job_id
+), candidates AS (
+    SELECT d.id, d.resume_event_key, d.slots FROM decided d WHERE d.verdict = 'ok'
 ), claimed AS (
     UPDATE job_runs r SET status = 'executing',
         started_at = now(), heartbeat_at = now(), finished_at = NULL,
         lease_id = %(lease_id)s, lease_expires_at = now() + make_interval(secs => %(lease_secs)s),
-        worker_id = %(worker_id)s, resume_event_key = NULL
+        worker_id = %(worker_id)s, resume_event_key = NULL, held = NULL, slots = c.slots
     FROM candidates c
     WHERE r.id = c.id AND {guard claimed}
     RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.job_id, r.priority, r.created_at,
+              r.held, r.slots,
               r.payload::text AS payload, r.lease_id, r.expires_at, r.error AS previous_error,
               r.metadata ->> 'traceparent' AS traceparent, r.metadata ->> 'tracestate' AS tracestate,
               c.resume_event_key, r.job_version
 ){after claimed}
--- always one row at least: (NULL id, promoted count) when nothing was claimed
+-- always one row at least: (NULL id, promoted count) when nothing was claimed; `promoted` also counts
+-- runs this claim held back or left for their new gate: either way, claim again at once
 SELECT c.id::text AS id, c.job_id::text AS job_id, c.attempt, c.payload, c.lease_id::text AS lease_id,
        c.expires_at, c.previous_error,
        -- the settings of the job version the run is pinned to, else the job's own (engine.md §3.1)
@@ -83,7 +196,9 @@ SELECT c.id::text AS id, c.job_id::text AS job_id, c.attempt, c.payload, c.lease
        c.traceparent, c.tracestate, c.priority AS claim_priority, c.created_at AS claim_created_at,
        c.resume_event_key, cp.state AS last_checkpoint, cp.created_at AS checkpoint_at,
        w.n AS promoted
-FROM (SELECT count(*) AS n FROM promoted_wake) w
+FROM (SELECT (SELECT count(*) FROM promoted_wake) + (SELECT count(*) FROM retried)
+             + (SELECT count(*) FROM decided WHERE verdict = 'defer'
+                   OR (verdict NOT IN ('ok', 'skip') AND verdict IS DISTINCT FROM was_held)) AS n) w
 LEFT JOIN (claimed c JOIN jobs j ON j.id = c.job_id
            -- version_policy: a run of an older version reads that version's snapshot when the job pins
            -- it (`pin`; `minor` unless the job's current version is backwards compatible)
@@ -114,11 +229,14 @@ WITH v AS (
         started_at = CASE WHEN v.to_status = 'queued' THEN NULL ELSE r.started_at END,
         finished_at = CASE WHEN v.to_status = 'queued' THEN NULL ELSE now() END,
         next_retry_at = CASE WHEN v.to_status = 'queued' THEN now() + make_interval(secs => v.delay) END,
+        -- a retry in backoff is set aside from the claim index until it is due (the claim brings it back)
+        held = CASE WHEN v.to_status = 'queued' AND v.delay > 0 THEN 'retry' END,
         priority = CASE WHEN v.to_status = 'queued' THEN LEAST(10, r.priority + v.boost) ELSE r.priority END,
         {unlease}
     FROM v
     WHERE r.id = v.id AND r.attempt = v.attempt AND r.lease_id = v.lease_id AND {guard moved}
-    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, v.attempt, v.error, r.parent_run_id
+    RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, v.attempt, v.error, r.parent_run_id,
+              r.job_id, r.slots
 ){after moved}
 SELECT id::text AS id FROM moved
 
@@ -142,7 +260,7 @@ WITH moved AS (
     FROM unnest(%(ids)s::uuid[], %(leases)s::uuid[]) AS v(id, lease_id)
     WHERE r.id = v.id AND r.lease_id = v.lease_id AND {guard moved}
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt,
-              'worker shutdown'::text AS note
+              'worker shutdown'::text AS note, r.job_id, r.slots
 ){after moved}{wake moved}
 SELECT count(*) AS released, (SELECT count(*) FROM moved_wake) AS woke FROM moved
 
@@ -165,6 +283,7 @@ WITH stale AS (
         attempt = CASE WHEN s.to_status = 'queued' THEN r.attempt + 1 ELSE r.attempt END,
         next_retry_at = CASE WHEN s.to_status = 'queued'
                              THEN now() + make_interval(secs => LEAST(power(2, s.attempt - 1), 3600)) END,
+        held = CASE WHEN s.to_status = 'queued' THEN 'retry' END,
         error = CASE WHEN s.to_status = 'queued' THEN 'heartbeat lost; retry scheduled' ELSE 'heartbeat lost' END,
         error_class = 'transient',
         started_at = CASE WHEN s.to_status = 'queued' THEN NULL ELSE r.started_at END,
@@ -172,7 +291,7 @@ WITH stale AS (
         {unlease}
     FROM stale s WHERE r.id = s.id AND {guard moved}
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, s.attempt, r.error,
-              'lease lost'::text AS note, r.parent_run_id
+              'lease lost'::text AS note, r.parent_run_id, r.job_id, r.slots
 ){after moved}
 SELECT to_status AS status, count(*) AS n FROM moved GROUP BY to_status
 
@@ -182,15 +301,24 @@ SELECT to_status AS status, count(*) AS n FROM moved GROUP BY to_status
 -- Scans the claim index (queued runs only): a delayed run past its TTL is past its schedule too, so
 -- the claim has promoted it; no index of its own, which every run would pay for.
 -- transition moved: queued -> expired
-WITH due AS (
+WITH due_free AS (
     SELECT id FROM job_runs
-    WHERE status = 'queued' AND expires_at <= now() AND attempt = 1 AND resume_event_key IS NULL
+    WHERE status = 'queued' AND held IS NULL AND expires_at <= now() AND attempt = 1 AND resume_event_key IS NULL
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
+), due_held AS (
+    -- held runs (migration 0005) are out of the claim index: their own index
+    SELECT id FROM job_runs
+    WHERE status = 'queued' AND held IS NOT NULL AND expires_at <= now() AND attempt = 1 AND resume_event_key IS NULL
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM due_free UNION ALL SELECT id FROM due_held
 ), moved AS (
     UPDATE job_runs r SET status = 'expired', error = 'run expired', finished_at = now()
     FROM due WHERE r.id = due.id AND {guard moved}
-    RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.parent_run_id
+    RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.parent_run_id,
+              r.job_id, r.held
 ){after moved}
 SELECT count(*) AS n FROM moved
 
@@ -287,6 +415,30 @@ UPDATE jobs SET name = %(name)s, slug = %(slug)s, description = %(description)s,
                         ELSE next_fire_at END
 WHERE id = %(id)s AND version = %(version)s
 RETURNING *
+
+-- name: sync_job_gates
+-- In a job's update: its concurrency gates take the new limits (a removed limit, NULL or 0, becomes 2^31-1, and
+-- the next claims release the runs it held), and if the job can run, its runs held as 'job' (paused,
+-- disabled, not HTTP: migration 0005) go back to the claim index. Wakes the pollers if either freed runs.
+WITH caps AS (
+    UPDATE run_gates g
+    SET cap = CASE WHEN g.ckey = '' THEN COALESCE(NULLIF(j.max_concurrency, 0), 2147483647)
+                   ELSE COALESCE(NULLIF(j.max_concurrency_per_key, 0), 2147483647) END
+    FROM jobs j
+    WHERE j.id = %(id)s AND g.job_id = j.id
+      AND g.cap <> CASE WHEN g.ckey = '' THEN COALESCE(NULLIF(j.max_concurrency, 0), 2147483647)
+                        ELSE COALESCE(NULLIF(j.max_concurrency_per_key, 0), 2147483647) END
+    RETURNING g.held > 0 AND g.active < g.cap AS ready
+), freed AS (
+    UPDATE job_runs r SET held = NULL
+    FROM jobs j
+    WHERE j.id = %(id)s AND j.enabled AND NOT j.paused AND j.execution_mode = 'http'
+      AND r.job_id = j.id AND r.status = 'queued' AND r.held = 'job'
+    RETURNING r.id
+)
+SELECT (SELECT count(*) FROM freed) AS freed,
+       (SELECT count(*) FROM (SELECT pg_notify('strait_queue_wake', '')
+                              WHERE EXISTS (SELECT 1 FROM freed) OR EXISTS (SELECT 1 FROM caps WHERE ready)) w) AS woke
 
 -- name: insert_job_version
 -- Snapshot the outgoing version of a job (written with the update that replaces it).
@@ -726,7 +878,7 @@ WITH cur AS (
     UPDATE job_runs r SET status = 'waiting', parked_lease_id = r.lease_id, heartbeat_at = now(), {unlease}
     FROM cur WHERE r.id = cur.id AND NOT cur.over_quota AND {guard parked}
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt,
-              'event ' || %(event_key)s::text AS note
+              'event ' || %(event_key)s::text AS note, r.job_id, r.slots
 ){after parked}, waits AS (
     INSERT INTO event_triggers (id, event_key, project_id, source_type, job_run_id, timeout_secs, expires_at,
                                 notify_url, trigger_type)
@@ -906,7 +1058,7 @@ WITH cur AS (
         awaiting_children = r.awaiting_children + 1, {unlease}
     FROM cur WHERE r.id = cur.id AND %(await)s AND cur.status = 'executing' AND {guard parked}
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt,
-              'awaiting spawned run'::text AS note
+              'awaiting spawned run'::text AS note, r.job_id, r.slots
 ){after parked}, counted AS (
     UPDATE job_runs r SET awaiting_children = r.awaiting_children + 1
     FROM cur WHERE r.id = cur.id AND %(await)s AND cur.status = 'waiting'
@@ -1092,6 +1244,23 @@ WITH RECURSIVE v AS (
     RETURNING r.*, cur.from_status, r.status AS to_status, 'system:cron'::text AS actor
 ){after moved}
 SELECT count(*) AS n FROM moved
+
+-- name: release_held_runs
+-- Backstop of sync_job_gates: a claim that read a job as paused just before its resume committed
+-- can hold runs after the resume released the others. Runs held as 'job' whose job can run go back
+-- to the claim index; bounded. Walks the jobs (one index probe each), so the Reaper runs it seldom.
+WITH freed AS (
+    UPDATE job_runs r SET held = NULL
+    WHERE r.id = ANY(ARRAY(
+        SELECT h.id FROM jobs j CROSS JOIN LATERAL (
+            SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job' LIMIT 1000) h
+        WHERE j.enabled AND NOT j.paused AND j.execution_mode = 'http'
+        LIMIT 5000))
+      AND r.status = 'queued' AND r.held = 'job'
+    RETURNING r.id
+)
+SELECT (SELECT count(*) FROM freed) AS n,
+       (SELECT count(*) FROM (SELECT pg_notify('strait_queue_wake', '') WHERE EXISTS (SELECT 1 FROM freed)) w) AS woke
 
 -- ===================================================================== retention (engine.md §7.3)
 

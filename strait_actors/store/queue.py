@@ -155,6 +155,13 @@ def reap_lost_leases(conn: psycopg.Connection) -> dict[str, int]:
         return {r["status"]: int(r["n"]) for r in cur.execute(q("reap_lost_leases")).fetchall()}
 
 
+def release_held_runs(conn: psycopg.Connection) -> int:
+    """Runs held as 'job' whose job can run again go back to the claim index (a bounded backstop)."""
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("release_held_runs")).fetchone()
+    return int(row["n"]) if row else 0
+
+
 def expire_runs(conn: psycopg.Connection) -> int:
     with translated(), conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(q("expire_runs")).fetchone()

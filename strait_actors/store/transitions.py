@@ -17,7 +17,10 @@ whose RETURNING names at least `id, from_status, to_status, attempt` (and option
   (a counter on the parent row, so concurrent children serialise on it: counting siblings from a
   snapshot would let two last children each see the other still running). The outbox, workflow
   callbacks and change feed attach here and nowhere else. A transition into a terminal status
-  returns `parent_run_id`, so runs without a parent cost the spawn-await part nothing.
+  returns `parent_run_id`, so runs without a parent cost the spawn-await part nothing. A run
+  leaving `executing` gives back its concurrency slots (it returns `job_id, slots`) and a queued
+  run leaving the queue while a full gate held it back leaves that gate's count (`job_id, held`);
+  a gate with a slot free and runs held wakes the pollers.
 - `{wake NAME}`: a CTE `NAME_wake` that NOTIFYs the pollers when runs became claimable; the final
   SELECT must read it (a SELECT CTE runs only when read).
 - `{terminal}`: the terminal statuses as a text[] literal.
@@ -40,6 +43,7 @@ _MACRO = re.compile(r"\{(guard|after|wake|tell_watchers) (\w+)\}|\{(unlease|term
 _SET_STATUS = re.compile(r"UPDATE job_runs r\s+SET status = ([\w.']+)(?=\s*,|\s+FROM\b)")
 _REQUIRED = ("id", "from_status", "to_status", "attempt")
 _TERMINAL_REQUIRED = ("parent_run_id",)  # and when a target is terminal
+_GATE_REQUIRED = {"executing": ("job_id", "slots"), "queued": ("job_id", "held")}  # by source: the gates' counts
 _OPTIONAL = ("error", "actor", "note")
 _WARN = sorted((fsm.TERMINAL - {fsm.S.COMPLETED, fsm.S.CANCELED}) | {fsm.S.WAITING})
 
@@ -128,6 +132,7 @@ def _declare(statement: str, name: str, froms: str, tos: str) -> Transition:
     outputs = _output_names(cte)
     given = set(outputs) | ({"id", "attempt"} if "*" in outputs else set())  # r.*: the run's own columns
     required = _REQUIRED + (_TERMINAL_REQUIRED if any(fsm.is_terminal(x) for x in targets) else ())
+    required += tuple(c for s, cols in _GATE_REQUIRED.items() if s in sources for c in cols if c not in required)
     missing = [c for c in required if c not in given and "*" not in outputs]
     if missing:
         raise TransitionError(f"transition {name}: RETURNING lacks {missing}")
@@ -173,6 +178,7 @@ def _after(t: Transition) -> str:
         ")"
         + (_close_waits(t) if fsm.S.WAITING in t.sources else "")
         + (_answer_parents(t) if any(fsm.is_terminal(x) for x in t.targets) else "")
+        + (_gates(t) if {fsm.S.EXECUTING, fsm.S.QUEUED} & set(t.sources) else "")
         + f", {t.name}_watched AS (\n    {tell_watchers(t.name)}\n)"
     )
 
@@ -245,6 +251,42 @@ def _answer_parents(t: Transition) -> str:
         f"    FROM {t.name}_parents p\n"
         "    CROSS JOIN LATERAL (SELECT pg_notify('strait_queue_wake', '') WHERE p.to_status = 'queued') w\n"
         "    WHERE p.to_status = 'queued'\n"
+        ")"
+    )
+
+
+def _gates(t: Transition) -> str:
+    """Concurrency gates (migration 0005): a run leaving `executing` frees its slots, a held queued run
+    leaving the queue leaves its gate's held count. Gate rows are locked in key order, as the claim
+    locks them, so a claim and a transition never wait on each other in a cycle. A gate left with a
+    free slot and held runs wakes the pollers: the next claim takes them. Runs without slots and not
+    held (every run of a job without limits) cost a filter on this CTE only."""
+    parts = []
+    if fsm.S.EXECUTING in t.sources:
+        parts.append(
+            f"SELECT m.job_id, k AS ckey, 1 AS act, 0 AS hld FROM {t.name} m CROSS JOIN LATERAL unnest(m.slots) k\n"
+            "        WHERE m.from_status = 'executing' AND m.slots IS NOT NULL"
+        )
+    if fsm.S.QUEUED in t.sources:
+        parts.append(
+            f"SELECT m.job_id, substr(m.held, 3) AS ckey, 0 AS act, 1 AS hld FROM {t.name} m\n"
+            "        WHERE m.from_status = 'queued' AND m.held LIKE 'g:%%'"
+        )
+    union = "\n        UNION ALL ".join(parts)
+    return (
+        f", {t.name}_gate_delta AS (\n"
+        f"    SELECT job_id, ckey, sum(act)::int AS act, sum(hld)::int AS hld FROM (\n        {union}) x\n"
+        "    GROUP BY job_id, ckey\n"
+        f"), {t.name}_gate_locks AS (\n"
+        "    SELECT g.job_id, g.ckey FROM run_gates g\n"
+        f"    WHERE (g.job_id, g.ckey) IN (SELECT job_id, ckey FROM {t.name}_gate_delta)\n"
+        "    ORDER BY g.job_id, g.ckey FOR UPDATE\n"
+        f"), {t.name}_gates AS (\n"
+        "    UPDATE run_gates g SET active = GREATEST(g.active - d.act, 0), held = GREATEST(g.held - d.hld, 0)\n"
+        f"    FROM {t.name}_gate_delta d\n"
+        "    WHERE g.job_id = d.job_id AND g.ckey = d.ckey\n"
+        f"      AND (g.job_id, g.ckey) IN (SELECT job_id, ckey FROM {t.name}_gate_locks)\n"
+        "    RETURNING CASE WHEN g.held > 0 AND g.active < g.cap THEN pg_notify('strait_queue_wake', '') END\n"
         ")"
     )
 
