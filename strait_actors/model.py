@@ -136,6 +136,7 @@ class ClaimedRun:
     resume_event_key: str | None = None  # what resumed a waiting run into this dispatch
     last_checkpoint: str | None = None  # newest checkpoint's state (JSON), for retried and resumed runs
     checkpoint_at: datetime | None = None
+    fallback_endpoint_url: str | None = None  # engine.md §3.5: where a transient failure is sent again
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,24 +134,49 @@ def _network_failure(exc: BaseException) -> tuple[str, str]:
     return f"request failed: {text}", "transient"
 
 
+# engine.md §3.5: the primary failures that go to a job's fallback endpoint (a timeout too, but it
+# shares the primary's deadline, so only a primary that failed before it leaves the fallback time)
+FALLBACK_CLASSES = frozenset({"rate_limited", "transient", "connection"})
+
+
+async def _post(
+    client: HttpClient, url: str, run: ClaimedRun, payload: bytes, jwt_key: str, timeout: float, max_body: int
+) -> tuple[int, bytes, str, str, bool]:
+    """(status, body, error, error class, timed out): status 0 when no answer came."""
+    try:
+        status, body = await client.post(
+            url, payload, encode_headers(build_headers(run, jwt_key, payload)), timeout=timeout, max_body=max_body
+        )
+    except TimeoutError:
+        return 0, b"", "execution timed out", "transient", True
+    except (HttpError, OSError, ValueError) as exc:
+        error, error_class = _network_failure(exc)
+        return 0, b"", error, error_class, False
+    if 200 <= status < 300:
+        return status, body, "", "", False
+    return status, body, f"endpoint returned {status}", retry.classify_status(status), False
+
+
 async def call(
     client: HttpClient, run: ClaimedRun, *, jwt_key: str, http_timeout_cap: float, max_response_bytes: int
 ) -> Outcome:
-    """POST the raw payload to the endpoint and turn the answer into an Outcome."""
+    """POST the raw payload to the endpoint and turn the answer into an Outcome. A transient failure
+    of the primary goes to the job's fallback endpoint (re-signed, within the same deadline): its 2xx
+    completes the run; if it fails too, both errors go through the usual failure handling."""
     payload = run.payload.encode()
-    try:
-        status, body = await client.post(
-            run.endpoint_url,
-            payload,
-            encode_headers(build_headers(run, jwt_key, payload)),
-            timeout=min(float(run.timeout_secs), http_timeout_cap),
-            max_body=max_response_bytes,
-        )
-    except TimeoutError:
-        return decide_failure(run, "execution timed out", "transient", timed_out=True)
-    except (HttpError, OSError, ValueError) as exc:
-        error, error_class = _network_failure(exc)
-        return decide_failure(run, error, error_class)
-    if 200 <= status < 300:
+    timeout = min(float(run.timeout_secs), http_timeout_cap)
+    deadline = time.monotonic() + timeout
+    status, body, error, error_class, timed_out = await _post(
+        client, run.endpoint_url, run, payload, jwt_key, timeout, max_response_bytes
+    )
+    if status and not error:
         return Outcome(run.id, run.attempt, run.lease_id, S.COMPLETED, result_json(body), None, None, 0.0, 0)
-    return decide_failure(run, f"endpoint returned {status}", retry.classify_status(status))
+    left = deadline - time.monotonic()
+    if run.fallback_endpoint_url and error_class in FALLBACK_CLASSES and left > 0:
+        f_status, f_body, f_error, _, f_timed_out = await _post(
+            client, run.fallback_endpoint_url, run, payload, jwt_key, left, max_response_bytes
+        )
+        if f_status and not f_error:
+            return Outcome(run.id, run.attempt, run.lease_id, S.COMPLETED, result_json(f_body), None, None, 0.0, 0)
+        error, timed_out = f"{error}; fallback: {f_error}", f_timed_out
+    return decide_failure(run, error, error_class, timed_out=timed_out)

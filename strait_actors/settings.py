@@ -50,6 +50,9 @@ class Settings:
     event_trigger_retention_hours: float = 720
     retention_interval_secs: float = 60
     retention_batch_size: int = 5000
+    priority_ageing_after_secs: float = 300
+    circuit_breaker_threshold: int = 5
+    circuit_breaker_cooldown_secs: float = 60
     worker_drain_timeout_secs: float = 30
     executor_http_timeout_secs: float = 300
     max_response_bytes: int = 1048576

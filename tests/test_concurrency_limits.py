@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,41 @@ def test_a_canceled_held_run_leaves_its_gate(dsn: str, strait: Server, clients: 
         wait_terminal(c, run_id, 30)
     assert Counter(c.runs.get(r)["status"] for r in ids) == Counter({"completed": 3, "canceled": 3})
     assert gates_at_rest(dsn) == []
+
+
+def test_pause_sets_a_jobs_runs_aside_and_resume_brings_them_back(
+    dsn: str, strait: Server, clients: Any, endpoint: Endpoint
+) -> None:
+    """POST /pause: triggers are refused (409) and the job's queued runs are set aside by the next
+    claim, not dispatched; pausing again keeps the first paused_at; POST /resume brings the runs
+    back and they complete. A reason that is not a string is a 400, and nothing changes."""
+    _, c, key = clients
+    job = make_job(c, endpoint, "pausable")
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    ids = trigger_all(strait, key["key"], job["id"], [{"payload": {"i": i}, "scheduled_at": soon} for i in range(20)])
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    with httpx.Client(base_url=strait.base, headers=headers, timeout=10) as h:
+        bad = h.post(f"/v1/jobs/{job['id']}/pause", json={"reason": 5})
+        assert bad.status_code == 400 and not h.get(f"/v1/jobs/{job['id']}").json()["paused"]
+        first = h.post(f"/v1/jobs/{job['id']}/pause", json={"reason": "maintenance"}).json()
+        assert (first["paused"], first["pause_reason"]) == (True, "maintenance")
+        again = h.post(f"/v1/jobs/{job['id']}/pause").json()
+        assert again["paused_at"] == first["paused_at"]
+        refused = h.post(f"/v1/jobs/{job['id']}/trigger", json={"payload": {}})
+        assert refused.status_code == 409 and "paused" in refused.json()["message"]
+
+        def set_aside() -> bool:
+            with psycopg.connect(dsn) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE status = 'queued' AND held = 'job'), count(*) FROM job_runs "
+                    "WHERE job_id = %s",
+                    (job["id"],),
+                ).fetchone()
+            return row == (20, 20)
+
+        wait_for(set_aside, 20, what="the paused job's runs set aside")
+        assert not endpoint.requests
+        resumed = h.post(f"/v1/jobs/{job['id']}/resume").json()
+        assert (resumed["paused"], resumed.get("paused_at"), resumed.get("pause_reason")) == (False, None, None)
+    for run_id in ids:
+        assert wait_terminal(c, run_id)["status"] == "completed"

@@ -255,3 +255,18 @@ def test_a_retry_in_backoff_waits_out_of_the_claim_index(dsn: str) -> None:
             time.sleep(0.05)
         (again,) = q.claim(5).runs
         assert (again.id, again.attempt) == (run, 2)
+
+
+def test_priority_ageing_lifts_old_claimable_runs_one_step_up_to_10(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        old = "2000-01-01T00:00:00Z"
+        (low,) = make_runs(conn, job, 1, priority=0, created_at=old)
+        (nine,) = make_runs(conn, job, 1, priority=9, created_at=old)
+        (top,) = make_runs(conn, job, 1, priority=10, created_at=old)
+        (young,) = make_runs(conn, job, 1, priority=0)
+        (held,) = make_runs(conn, job, 1, priority=0, created_at=old, held="retry", next_retry_at="2999-01-01")
+        assert queue.age_queued_runs(conn, 300) == 2  # low 0 -> 1, nine 9 -> 10; top is at the cap
+        assert queue.age_queued_runs(conn, 300) == 1  # low 1 -> 2; young and held are never aged
+        rows = dict(conn.execute("SELECT id::text, priority FROM job_runs").fetchall())
+        assert rows == {low: 2, nine: 10, top: 10, young: 0, held: 0}

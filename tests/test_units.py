@@ -141,3 +141,26 @@ def test_run_token_claims_and_expiry() -> None:
     }
     with pytest.raises(jwt.InvalidTokenError):
         tokens.decode_run_token("z" * 32, token)
+
+
+def test_a_circuit_opens_after_the_threshold_half_opens_for_one_probe_and_closes_on_success() -> None:
+    from strait_actors.breaker import Breakers
+    from strait_actors.model import Outcome
+
+    def outcome(error_class: str | None) -> Outcome:
+        status = "completed" if error_class is None else "queued"
+        return Outcome("r", 1, "l", status, None, error_class and "boom", error_class, 0.0, 0)
+
+    b = Breakers(threshold=3, cooldown=10.0)
+    url = "http://e/"
+    assert not b.record(url, outcome("server"), now=0) and not b.record(url, outcome("client"), now=0)
+    assert b.hold_for(url, now=0) == 0  # a 4xx answer reset the count
+    assert [b.record(url, outcome("connection"), now=1) for _ in range(3)] == [False, False, True]
+    assert b.hold_for(url, now=5) == 6.0 and b.hold_for(url, now=10.9) > 0
+    assert b.hold_for(url, now=11) == 0  # half-open: one probe goes
+    assert b.hold_for(url, now=11.5) == 1.0  # the others wait while it is out
+    assert not b.record(url, outcome("transient"), now=12)  # the probe failed: open again
+    assert b.hold_for(url, now=13) == 9.0
+    assert b.hold_for(url, now=22) == 0 and not b.record(url, outcome(None), now=22)
+    assert b.hold_for(url, now=22.1) == 0 and url not in b.circuits  # closed
+    assert Breakers(threshold=0, cooldown=10).record(url, outcome("server")) is False  # 0: off

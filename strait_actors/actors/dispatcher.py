@@ -17,6 +17,8 @@ import psycopg
 from strait_actors import outbound
 from strait_actors.actors.base import TreeContext
 from strait_actors.actors.loop import LoopActor
+from strait_actors.breaker import Breakers
+from strait_actors.fsm import S
 from strait_actors.messages import Dispatch, DispatcherReady, ReportCapacity, SlotsFreed, Tick
 from strait_actors.model import ClaimedRun, Outcome
 from strait_actors.store import queue
@@ -46,6 +48,7 @@ class DispatcherPool(LoopActor):
         self.draining = False
         self.db: psycopg.AsyncConnection | None = None
         self.db_lock = asyncio.Lock()  # one reconnect at a time: writes and heartbeats share the connection
+        self.breakers = Breakers(s.circuit_breaker_threshold, s.circuit_breaker_cooldown_secs)
 
     def started(self) -> None:
         """Open the loop, then offer every slot: a (re)started pool has nothing in flight."""
@@ -92,13 +95,20 @@ class DispatcherPool(LoopActor):
 
     async def _call(self, run: ClaimedRun) -> None:
         s = self.ctx.settings
-        outcome = await outbound.call(
-            self.client,
-            run,
-            jwt_key=s.jwt_signing_key,
-            http_timeout_cap=s.executor_http_timeout_secs,
-            max_response_bytes=s.max_response_bytes,
-        )
+        wait = self.breakers.hold_for(run.endpoint_url) if self.breakers.circuits else 0.0
+        if wait:  # the circuit is open: back to the queue until it half-opens, no attempt spent
+            error = f"circuit open for this endpoint: waits {wait:.0f} s"
+            outcome = Outcome(run.id, run.attempt, run.lease_id, S.QUEUED, None, error, "circuit_open", wait, 0)
+        else:
+            outcome = await outbound.call(
+                self.client,
+                run,
+                jwt_key=s.jwt_signing_key,
+                http_timeout_cap=s.executor_http_timeout_secs,
+                max_response_bytes=s.max_response_bytes,
+            )
+            if self.breakers.record(run.endpoint_url, outcome):
+                log.warning("circuit opened for %s: %s", run.endpoint_url, outcome.error)
         self.pending.append(outcome)
         if not self.flushing:
             self.flushing = True

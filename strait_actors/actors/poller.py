@@ -81,7 +81,7 @@ class Poller(SupervisedActor):
         self.ctx.registry.tell("dispatcher", ReportCapacity())
 
     def _connect(self) -> Queue:
-        self.conn = queue.connect(self.ctx.dsn)
+        self.conn = queue.connect(self.ctx.dsn, claims=True)
         self.queue = Queue(self.conn, worker_id=self.ctx.worker_id, lease_secs=self.ctx.settings.stale_threshold_secs)
         return self.queue
 

@@ -3,7 +3,8 @@ runs never started whose TTL passed end `expired`; waits past their timeout end 
 runs stale in `dequeued` go back to the queue; a waiting run whose wait was answered without
 resuming it is resumed. One bounded batch of each per tick. Every HELD_BACKSTOP_SECS, runs held
 back as 'job' (migration 0005) whose job can run again are released, in case a claim held them
-just after the job's update released the others.
+just after the job's update released the others. Every AGEING_INTERVAL_SECS, runs queued longer
+than PRIORITY_AGEING_AFTER_SECS gain one priority step (engine.md §2.4).
 
 A lease that ran out while the database was gone (stopped, or stalled) says nothing about its
 worker: no worker could extend it. So after the reaper has seen the database lost or stalled it
@@ -26,6 +27,7 @@ from strait_actors.store import events, queue, retention
 log = logging.getLogger(__name__)
 
 HELD_BACKSTOP_SECS = 30.0
+AGEING_INTERVAL_SECS = 60.0
 
 
 class Reaper(SweepActor):
@@ -38,6 +40,7 @@ class Reaper(SweepActor):
         self.leases_trusted_at = 0.0  # monotonic time from which an expired lease means a dead worker
         self.purge_at = 0.0  # monotonic time of the next retention pass
         self.held_at = 0.0  # monotonic time of the next held-runs backstop
+        self.age_at = 0.0  # monotonic time of the next priority ageing pass
 
     def sweep(self) -> None:
         s, conn = self.ctx.settings, self.connection()
@@ -70,6 +73,13 @@ class Reaper(SweepActor):
             held = queue.release_held_runs(conn)
             if held:
                 log.warning("%d run(s) held back after their job could run again: released", held)
+        if s.priority_ageing_after_secs > 0 and time.monotonic() >= self.age_at:
+            self.age_at = time.monotonic() + AGEING_INTERVAL_SECS
+            aged = queue.age_queued_runs(conn, s.priority_ageing_after_secs)
+            if aged:
+                log.info(
+                    "priority ageing: %d run(s) queued over %.0f s gained a step", aged, s.priority_ageing_after_secs
+                )
         if time.monotonic() >= self.purge_at:
             self.purge_at = time.monotonic() + s.retention_interval_secs
             self.purge(conn)

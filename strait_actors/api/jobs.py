@@ -130,6 +130,34 @@ async def update_job(request: web.Request) -> web.Response:
     return json_response(render.job(row))
 
 
+@routes.post("/v1/jobs/{job_id}/pause")
+async def pause_job(request: web.Request) -> web.Response:
+    """api.md §4.3.10: optional `{"reason": str}`; pausing a paused job keeps its first paused_at."""
+    require(request, "jobs:write")
+    current = await load_job(request)
+    body = await read_object(request)
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+        raise bad_request("reason must be a string of at most 1000 characters")
+    return await _set_paused(request, current, True, reason)
+
+
+@routes.post("/v1/jobs/{job_id}/resume")
+async def resume_job(request: web.Request) -> web.Response:
+    require(request, "jobs:write")
+    current = await load_job(request)
+    await read_object(request)
+    return await _set_paused(request, current, False, None)
+
+
+async def _set_paused(request: web.Request, current: Row, paused: bool, reason: str | None) -> web.Response:
+    row = await store.set_paused(request.app[POOL], current["id"], paused, reason)
+    if row is None:
+        raise not_found("job not found")
+    request.app[JOBS].forget(current["id"])
+    return json_response(render.job(row))
+
+
 @routes.delete("/v1/jobs/{job_id}")
 async def delete_job(request: web.Request) -> web.Response:
     require(request, "jobs:write")

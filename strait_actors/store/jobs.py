@@ -131,6 +131,17 @@ async def update_job(
     return row  # type: ignore[no-any-return]
 
 
+async def set_paused(pool: AsyncConnectionPool, job_id: uuid.UUID, paused: bool, reason: str | None) -> Row | None:
+    """Pause or resume; a resumed job's runs set aside while it was paused go back to the queue."""
+    with translated():
+        async with pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(q("set_job_paused"), {"id": job_id, "paused": paused, "reason": reason})
+            row: Any = await cur.fetchone()
+            if row is not None and not paused:
+                await conn.execute(q("sync_job_gates"), {"id": job_id})
+    return row  # type: ignore[no-any-return]
+
+
 async def get_job(pool: AsyncConnectionPool, job_id: uuid.UUID) -> Row | None:
     return await fetch_one(pool, "get_job", {"id": job_id})
 

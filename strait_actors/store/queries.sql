@@ -32,8 +32,8 @@ INSERT INTO schema_migrations (name) VALUES (%(name)s)
 -- Promote due delayed runs (and due retries, held 'retry' while in backoff), then claim queued runs for
 -- this worker under a fresh lease: one round trip. Promoted runs are not visible to this statement's
 -- snapshot; they are counted in `promoted`, so the caller claims again at once.
--- Concurrency limits (migration 0005): the runs considered are the next queued ones by the claim
--- index, plus the held runs of gates that have a slot free again. Their gates are locked in key order
+-- Concurrency limits (migration 0005): the runs considered are the held runs of gates that have a
+-- slot free again (oldest first), then as many of the next queued ones by the claim index as fit. Their gates are locked in key order
 -- (a locked row is read as it is now, not as the snapshot saw it), slots granted in claim order,
 -- ranked per key then per job, so one batch never overshoots a limit. A run that gets no slot is
 -- held (out of the claim index, until its gate frees one); a run of a paused, disabled or non-HTTP job
@@ -60,18 +60,6 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 ), retried AS (
     UPDATE job_runs r SET held = NULL FROM due_retries d WHERE r.id = d.id RETURNING r.id
-), fresh AS (
-    SELECT r.id, r.job_id, r.priority, r.created_at, r.resume_event_key, NULL::text AS was_held,
-           COALESCE(r.concurrency_key, '') AS ckey,
-           j.enabled AND NOT j.paused AND j.execution_mode = 'http' AS runnable,
-           NULLIF(j.max_concurrency, 0) AS job_cap, NULLIF(j.max_concurrency_per_key, 0) AS key_cap
-    FROM job_runs r JOIN jobs j ON j.id = r.job_id
-    WHERE r.status = 'queued' AND r.held IS NULL
-      AND (r.next_retry_at IS NULL OR r.next_retry_at <= now())
-      AND (r.expires_at IS NULL OR r.expires_at > now() OR r.attempt > 1 OR r.resume_event_key IS NOT NULL)
-    ORDER BY r.priority DESC, r.created_at
-    LIMIT %(limit)s
-    FOR UPDATE OF r SKIP LOCKED
 ), ready AS (
     SELECT g.job_id, g.ckey, LEAST(g.cap - g.active, %(limit)s) AS spare FROM run_gates g
     WHERE g.held > 0 AND g.active < g.cap
@@ -89,6 +77,19 @@ WITH due AS (
         LIMIT d.spare
         FOR UPDATE SKIP LOCKED) h
     JOIN jobs j ON j.id = h.job_id
+    LIMIT %(limit)s
+), fresh AS (
+    SELECT r.id, r.job_id, r.priority, r.created_at, r.resume_event_key, NULL::text AS was_held,
+           COALESCE(r.concurrency_key, '') AS ckey,
+           j.enabled AND NOT j.paused AND j.execution_mode = 'http' AS runnable,
+           NULLIF(j.max_concurrency, 0) AS job_cap, NULLIF(j.max_concurrency_per_key, 0) AS key_cap
+    FROM job_runs r JOIN jobs j ON j.id = r.job_id
+    WHERE r.status = 'queued' AND r.held IS NULL
+      AND (r.next_retry_at IS NULL OR r.next_retry_at <= now())
+      AND (r.expires_at IS NULL OR r.expires_at > now() OR r.attempt > 1 OR r.resume_event_key IS NOT NULL)
+    ORDER BY r.priority DESC, r.created_at
+    LIMIT GREATEST(%(limit)s - (SELECT count(*) FROM released), 0)
+    FOR UPDATE OF r SKIP LOCKED
 ), pool AS (
     SELECT *, job_cap IS NOT NULL AS job_gated, key_cap IS NOT NULL AND ckey <> '' AS key_gated FROM (
         SELECT * FROM fresh UNION ALL SELECT * FROM released) p
@@ -109,43 +110,40 @@ WITH due AS (
     RETURNING job_id
 ), by_key AS (
     -- first the per-key limit: a run is granted if its rank among this batch's runs of its key fits
+    -- (only gated runs are ranked: a claim of runs without limits sorts nothing)
     SELECT p.id, p.job_id, p.job_gated,
-           CASE WHEN NOT p.key_gated THEN 'ok'
-                WHEN kg.job_id IS NULL THEN 'defer'
+           CASE WHEN kg.job_id IS NULL THEN 'defer'
                 WHEN row_number() OVER (PARTITION BY p.job_id, p.ckey ORDER BY p.priority DESC, p.created_at)
                      <= kg.spare THEN 'ok'
                 ELSE 'g:' || p.ckey END AS verdict,
            p.priority, p.created_at
-    FROM pool p LEFT JOIN gates kg ON p.key_gated AND kg.job_id = p.job_id AND kg.ckey = p.ckey
-    WHERE p.runnable
+    FROM pool p LEFT JOIN gates kg ON kg.job_id = p.job_id AND kg.ckey = p.ckey
+    WHERE p.runnable AND p.key_gated
 ), by_job AS (
     -- then the job's limit, among the runs their key allowed
-    SELECT k.id,
-           CASE WHEN NOT k.job_gated THEN 'ok'
-                WHEN jg.job_id IS NULL THEN 'defer'
-                WHEN row_number() OVER (PARTITION BY k.job_id ORDER BY k.priority DESC, k.created_at) <= jg.spare
+    SELECT x.id,
+           CASE WHEN jg.job_id IS NULL THEN 'defer'
+                WHEN row_number() OVER (PARTITION BY x.job_id ORDER BY x.priority DESC, x.created_at) <= jg.spare
                 THEN 'ok'
                 ELSE 'g:' END AS verdict
-    FROM by_key k LEFT JOIN gates jg ON k.job_gated AND jg.job_id = k.job_id AND jg.ckey = ''
-    WHERE k.verdict = 'ok'
+    FROM (SELECT p.id, p.job_id, p.priority, p.created_at FROM pool p
+          LEFT JOIN by_key k ON k.id = p.id
+          WHERE p.runnable AND p.job_gated AND (NOT p.key_gated OR k.verdict = 'ok')) x
+    LEFT JOIN gates jg ON jg.job_id = x.job_id AND jg.ckey = ''
 ), verdicts AS (
     SELECT p.id, p.job_id, p.was_held, p.resume_event_key, p.priority, p.created_at,
-           CASE WHEN NOT p.runnable THEN 'job' WHEN k.verdict <> 'ok' THEN k.verdict ELSE b.verdict END AS verdict,
+           CASE WHEN NOT p.runnable THEN 'job' WHEN k.verdict <> 'ok' THEN k.verdict
+                ELSE COALESCE(b.verdict, 'ok') END AS verdict,
            CASE WHEN p.job_gated AND p.key_gated THEN ARRAY['', p.ckey] WHEN p.job_gated THEN ARRAY['']
                 WHEN p.key_gated THEN ARRAY[p.ckey] END AS slots
     FROM pool p LEFT JOIN by_key k ON k.id = p.id LEFT JOIN by_job b ON b.id = p.id
 ), decided AS (
-    -- verdict: 'ok' claimed; 'defer' left queued (its gate was just made); 'job' or 'g:<ckey>' held;
-    -- 'skip' granted but past this claim's limit (released gates add runs to the fresh ones): untouched
-    SELECT v.id, v.job_id, v.was_held, v.resume_event_key, v.slots,
-           CASE WHEN v.verdict = 'ok' AND row_number() OVER (PARTITION BY v.verdict = 'ok'
-                                                              ORDER BY v.priority DESC, v.created_at) > %(limit)s
-                THEN 'skip' ELSE v.verdict END AS verdict
-    FROM verdicts v
+    -- verdict: 'ok' claimed; 'defer' left queued (its gate was just made); 'job' or 'g:<ckey>' held
+    SELECT v.id, v.job_id, v.was_held, v.resume_event_key, v.slots, v.verdict FROM verdicts v
 ), held_back AS (
     UPDATE job_runs r SET held = CASE WHEN d.verdict = 'defer' THEN NULL ELSE d.verdict END
     FROM decided d
-    WHERE r.id = d.id AND d.verdict NOT IN ('ok', 'skip')
+    WHERE r.id = d.id AND d.verdict <> 'ok'
       AND r.held IS DISTINCT FROM CASE WHEN d.verdict = 'defer' THEN NULL ELSE d.verdict END
     RETURNING r.id
 ), gate_moves AS (
@@ -159,7 +157,7 @@ WITH due AS (
                 WHERE d.verdict LIKE 'g:%%' AND d.verdict IS DISTINCT FROM d.was_held
                 UNION ALL
                 SELECT d.job_id, substr(d.was_held, 3), 0, 0, 1 FROM decided d
-                WHERE d.was_held IS NOT NULL AND d.verdict <> 'skip' AND d.verdict IS DISTINCT FROM d.was_held) x
+                WHERE d.was_held IS NOT NULL AND d.verdict IS DISTINCT FROM d.was_held) x
           GROUP BY job_id, ckey) m
     WHERE g.job_id = m.job_id AND g.ckey = m.ckey AND (g.job_id, g.ckey) IN (SELECT job_id, ckey FROM gates)
     RETURNING g.job_id
@@ -184,6 +182,8 @@ SELECT c.id::text AS id, c.job_id::text AS job_id, c.attempt, c.payload, c.lease
        c.expires_at, c.previous_error,
        -- the settings of the job version the run is pinned to, else the job's own (engine.md §3.1)
        COALESCE(pv.snap ->> 'endpoint_url', j.endpoint_url, '') AS endpoint_url,
+       CASE WHEN pv.snap IS NULL THEN j.fallback_endpoint_url ELSE pv.snap ->> 'fallback_endpoint_url' END
+           AS fallback_endpoint_url,
        COALESCE((pv.snap ->> 'timeout_secs')::int, j.timeout_secs) AS timeout_secs,
        COALESCE((pv.snap ->> 'max_attempts')::int, j.max_attempts) AS max_attempts,
        CASE WHEN pv.snap IS NULL THEN j.retry_strategy ELSE pv.snap ->> 'retry_strategy' END AS retry_strategy,
@@ -198,7 +198,7 @@ SELECT c.id::text AS id, c.job_id::text AS job_id, c.attempt, c.payload, c.lease
        w.n AS promoted
 FROM (SELECT (SELECT count(*) FROM promoted_wake) + (SELECT count(*) FROM retried)
              + (SELECT count(*) FROM decided WHERE verdict = 'defer'
-                   OR (verdict NOT IN ('ok', 'skip') AND verdict IS DISTINCT FROM was_held)) AS n) w
+                   OR (verdict <> 'ok' AND verdict IS DISTINCT FROM was_held)) AS n) w
 LEFT JOIN (claimed c JOIN jobs j ON j.id = c.job_id
            -- version_policy: a run of an older version reads that version's snapshot when the job pins
            -- it (`pin`; `minor` unless the job's current version is backwards compatible)
@@ -222,7 +222,9 @@ WITH v AS (
         AS v(id, attempt, lease_id, to_status, result, error, error_class, delay, boost)
 ), moved AS (
     UPDATE job_runs r SET status = v.to_status,
-        attempt = CASE WHEN v.to_status = 'queued' THEN r.attempt + 1 ELSE r.attempt END,
+        -- a run held back by an open circuit (engine.md §3.4) spent no attempt
+        attempt = CASE WHEN v.to_status = 'queued' AND v.error_class IS DISTINCT FROM 'circuit_open'
+                       THEN r.attempt + 1 ELSE r.attempt END,
         result = v.result,
         error = v.error,
         error_class = v.error_class,
@@ -414,6 +416,16 @@ UPDATE jobs SET name = %(name)s, slug = %(slug)s, description = %(description)s,
     next_fire_at = CASE WHEN cron IS DISTINCT FROM %(cron)s OR timezone IS DISTINCT FROM %(timezone)s THEN NULL
                         ELSE next_fire_at END
 WHERE id = %(id)s AND version = %(version)s
+RETURNING *
+
+-- name: set_job_paused
+-- Pause or resume a job (api.md §4.3.10): not a new version, its operating state. A paused job
+-- takes no triggers and fires no cron ticks; its queued runs are set aside by the next claim.
+UPDATE jobs SET paused = %(paused)s,
+    paused_at = CASE WHEN %(paused)s THEN COALESCE(paused_at, now()) END,
+    pause_reason = CASE WHEN %(paused)s THEN %(reason)s END,
+    updated_at = now()
+WHERE id = %(id)s
 RETURNING *
 
 -- name: sync_job_gates
@@ -1244,6 +1256,24 @@ WITH RECURSIVE v AS (
     RETURNING r.*, cur.from_status, r.status AS to_status, 'system:cron'::text AS actor
 ){after moved}
 SELECT count(*) AS n FROM moved
+
+-- name: age_queued_runs
+-- Priority ageing (engine.md §2.4): claimable runs queued longer than the threshold gain one
+-- priority step, up to 10 (the engine's cap of 1000 would put aged runs above any caller's highest
+-- priority; 10 makes them compete with the newest of it, oldest first). One index range per level
+-- (priority p, oldest first), so a pass never walks young runs; bounded per level.
+WITH aged AS (
+    UPDATE job_runs r SET priority = r.priority + 1
+    WHERE r.id = ANY(ARRAY(
+        SELECT x.id FROM generate_series(0, 9) p CROSS JOIN LATERAL (
+            SELECT y.id FROM job_runs y
+            WHERE y.status = 'queued' AND y.held IS NULL AND y.priority = p
+              AND y.created_at < now() - make_interval(secs => %(after_secs)s)
+            ORDER BY y.priority DESC, y.created_at LIMIT 500) x))
+      AND r.status = 'queued' AND r.priority < 10
+    RETURNING r.id
+)
+SELECT count(*) AS n FROM aged
 
 -- name: release_held_runs
 -- Backstop of sync_job_gates: a claim that read a job as paused just before its resume committed

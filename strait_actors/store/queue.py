@@ -27,12 +27,18 @@ log = logging.getLogger(__name__)
 # On a young or fast-growing job_runs the planner's statistics lag far behind (autoanalyze runs
 # once a minute at best) and it picks a bitmap scan + sort over every queued run: 10 ms per claim
 # at 20k queued instead of 0.2 ms. These settings pin the index plans on these connections only.
-PLAN_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_sort=off"
+# Those settings price what they switch off at 1e10, which puts many plans past jit_above_cost: JIT is
+# off too (compiling the claim took 7 s on a server with LLVM; these statements run in milliseconds).
+PLAN_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_sort=off -c jit=off"
+# The claim (one long statement with the concurrency gates' CTEs) costs ~6 ms to plan and ~0.5 ms to
+# run when the queue is empty; its right plan does not depend on its parameters, so the Poller's
+# connection plans it once (psycopg prepares a statement on its 5th execution).
+CLAIM_OPTIONS = PLAN_OPTIONS + " -c plan_cache_mode=force_generic_plan"
 
 
-def connect(dsn: str) -> psycopg.Connection:
+def connect(dsn: str, *, claims: bool = False) -> psycopg.Connection:
     with translated():
-        return psycopg.connect(dsn, autocommit=True, options=PLAN_OPTIONS)
+        return psycopg.connect(dsn, autocommit=True, options=CLAIM_OPTIONS if claims else PLAN_OPTIONS)
 
 
 async def connect_async(dsn: str) -> psycopg.AsyncConnection:
@@ -153,6 +159,13 @@ def ping(conn: psycopg.Connection) -> None:
 def reap_lost_leases(conn: psycopg.Connection) -> dict[str, int]:
     with translated(), conn.cursor(row_factory=dict_row) as cur:
         return {r["status"]: int(r["n"]) for r in cur.execute(q("reap_lost_leases")).fetchall()}
+
+
+def age_queued_runs(conn: psycopg.Connection, after_secs: float) -> int:
+    """One pass of priority ageing; how many runs gained a step."""
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("age_queued_runs"), {"after_secs": after_secs}).fetchone()
+    return int(row["n"]) if row else 0
 
 
 def release_held_runs(conn: psycopg.Connection) -> int:
