@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from strait_actors import ids
 from strait_actors.store.errors import Duplicate, Rejected, translated
 from strait_actors.store.sdk import Batcher, Token
-from strait_actors.store.sql import Row, fetch_all, fetch_one, q
+from strait_actors.store.sql import Row, count, fetch_all, fetch_one, q
 
 
 class KeyInUse(Exception):
@@ -111,12 +111,8 @@ def expire_waits(conn: psycopg.Connection) -> tuple[int, int]:
 
 
 def requeue_stale_dequeued(conn: psycopg.Connection, stale_secs: float) -> int:
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(q("requeue_stale_dequeued"), {"stale_secs": stale_secs}).fetchone()
-    return int(row["n"]) if row else 0
+    return count(conn, "requeue_stale_dequeued", {"stale_secs": stale_secs})
 
 
 def resume_lost_waits(conn: psycopg.Connection) -> int:
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(q("resume_lost_waits")).fetchone()
-    return int(row["n"]) if row else 0
+    return count(conn, "resume_lost_waits")

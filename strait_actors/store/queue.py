@@ -19,7 +19,7 @@ from psycopg.rows import dict_row, kwargs_row, scalar_row
 
 from strait_actors.model import ClaimedRun, Outcome
 from strait_actors.store.errors import Rejected, translated
-from strait_actors.store.sql import q
+from strait_actors.store.sql import count, q
 
 log = logging.getLogger(__name__)
 
@@ -163,22 +163,16 @@ def reap_lost_leases(conn: psycopg.Connection) -> dict[str, int]:
 
 def age_queued_runs(conn: psycopg.Connection, after_secs: float) -> int:
     """One pass of priority ageing; how many runs gained a step."""
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(q("age_queued_runs"), {"after_secs": after_secs}).fetchone()
-    return int(row["n"]) if row else 0
+    return count(conn, "age_queued_runs", {"after_secs": after_secs})
 
 
 def release_held_runs(conn: psycopg.Connection) -> int:
     """Runs held as 'job' whose job can run again go back to the claim index (a bounded backstop)."""
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(q("release_held_runs")).fetchone()
-    return int(row["n"]) if row else 0
+    return count(conn, "release_held_runs")
 
 
 def expire_runs(conn: psycopg.Connection) -> int:
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(q("expire_runs")).fetchone()
-    return int(row["n"]) if row else 0
+    return count(conn, "expire_runs")
 
 
 class WakeListener:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import time
 
 import psycopg
-from psycopg.rows import dict_row
 
 from strait_actors import ids
-from strait_actors.store.errors import translated
-from strait_actors.store.sql import q
+from strait_actors.store.sql import count
 
 
 def purge_runs(conn: psycopg.Connection, short_hours: float, long_hours: float, limit: int) -> int:
@@ -30,9 +28,7 @@ def purge_runs(conn: psycopg.Connection, short_hours: float, long_hours: float, 
         "long_secs": long,
         "limit": limit,
     }
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(q("purge_runs"), params).fetchone()
-    return int(row["n"]) if row else 0
+    return count(conn, "purge_runs", params)
 
 
 def purge_event_triggers(conn: psycopg.Connection, hours: float, limit: int) -> int:
@@ -40,6 +36,4 @@ def purge_event_triggers(conn: psycopg.Connection, hours: float, limit: int) -> 
     if hours <= 0:
         return 0
     params = {"created_before": ids.uuid7_floor(time.time() - hours * 3600), "secs": hours * 3600, "limit": limit}
-    with translated(), conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(q("purge_event_triggers"), params).fetchone()
-    return int(row["n"]) if row else 0
+    return count(conn, "purge_event_triggers", params)

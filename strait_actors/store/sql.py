@@ -72,6 +72,13 @@ class Pool(AsyncConnectionPool):
         await super()._add_connection(attempt or _EverySecond(timeout=self.reconnect_timeout), growing)
 
 
+def count(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = None) -> int:
+    """Run a sweep statement on a worker's own connection; the `n` it reports (rows it changed)."""
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q(name), params).fetchone()
+    return int(row["n"]) if row else 0
+
+
 def make_pool(dsn: str, size: int) -> AsyncConnectionPool:
     return Pool(dsn, min_size=1, max_size=size, open=False, kwargs={"autocommit": True, "row_factory": dict_row})
 
