@@ -105,6 +105,9 @@ def settings(tmp_path: Path) -> Settings:
             "STALE_THRESHOLD_SECS": "2",
             "REAPER_INTERVAL_SECS": "0.3",
             "WORKER_DRAIN_TIMEOUT_SECS": "5",
+            # off: many tests send runs to dead endpoints on purpose and expect their failures;
+            # tests/test_routing.py turns it on
+            "CIRCUIT_BREAKER_THRESHOLD": "0",
         }
     )
 
@@ -214,6 +217,7 @@ def start_strait(
             "REAPER_INTERVAL_SECS": "0.3",
             "WORKER_DRAIN_TIMEOUT_SECS": "5",
             "WORKER_PORT": "0",
+            "CIRCUIT_BREAKER_THRESHOLD": "0",  # off, as in `settings` above
         }
     )
     env.update(env_extra)

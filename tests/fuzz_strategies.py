@@ -1719,6 +1719,15 @@ SPECS: dict[tuple[str, str], RouteSpec] = {
     ("DELETE", "/v1/jobs/{job_id}"): RouteSpec(
         params=lambda w: {"job_id": path_ids(w.disposable_jobs, _jobs(w, "other", *TRIGGER_TARGETS))}
     ),
+    # pause and resume only jobs no other check triggers (a paused job refuses triggers with 409)
+    ("POST", "/v1/jobs/{job_id}/pause"): RouteSpec(
+        params=lambda w: {"job_id": path_ids(w.disposable_jobs, _jobs(w, "other"))},
+        body=lambda w: bodies(broken(st.fixed_dictionaries({"reason": st.just("fuzz")}), {"reason": odd_text})),
+        weight=0.6,
+    ),
+    ("POST", "/v1/jobs/{job_id}/resume"): RouteSpec(
+        params=lambda w: {"job_id": path_ids(w.disposable_jobs, _jobs(w, "other"))}, weight=0.4
+    ),
     ("GET", "/v1/jobs/{job_id}/versions"): RouteSpec(
         params=lambda w: {"job_id": path_ids([j for j, _ in w.versions], list(w.jobs.values()))},
         query=lambda w: list_query(w, "str"),

@@ -137,8 +137,8 @@ async def pause_job(request: web.Request) -> web.Response:
     current = await load_job(request)
     body = await read_object(request)
     reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
-        raise bad_request("reason must be a string of at most 1000 characters")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000 or not _storable(reason)):
+        raise bad_request("reason must be a string of at most 1000 characters (no NUL, valid UTF-8)")
     return await _set_paused(request, current, True, reason)
 
 
@@ -148,6 +148,15 @@ async def resume_job(request: web.Request) -> web.Response:
     current = await load_job(request)
     await read_object(request)
     return await _set_paused(request, current, False, None)
+
+
+def _storable(text: str) -> bool:
+    """PostgreSQL text holds it: no NUL, and no lone surrogate (JSON escapes can make one)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 async def _set_paused(request: web.Request, current: Row, paused: bool, reason: str | None) -> web.Response:
