@@ -279,6 +279,8 @@ def test_oversize_result_is_413_and_the_run_stays_active(endpoint: Endpoint, dsn
         run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
         run = wait_terminal(c, run_id)
         c.close()
+        # the run completes in the second call's own statement: its answer reaches the endpoint just after
+        wait_for(lambda: len(answers) == 2, what="both complete calls answered")
         assert answers == [413, 200]
         assert run["result"] == "y" * 900
     finally:
