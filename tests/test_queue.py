@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 
 import psycopg
@@ -12,6 +11,7 @@ import psycopg
 from strait_actors.model import Outcome
 from strait_actors.store import queue
 from strait_actors.store.queue import Queue
+from tests.conftest import wait_for
 from tests.helpers import make_job, make_runs, statuses
 
 
@@ -249,10 +249,13 @@ def test_a_retry_in_backoff_waits_out_of_the_claim_index(dsn: str) -> None:
         assert conn.execute("SELECT status, held FROM job_runs WHERE id = %s", (run,)).fetchone() == ("queued", "retry")
         first = q.claim(5)
         assert first.runs == [] and not first.promoted
-        deadline = time.monotonic() + 10
-        while not (got := q.claim(5)).promoted:  # due after 0.6 s: brought back to the claim index
-            assert got.runs == [] and time.monotonic() < deadline
-            time.sleep(0.05)
+
+        def brought_back() -> bool:  # due after 0.6 s: a claim brings it back to the claim index
+            got = q.claim(5)
+            assert got.runs == []
+            return got.promoted
+
+        wait_for(brought_back, 10, what="the due retry brought back")
         (again,) = q.claim(5).runs
         assert (again.id, again.attempt) == (run, 2)
 
