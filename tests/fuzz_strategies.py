@@ -590,6 +590,21 @@ def _field_strategy(name: str, spec: Any, world: World) -> Strategy:
             st.just(list(range(1, 102))),
         ),
         "json": schemas if name.endswith("schema") else json_values,
+        "rate_keys": st.one_of(
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "key": st.one_of(st.sampled_from(["openai", "k", "a b", "", "x" * 129]), odd_text),
+                        "max": st.sampled_from([1, 1000, 0, -1, 2**31, True, "1", 1.5]),
+                        "window_secs": st.sampled_from([1, 60, 30 * 86_400, 30 * 86_400 + 1, 0, None]),
+                    },
+                    optional={"extra": st.just(1)},
+                ),
+                max_size=3,
+            ),
+            st.just([{"key": f"k{i}", "max": 1000, "window_secs": 1} for i in range(21)]),
+            json_values,
+        ),
     }
     if spec not in kinds:
         raise AssertionError(f"validation field {name!r} has kind {spec!r}: teach the fuzzer a strategy for it")
@@ -1601,7 +1616,13 @@ def _events_query(w: World) -> Strategy:
 # PUT only on project pq, which holds nothing the other routes need: a daily cap or an active-wait
 # cap there answers 429 to pq's waits and spawns, never to p1's or p2's.
 
-QUOTA_INTS = ("max_daily_cost_microusd", "max_cost_per_run_microusd", "max_active_event_triggers")
+QUOTA_INTS = (
+    "max_daily_cost_microusd",
+    "max_cost_per_run_microusd",
+    "max_active_event_triggers",
+    "max_queued_runs",
+    "max_executing_runs",
+)
 QUOTA_ZONES = [
     "UTC",
     "Europe/Paris",

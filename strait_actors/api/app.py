@@ -28,6 +28,7 @@ from strait_actors.api.state import (
 )
 from strait_actors.api.streams import StreamHub
 from strait_actors.errors import ApiError
+from strait_actors.ratelimits import RedisRateLimits
 from strait_actors.settings import Settings
 from strait_actors.store.budgets import Budgets
 from strait_actors.store.enqueue import Enqueuer
@@ -77,7 +78,6 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = make_pool(app[DSN], app[SETTINGS].db_pool_size)
     await pool.open(wait=True, timeout=30)
     app[POOL] = pool
-    app[ENQUEUER] = Enqueuer(pool)
     settings = app[SETTINGS]
     app[SDK] = SdkStore(pool, settings.stale_threshold_secs)
     app[BUDGETS] = Budgets(pool)
@@ -86,7 +86,12 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.redis_url:
         import redis.asyncio as aioredis
 
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        # a burst of triggers waits for a connection (redis-py's default pool refuses past 100 in use,
+        # and a refusal would read as an outage: limits counted elsewhere, the API limiter open)
+        redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=5)
+        )
+    app[ENQUEUER] = Enqueuer(pool, RedisRateLimits(redis) if redis is not None else None)
     hub = StreamHub(app[DSN], pool, redis)
     await hub.start()
     app[HUB] = hub

@@ -179,8 +179,14 @@ async def revoke_api_key(request: web.Request) -> web.Response:
 
 # ----------------------------------------------------------------- quotas (engine.md §9.1) [EXTRA]
 
-_QUOTA_INTS = ("max_daily_cost_microusd", "max_cost_per_run_microusd", "max_active_event_triggers")
-_QUOTA_CAPS = {"max_active_event_triggers": 2**31 - 1}
+_QUOTA_INTS = (
+    "max_daily_cost_microusd",
+    "max_cost_per_run_microusd",
+    "max_active_event_triggers",
+    "max_queued_runs",
+    "max_executing_runs",
+)
+_QUOTA_CAPS = {"max_active_event_triggers": 2**31 - 1, "max_queued_runs": 2**31 - 1, "max_executing_runs": 2**31 - 1}
 
 
 def _quota_row(row: dict[str, Any] | None, pid: str) -> dict[str, Any]:

@@ -70,6 +70,7 @@ def job(row: dict[str, Any]) -> dict[str, Any]:
         version_id=row["version_id"],
         version_policy=row["version_policy"],
         cron_overlap_policy=row["cron_overlap_policy"],
+        rate_limit_keys=row.get("rate_limit_keys") or [],
         execution_mode=row["execution_mode"],
         queue=row["queue_name"],
         queue_name=row["queue_name"],

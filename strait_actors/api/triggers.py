@@ -90,8 +90,9 @@ async def check_budget(request: web.Request, project_id: str) -> None:
 
 async def enqueue(request: web.Request, job: Row, runs: list[NewRun]) -> list[Receipt]:
     await check_budget(request, job["project_id"])
+    quota = await request.app[BUDGETS].quota(job["project_id"])  # the same second-long copy
     try:
-        return await request.app[ENQUEUER].enqueue(job, runs)
+        return await request.app[ENQUEUER].enqueue(job, runs, quota)
     except MissingReference:
         # deleted after this process cached it (the cache holds a job for a second)
         request.app[JOBS].forget(job["id"])

@@ -100,6 +100,7 @@ _JOB_FIELDS: Final[dict[str, _Spec]] = {
     "max_concurrency_per_key": _NONNEG,
     "rate_limit_max": _NONNEG,
     "rate_limit_window_secs": _NONNEG,
+    "rate_limit_keys": "rate_keys",
     "dedup_window_secs": _NONNEG,
     "run_ttl_secs": _Int(0, MAX_TTL_SECS),
     "debounce_window_secs": _NONNEG,
@@ -186,6 +187,10 @@ def _coerce(spec: _Spec, raw: Any) -> Any:
         raise _Rule("type")
     if spec == "str_map":
         return _str_map(raw)
+    if spec == "rate_keys":
+        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+            raise _Rule("type")
+        return clean_json(raw)
     if spec == "int_list":
         if not isinstance(raw, list) or not all(_is_int(x) for x in raw):
             raise _Rule("type")
@@ -297,6 +302,34 @@ def _check_retry_delays(delays: list[int] | None) -> None:
         raise bad_request(f"retry_delays_secs must contain positive integers <= {INT32_MAX}")
 
 
+MAX_RATE_KEYS: Final = 20
+
+
+def _check_rate_keys(keys: list[dict[str, Any]] | None) -> None:
+    """Named rate-limit keys: `[{"key", "max", "window_secs"}]`, each key once."""
+    if keys is None:
+        return
+    if len(keys) > MAX_RATE_KEYS:
+        raise bad_request(f"rate_limit_keys must have at most {MAX_RATE_KEYS} entries")
+    seen: set[str] = set()
+    for i, entry in enumerate(keys):
+        where = f"rate_limit_keys[{i}]"
+        unknown = sorted(set(entry) - {"key", "max", "window_secs"})
+        if unknown:
+            raise bad_request(f"{where}: unknown field {json.dumps(unknown[0], ensure_ascii=False)}")
+        key = entry.get("key")
+        if not isinstance(key, str) or not 1 <= len(key) <= 128 or _URL_BAD_CHARS_RE.search(key):
+            raise bad_request(f"{where}: key must be 1-128 characters without spaces or control characters")
+        if key in seen:
+            raise bad_request(f"{where}: key {json.dumps(key, ensure_ascii=False)} appears twice")
+        seen.add(key)
+        if not _is_int(entry.get("max")) or not 1 <= entry["max"] <= INT32_MAX:
+            raise bad_request(f"{where}: max must be an integer from 1 to {INT32_MAX}")
+        window = entry.get("window_secs")
+        if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= MAX_WINDOW_SECS:
+            raise bad_request(f"{where}: window_secs must be an integer from 1 to {MAX_WINDOW_SECS} (30 days)")
+
+
 def _check_semantics(job: Mapping[str, Any], url_check: UrlCheck | None) -> None:
     """400 rules over whichever fields are present (create: all; patch: the sent ones)."""
     for name in _URL_FIELDS:
@@ -313,6 +346,7 @@ def _check_semantics(job: Mapping[str, Any], url_check: UrlCheck | None) -> None
     if job.get("timezone") is not None:
         _check_timezone(job["timezone"])
     _check_retry_delays(job.get("retry_delays_secs"))
+    _check_rate_keys(job.get("rate_limit_keys"))
     _check_tags(job.get("tags"))
     for name in ("payload_schema", "result_schema"):
         if job.get(name) is not None:
@@ -342,6 +376,7 @@ def validate_job_create(body: Any, *, defaults: JobDefaults, url_check: UrlCheck
         "enabled": True,
         "tags": {},
         "default_run_metadata": {},
+        "rate_limit_keys": [],
         **_STR_DEFAULTS,
     }
     for name in _JOB_FIELDS:

@@ -9,16 +9,21 @@ true: before its runs are sent, they are withdrawn and never written; once sent,
 waits for the commit and answers what it decided, so a client never retries a run that exists.
 When the connection dies under a sent statement, the runs are looked up before anyone is told
 they do not exist. An idempotency key already taken answers with the run
-that holds it. Only a job with an admission limit (dedup window, rate limit) takes its job row
-lock, in a transaction of its own (engine.md §2.5). Driver errors come out as `store.errors`.
+that holds it. Only a trigger with an admission limit to check (dedup window, a rate limit counted
+in PostgreSQL, its project's queued/executing quota) takes the locks, in a transaction of its own
+(engine.md §2.5); rate limits counted in Redis (`ratelimits`) leave it on the shared INSERT.
+Driver errors come out as `store.errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -26,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import fsm
 from strait_actors.model import NewRun, Receipt
+from strait_actors.ratelimits import Limit, RedisRateLimits, limits_of
 from strait_actors.store import runs as store
 from strait_actors.store.errors import RateLimited, translated
 from strait_actors.store.sql import q
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 MAX_ROWS = 2000
 MAX_FLUSHES = 4
 SETTLE_SECS = 10.0  # how long a sent statement whose connection died is looked for
+QUOTA_RETRY_SECS = 5  # Retry-After of a quota refusal (engine.md §2.5)
 
 
 class _Group:
@@ -62,31 +69,79 @@ async def _answer(fut: asyncio.Future[list[Receipt]], sent: Callable[[], bool]) 
 
 
 class Enqueuer:
-    """Enqueues runs of one job: the shared-INSERT batcher, or the job lock when admission needs it."""
+    """Enqueues runs of one job: the shared-INSERT batcher, or the locked admission path when the
+    job or its project has a limit to check (engine.md §2.5)."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, redis_limits: RedisRateLimits | None = None) -> None:
         self.pool = pool
         self.batcher = TriggerBatcher(pool)
+        self.redis_limits = redis_limits
 
-    async def enqueue(self, job: Mapping[str, Any], runs: list[NewRun]) -> list[Receipt]:
-        """Receipts in input order. Raises `RateLimited`, `MissingReference` (the job is gone)."""
-        with translated():
-            if job["dedup_window_secs"] or job["rate_limit_max"]:
-                sent: list[bool] = []  # non-empty once the INSERT is on its way
-                task = asyncio.ensure_future(self._admitted(job, runs, sent))
-                return await _answer(task, lambda: bool(sent))
-            return await self.batcher.submit(runs)
+    async def enqueue(
+        self, job: Mapping[str, Any], runs: list[NewRun], quota: Mapping[str, Any] | None = None
+    ) -> list[Receipt]:
+        """Receipts in input order. `quota` is the project's quota row as the caller last read it
+        (it only decides whether the project's quotas are checked; they are read again under lock).
+        Raises `RateLimited` (a rate limit or quota), `MissingReference` (the job is gone)."""
+        limits = limits_of(job)
+        counted = False  # the rate limits were counted in Redis
+        if limits and self.redis_limits is not None:
+            counted = await self.redis_limits.take(limits, [r.id for r in runs])
+        quotas = quota is not None and (
+            quota.get("max_queued_runs") is not None or quota.get("max_executing_runs") is not None
+        )
+        try:
+            with translated():
+                if job["dedup_window_secs"] or quotas or (limits and not counted):
+                    sent: list[bool] = []  # non-empty once the INSERT is on its way
+                    check = _Checks(quotas=quotas, rate=bool(limits) and not counted)
+                    task = asyncio.ensure_future(self._admitted(job, runs, sent, check))
+                    receipts = await _answer(task, lambda: bool(sent))
+                else:
+                    receipts = await self.batcher.submit(runs)
+        except BaseException:
+            if counted:
+                self._give_back(limits, [r.id for r in runs])
+            raise
+        unused = [run.id for run, got in zip(runs, receipts, strict=True) if got.id != run.id]
+        if counted and unused:  # before answering: the caller's next trigger must find the room
+            assert self.redis_limits is not None
+            await self.redis_limits.give_back(limits, unused)
+        return receipts
 
-    async def _admitted(self, job: Mapping[str, Any], runs: list[NewRun], sent: list[bool]) -> list[Receipt]:
-        """Dedup window and job rate limit, serialised on the job row (one transaction)."""
+    def _give_back(self, limits: list[Limit], run_ids: list[uuid.UUID]) -> None:
+        """On the way out of a failed or cancelled enqueue: in the background."""
+        assert self.redis_limits is not None
+        task = asyncio.ensure_future(self.redis_limits.give_back(limits, run_ids))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def _admitted(
+        self, job: Mapping[str, Any], runs: list[NewRun], sent: list[bool], check: _Checks
+    ) -> list[Receipt]:
+        """Quotas, dedup window and rate limits, each serialised on its lock (project quota row,
+        job row, named keys in name order, always in that order), then the INSERT: one transaction."""
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(q("lock_job"), {"id": job["id"]})
-            if job["rate_limit_max"]:
+            if check.quotas:
+                await _check_quotas(conn, job["project_id"], len(runs))
+            keys = sorted(e["key"] for e in job.get("rate_limit_keys") or ()) if check.rate else []
+            if job["dedup_window_secs"] or (check.rate and job["rate_limit_max"]):
+                await conn.execute(q("lock_job"), {"id": job["id"]})
+            if check.rate and job["rate_limit_max"]:
                 window = job["rate_limit_window_secs"] or 60
-                cur = await conn.execute(q("count_recent_runs"), {"job_id": job["id"], "window": window})
-                row: Any = await cur.fetchone()  # dict rows (the pool's row factory)
-                if row is not None and row["n"] + len(runs) > job["rate_limit_max"]:
-                    raise RateLimited(retry_after=5)
+                row = await _one(conn, "count_recent_runs", {"job_id": job["id"], "window": window})
+                if row["n"] + len(runs) > job["rate_limit_max"]:
+                    raise RateLimited(_wait(row["wait"], window))
+            if keys:
+                windows = {e["key"]: e for e in job["rate_limit_keys"]}
+                for key in keys:
+                    entry = windows[key]
+                    params = {"project_id": job["project_id"], "key": key, "window": entry["window_secs"]}
+                    await conn.execute(q("lock_rate_key"), params)
+                    row = await _one(conn, "count_rate_hits", params)
+                    if row["n"] + len(runs) > entry["max"]:
+                        name = json.dumps(key, ensure_ascii=False)
+                        raise RateLimited(_wait(row["wait"], entry["window_secs"]), f"rate limit key {name} exceeded")
             out: list[Receipt | None] = [None] * len(runs)
             fresh: list[tuple[int, NewRun]] = []
             same_as: dict[int, int] = {}  # a duplicate payload inside this request -> its first item
@@ -111,7 +166,52 @@ class Enqueuer:
                 out[i] = receipt
             for i, j in same_as.items():
                 out[i] = out[j]
+            created = sum(1 for i, run in enumerate(runs) if (got := out[i]) is not None and got.id == run.id)
+            if keys and created:
+                hits = {"project_id": job["project_id"], "keys": keys, "n": created}
+                await conn.execute(q("insert_rate_hits"), hits)
         return [r for r in out if r is not None]
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()  # give-backs in flight (a task needs a reference)
+
+
+@dataclass(frozen=True, slots=True)
+class _Checks:
+    quotas: bool  # the project's queued/executing quotas
+    rate: bool  # the job's rate limits, counted in PostgreSQL
+
+
+async def _one(conn: Any, name: str, params: Mapping[str, Any]) -> Any:
+    cur = await conn.execute(q(name), params)
+    row = await cur.fetchone()
+    assert row is not None  # aggregates always answer one row
+    return row
+
+
+def _wait(seconds: Any, window: int) -> int:
+    """Retry-After: until the oldest counted run leaves the window (the whole window if none)."""
+    return max(1, math.ceil(float(seconds))) if seconds is not None else window
+
+
+async def _check_quotas(conn: Any, project_id: str, n: int) -> None:
+    """Engine.md §2.5: at most `max_queued_runs` queued or delayed (these runs included); no new
+    run while `max_executing_runs` run. Counted under the quota row's lock."""
+    cur = await conn.execute(q("lock_project_quota"), {"project_id": project_id})
+    quota: Any = await cur.fetchone()
+    if quota is None:
+        return
+    queued_cap, executing_cap = quota["max_queued_runs"], quota["max_executing_runs"]
+    params = {
+        "project_id": project_id,
+        "queued_cap": queued_cap if queued_cap is not None else 0,
+        "executing_cap": executing_cap if executing_cap is not None else 0,
+    }
+    row = await _one(conn, "count_active_runs", params)
+    if queued_cap is not None and row["queued"] + n > queued_cap:
+        raise RateLimited(QUOTA_RETRY_SECS, "project queued quota exceeded")
+    if executing_cap is not None and row["executing"] >= executing_cap:
+        raise RateLimited(QUOTA_RETRY_SECS, "project executing quota exceeded")
 
 
 async def resolve_conflicts(conn: Any, runs: list[NewRun], inserted: dict[uuid.UUID, str]) -> list[Receipt]:

@@ -30,10 +30,10 @@ class Rejected(StoreError):
 
 
 class RateLimited(StoreError):
-    """Admission refused: the job's rate limit is reached for now."""
+    """Admission refused (engine.md §2.5): a rate limit or a project quota is reached for now."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("job rate limit exceeded")
+    def __init__(self, retry_after: int, message: str = "job rate limit exceeded") -> None:
+        super().__init__(message)
         self.retry_after = retry_after
 
 

@@ -37,6 +37,7 @@ COLUMNS = (
     "max_concurrency_per_key",
     "rate_limit_max",
     "rate_limit_window_secs",
+    "rate_limit_keys",
     "dedup_window_secs",
     "run_ttl_secs",
     "debounce_window_secs",
@@ -53,10 +54,11 @@ COLUMNS = (
     "execution_mode",
     "queue_name",
 )
-_JSON = ("payload_schema", "result_schema", "tags", "default_run_metadata")
+_JSON = ("payload_schema", "result_schema", "tags", "default_run_metadata", "rate_limit_keys")
 _DEFAULTS: dict[str, Any] = {
     "tags": {},
     "default_run_metadata": {},
+    "rate_limit_keys": [],
     "cron_overlap_policy": "allow",
     "retry_priority_boost": 1,
     "enabled": True,

@@ -378,7 +378,7 @@ RETURNING *
 INSERT INTO jobs (id, project_id, name, slug, description, group_id, cron, timezone, execution_window_cron,
     cron_overlap_policy, payload_schema, result_schema, tags, endpoint_url, fallback_endpoint_url,
     signing_secret, webhook_url, max_attempts, timeout_secs, max_concurrency, max_concurrency_per_key,
-    rate_limit_max, rate_limit_window_secs, dedup_window_secs, run_ttl_secs, debounce_window_secs,
+    rate_limit_max, rate_limit_window_secs, rate_limit_keys, dedup_window_secs, run_ttl_secs, debounce_window_secs,
     batch_window_secs, batch_max_size, retry_strategy, retry_delays_secs, retry_priority_boost,
     poison_pill_threshold, enabled, environment_id, default_run_metadata, version_id, version_policy,
     execution_mode, queue_name, created_by, updated_by)
@@ -386,7 +386,7 @@ VALUES (%(id)s, %(project_id)s, %(name)s, %(slug)s, %(description)s, %(group_id)
     %(execution_window_cron)s, %(cron_overlap_policy)s, %(payload_schema)s, %(result_schema)s, %(tags)s,
     %(endpoint_url)s, %(fallback_endpoint_url)s, %(signing_secret)s, %(webhook_url)s, %(max_attempts)s,
     %(timeout_secs)s, %(max_concurrency)s, %(max_concurrency_per_key)s, %(rate_limit_max)s,
-    %(rate_limit_window_secs)s, %(dedup_window_secs)s, %(run_ttl_secs)s, %(debounce_window_secs)s,
+    %(rate_limit_window_secs)s, %(rate_limit_keys)s, %(dedup_window_secs)s, %(run_ttl_secs)s, %(debounce_window_secs)s,
     %(batch_window_secs)s, %(batch_max_size)s, %(retry_strategy)s, %(retry_delays_secs)s,
     %(retry_priority_boost)s, %(poison_pill_threshold)s, %(enabled)s, %(environment_id)s,
     %(default_run_metadata)s, %(version_id)s, %(version_policy)s, %(execution_mode)s, %(queue_name)s,
@@ -403,7 +403,7 @@ UPDATE jobs SET name = %(name)s, slug = %(slug)s, description = %(description)s,
     webhook_url = %(webhook_url)s, max_attempts = %(max_attempts)s, timeout_secs = %(timeout_secs)s,
     max_concurrency = %(max_concurrency)s, max_concurrency_per_key = %(max_concurrency_per_key)s,
     rate_limit_max = %(rate_limit_max)s, rate_limit_window_secs = %(rate_limit_window_secs)s,
-    dedup_window_secs = %(dedup_window_secs)s, run_ttl_secs = %(run_ttl_secs)s,
+    rate_limit_keys = %(rate_limit_keys)s, dedup_window_secs = %(dedup_window_secs)s, run_ttl_secs = %(run_ttl_secs)s,
     debounce_window_secs = %(debounce_window_secs)s, batch_window_secs = %(batch_window_secs)s,
     batch_max_size = %(batch_max_size)s, retry_strategy = %(retry_strategy)s,
     retry_delays_secs = %(retry_delays_secs)s, retry_priority_boost = %(retry_priority_boost)s,
@@ -570,8 +570,37 @@ ORDER BY created_at DESC
 LIMIT 1
 
 -- name: count_recent_runs
--- Job rate limit: runs created inside the window.
-SELECT count(*) AS n FROM job_runs WHERE job_id = %(job_id)s AND created_at >= now() - make_interval(secs => %(window)s)
+-- Job rate limit: runs created inside the window, and when the oldest of them leaves it (seconds).
+SELECT count(*) AS n, EXTRACT(EPOCH FROM min(created_at) + make_interval(secs => %(window)s) - now()) AS wait
+FROM job_runs WHERE job_id = %(job_id)s AND created_at >= now() - make_interval(secs => %(window)s)
+
+-- name: lock_project_quota
+-- Admission guard for projects with a queued or executing quota: serialises their triggers.
+SELECT max_queued_runs, max_executing_runs FROM project_quotas
+WHERE project_id = %(project_id)s FOR NO KEY UPDATE
+
+-- name: count_active_runs
+-- A project's runs waiting to run and running, each count bounded by its quota (at most that many
+-- index entries are read; a cap of 0 reads none).
+SELECT strait_count_active(%(project_id)s, 'queued', %(queued_cap)s)
+       + strait_count_active(%(project_id)s, 'delayed', %(queued_cap)s) AS queued,
+       strait_count_active(%(project_id)s, 'executing', %(executing_cap)s)
+       + strait_count_active(%(project_id)s, 'dequeued', %(executing_cap)s) AS executing
+
+-- name: lock_rate_key
+-- Admission guard for one named rate-limit key of a project (until the transaction ends).
+SELECT pg_advisory_xact_lock(hashtextextended(%(project_id)s || chr(31) || %(key)s, 0))
+
+-- name: count_rate_hits
+-- A named key's hits inside its window, and when the oldest of them leaves it (seconds).
+SELECT COALESCE(sum(n), 0) AS n, EXTRACT(EPOCH FROM min(at) + make_interval(secs => %(window)s) - now()) AS wait
+FROM rate_limit_hits
+WHERE project_id = %(project_id)s AND key = %(key)s AND at >= now() - make_interval(secs => %(window)s)
+
+-- name: insert_rate_hits
+-- The hits of one admitted trigger: `n` runs against each of the job's named keys.
+INSERT INTO rate_limit_hits (project_id, key, n)
+SELECT %(project_id)s, k, %(n)s FROM unnest(%(keys)s::text[]) AS k
 
 -- name: get_run
 -- One run by id.
@@ -1138,14 +1167,16 @@ SELECT * FROM project_quotas WHERE project_id = %(project_id)s
 -- Set a project's limits. The time zone is tried the way project_spend_today uses it: a name
 -- PostgreSQL does not know is refused here (Rejected), not at every later trigger.
 INSERT INTO project_quotas (project_id, max_daily_cost_microusd, max_cost_per_run_microusd,
-                            max_active_event_triggers, timezone)
+                            max_active_event_triggers, max_queued_runs, max_executing_runs, timezone)
 SELECT %(project_id)s, %(max_daily_cost_microusd)s, %(max_cost_per_run_microusd)s,
-       %(max_active_event_triggers)s, %(timezone)s
+       %(max_active_event_triggers)s, %(max_queued_runs)s, %(max_executing_runs)s, %(timezone)s
 WHERE (now() AT TIME ZONE %(timezone)s) IS NOT NULL
 ON CONFLICT (project_id) DO UPDATE SET
     max_daily_cost_microusd = EXCLUDED.max_daily_cost_microusd,
     max_cost_per_run_microusd = EXCLUDED.max_cost_per_run_microusd,
     max_active_event_triggers = EXCLUDED.max_active_event_triggers,
+    max_queued_runs = EXCLUDED.max_queued_runs,
+    max_executing_runs = EXCLUDED.max_executing_runs,
     timezone = EXCLUDED.timezone, updated_at = now()
 RETURNING *
 
@@ -1188,7 +1219,9 @@ FOR NO KEY UPDATE SKIP LOCKED
 -- schedulers, one takes it); its run is inserted in the same statement with the tick's fire key as
 -- its idempotency key (a key already used makes no second run). A taken tick of a job that is off
 -- (disabled, paused), whose overlap policy is `skip` while a run of it is active, or over its
--- rate limit or its project's daily cost cap, is skipped and says why. Cron runs: no payload,
+-- rate limit (its own or a named key's), its project's queued/executing quota or daily cost cap,
+-- is skipped and says why. Judged without the trigger path's locks (a tick racing triggers may
+-- overshoot a limit by its one run). Cron runs: no payload,
 -- priority 0, triggered_by cron, created_by system:cron, a TTL only when the job sets run_ttl_secs.
 WITH v AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(due)s::timestamptz[], %(fire_at)s::timestamptz[],
@@ -1198,7 +1231,7 @@ WITH v AS (
     UPDATE jobs j SET next_fire_at = v.next_at
     FROM v WHERE j.id = ANY(%(ids)s::uuid[]) AND j.id = v.id AND j.next_fire_at = v.due
     RETURNING j.id, j.project_id, j.enabled, j.paused, j.cron_overlap_policy, j.rate_limit_max,
-              j.rate_limit_window_secs, j.run_ttl_secs, j.tags, j.default_run_metadata, j.version, j.version_id,
+              j.rate_limit_window_secs, j.rate_limit_keys, j.run_ttl_secs, j.tags, j.default_run_metadata, j.version, j.version_id,
               v.fire_at, v.fire_key, v.run_id
 ), judged AS (
     SELECT t.*, CASE
@@ -1210,6 +1243,19 @@ WITH v AS (
             SELECT count(*) FROM job_runs r
             WHERE r.job_id = t.id AND r.created_at >= now() - make_interval(secs => COALESCE(t.rate_limit_window_secs, 60))
         ) >= t.rate_limit_max THEN 'rate_limit'
+        WHEN EXISTS (
+            SELECT 1 FROM jsonb_array_elements(t.rate_limit_keys) k
+            WHERE (SELECT COALESCE(sum(h.n), 0) FROM rate_limit_hits h
+                   WHERE h.project_id = t.project_id AND h.key = k ->> 'key'
+                     AND h.at >= now() - make_interval(secs => (k ->> 'window_secs')::int)) >= (k ->> 'max')::int
+        ) THEN 'rate_limit'
+        WHEN (SELECT (q.max_queued_runs IS NOT NULL
+                      AND strait_count_active(t.project_id, 'queued', q.max_queued_runs)
+                          + strait_count_active(t.project_id, 'delayed', q.max_queued_runs) >= q.max_queued_runs)
+                  OR (q.max_executing_runs IS NOT NULL
+                      AND strait_count_active(t.project_id, 'executing', q.max_executing_runs)
+                          + strait_count_active(t.project_id, 'dequeued', q.max_executing_runs) >= q.max_executing_runs)
+              FROM project_quotas q WHERE q.project_id = t.project_id) THEN 'quota'
         WHEN (SELECT q.max_daily_cost_microusd <= (
                   SELECT COALESCE(sum(u.cost_microusd), 0) FROM run_usage u
                   WHERE u.project_id = t.project_id
@@ -1226,6 +1272,10 @@ WITH v AS (
     FROM judged j WHERE j.skipped IS NULL
     ON CONFLICT (job_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, job_id
+), hits AS (  -- a fired run takes its hit from each named key (unreferenced: runs all the same)
+    INSERT INTO rate_limit_hits (project_id, key, n)
+    SELECT j.project_id, k ->> 'key', 1 FROM judged j JOIN ins ON ins.id = j.run_id,
+           jsonb_array_elements(j.rate_limit_keys) k
 ), wake AS (
     SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM ins LIMIT 1) w
 )
@@ -1341,6 +1391,15 @@ WITH old AS (
     FOR UPDATE SKIP LOCKED
 ), gone AS (
     DELETE FROM event_triggers t USING old WHERE t.id = old.id RETURNING t.id
+)
+SELECT count(*) AS n FROM gone
+
+-- name: purge_rate_hits
+-- Named-key hits no window can still see, one bounded batch.
+WITH old AS (
+    SELECT ctid FROM rate_limit_hits WHERE at < now() - make_interval(secs => %(secs)s) LIMIT %(limit)s
+), gone AS (
+    DELETE FROM rate_limit_hits h USING old WHERE h.ctid = old.ctid RETURNING 1
 )
 SELECT count(*) AS n FROM gone
 

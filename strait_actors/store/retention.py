@@ -15,6 +15,8 @@ import psycopg
 from strait_actors import ids
 from strait_actors.store.sql import count
 
+MAX_WINDOW_SECS = 30 * 86_400  # the longest rate-limit window (api.validation.MAX_WINDOW_SECS)
+
 
 def purge_runs(conn: psycopg.Connection, short_hours: float, long_hours: float, limit: int) -> int:
     """Delete one batch of runs past retention (a retention of 0 keeps that class); how many went."""
@@ -37,3 +39,8 @@ def purge_event_triggers(conn: psycopg.Connection, hours: float, limit: int) -> 
         return 0
     params = {"created_before": ids.uuid7_floor(time.time() - hours * 3600), "secs": hours * 3600, "limit": limit}
     return count(conn, "purge_event_triggers", params)
+
+
+def purge_rate_hits(conn: psycopg.Connection, limit: int) -> int:
+    """Delete one batch of named-key hits older than the longest window a key may have."""
+    return count(conn, "purge_rate_hits", {"secs": MAX_WINDOW_SECS, "limit": limit})
