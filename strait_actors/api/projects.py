@@ -14,7 +14,7 @@ from strait_actors.api.auth import caller, project_scope, require
 from strait_actors.api.http import json_response, read_object
 from strait_actors.api.pagination import page_of, respond
 from strait_actors.api.state import BUDGETS, JOBS, KEYS, POOL
-from strait_actors.api.validation import pause_reason
+from strait_actors.api.validation import pause_reason, storable
 from strait_actors.errors import bad_request, conflict, forbidden, not_found, unprocessable
 from strait_actors.payloads import clean_str
 from strait_actors.store import projects as store
@@ -253,7 +253,7 @@ async def _set_paused(request: web.Request, paused: bool) -> web.Response:
     pid = request.match_info["project_id"]
     body = await read_object(request)
     reason = pause_reason(body) if paused else None
-    row = await store.set_paused(request.app[POOL], pid, paused, reason)
+    row = await store.set_paused(request.app[POOL], pid, paused, reason) if storable(pid) else None
     if row is None:
         raise not_found("project not found")
     request.app[JOBS].forget_all()  # every job of the project changed (project_paused)
