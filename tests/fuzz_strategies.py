@@ -73,6 +73,13 @@ class World:
     parents: list[str]  # runs of p1 with children (GET /v1/runs/{id}/children)
     event_keys: dict[str, list[str]]  # the keys of the world's event triggers: p1, p2, shared (both)
     chain: list[str]  # a continue-as-new chain of p1, root first (lineage_depth 0 to 10)
+    # environments and job groups (migration 0007): p1's, those DELETE may remove, and p2's
+    environments: list[str] = dataclasses.field(default_factory=list)
+    disposable_environments: list[str] = dataclasses.field(default_factory=list)
+    other_environments: list[str] = dataclasses.field(default_factory=list)
+    groups: list[str] = dataclasses.field(default_factory=list)  # of disposable jobs only: pause-all is harmless
+    disposable_groups: list[str] = dataclasses.field(default_factory=list)
+    other_groups: list[str] = dataclasses.field(default_factory=list)
 
     def all_runs(self) -> list[str]:
         return [r for ids in self.runs.values() for r in ids]
@@ -515,6 +522,13 @@ def _str_value(name: str, spec: validation._Str, world: World) -> Strategy:
         return st.one_of(st.just("s" * 16), st.just("s" * 15), st.just("s" * 4097), odd_text)
     if spec.slug:
         return st.one_of(st.from_regex(r"[a-z0-9][a-z0-9._-]{0,12}", fullmatch=True), st.just("a" * 129), odd_text)
+    if name in ("environment_id", "group_id"):  # p1's (binds the job), p2's (not found), odd ones
+        mine, theirs = (
+            (world.environments, world.other_environments)
+            if name == "environment_id"
+            else (world.groups, world.other_groups)
+        )
+        return st.one_of(st.sampled_from([*mine, *theirs, "", "p1"]), st.uuids().map(str), odd_text)
     edge = [st.just("a" * spec.max_len), st.just("a" * (spec.max_len + 1))] if spec.max_len else []
     return st.one_of(st.sampled_from(["p1", "p2", "fz", "Job"]), *edge, odd_text)
 
@@ -1161,6 +1175,59 @@ def request(method: str, template: str, spec: RouteSpec, world: World) -> Strate
         return Req(m, path, q, hdrs, content)
 
     return draw_request()
+
+
+# ------------------------------------------------------------- environments and job groups (0007)
+
+VAR_NAMES = ["A", "REGION", "ENDPOINT_URL", "_x", "a1", "1A", "A-B", "", "é", "a" * 128, "a" * 129]
+
+
+def _variables(w: World) -> Strategy:
+    values = st.one_of(st.sampled_from(["", "eu", "v" * 8192, "v" * 8193, "a\x00b", "\ud800"]), odd_text)
+    one = st.one_of(
+        st.fixed_dictionaries({"ENDPOINT_URL": local_url(w)}),
+        st.dictionaries(st.one_of(st.sampled_from(VAR_NAMES), odd_text), st.one_of(values, wrong_types), max_size=4),
+    )
+    many = st.just({f"V{i}": "v" for i in range(101)})
+    return st.one_of(one, many, wrong_types)
+
+
+def _named_body(w: World, *, environment: bool, patch: bool) -> Strategy:
+    name = st.uuids().map(lambda u: f"fz-{u.hex[:10]}")
+    optional: dict[str, Strategy] = {"description": st.sampled_from(["d", "", "d" * 2000])}
+    fields: dict[str, Strategy] = {
+        "name": st.one_of(st.just("n" * 256), odd_text, wrong_types),
+        "description": st.one_of(st.just("d" * 2001), odd_text, wrong_types),
+        "project_id": st.one_of(st.sampled_from(["p1", "p2", "nope", ""]), odd_text, wrong_types),
+    }
+    if environment:
+        optional |= {
+            "slug": st.sampled_from(["stg", "", "a" * 128]),
+            "variables": st.sampled_from([{"REGION": "eu"}, {"ENDPOINT_URL": w.endpoints[0]}, {}]),
+        }
+        fields |= {"slug": st.one_of(st.just("Not A Slug"), odd_text, wrong_types), "variables": _variables(w)}
+    required = {} if patch else {"name": name}
+    if patch:
+        optional["name"] = name
+    valid = st.fixed_dictionaries(required, optional=optional)
+    return bodies(broken(valid, fields))
+
+
+def _env_ids(w: World, *extra: list[str]) -> Strategy:
+    return path_ids([*w.environments, *(x for e in extra for x in e)], w.other_environments)
+
+
+def _group_ids(w: World, *extra: list[str]) -> Strategy:
+    return path_ids([*w.groups, *(x for e in extra for x in e)], w.other_groups)
+
+
+def _pause_body(w: World) -> Strategy:
+    return bodies(broken(st.fixed_dictionaries({"reason": st.just("fuzz")}), {"reason": odd_text}))
+
+
+def _paused_projects(w: World) -> dict[str, Strategy]:
+    """The project the fuzz pauses and resumes: pz, which holds nothing the other routes need."""
+    return {"project_id": path_ids(["pz"], ["nope"])}
 
 
 # ---------------------------------------------------------------------------------- route table
@@ -1830,4 +1897,40 @@ SPECS: dict[tuple[str, str], RouteSpec] = {
     ("GET", "/v1/runs/{run_id}/stream"): RouteSpec(
         params=lambda w: {"run_id": _stream_runs(w)}, headers=_stream_headers, weight=0.3
     ),
+    # environments, job groups, project pause (migration 0007)
+    ("POST", "/v1/environments"): RouteSpec(body=lambda w: _named_body(w, environment=True, patch=False), weight=1.2),
+    ("GET", "/v1/environments"): RouteSpec(query=list_query, weight=0.4),
+    ("GET", "/v1/environments/{env_id}"): RouteSpec(params=lambda w: {"env_id": _env_ids(w)}, weight=0.4),
+    ("PATCH", "/v1/environments/{env_id}"): RouteSpec(
+        params=lambda w: {"env_id": _env_ids(w)},
+        body=lambda w: _named_body(w, environment=True, patch=True),
+        weight=1.2,
+    ),
+    ("DELETE", "/v1/environments/{env_id}"): RouteSpec(
+        params=lambda w: {"env_id": _env_ids(w, w.disposable_environments * 3)}, weight=0.4
+    ),
+    ("GET", "/v1/environments/{env_id}/variables"): RouteSpec(params=lambda w: {"env_id": _env_ids(w)}, weight=0.3),
+    ("POST", "/v1/job-groups"): RouteSpec(body=lambda w: _named_body(w, environment=False, patch=False), weight=0.8),
+    ("GET", "/v1/job-groups"): RouteSpec(query=list_query, weight=0.4),
+    ("GET", "/v1/job-groups/{group_id}"): RouteSpec(params=lambda w: {"group_id": _group_ids(w)}, weight=0.4),
+    ("PATCH", "/v1/job-groups/{group_id}"): RouteSpec(
+        params=lambda w: {"group_id": _group_ids(w)},
+        body=lambda w: _named_body(w, environment=False, patch=True),
+        weight=0.8,
+    ),
+    ("DELETE", "/v1/job-groups/{group_id}"): RouteSpec(
+        params=lambda w: {"group_id": _group_ids(w, w.disposable_groups * 3)}, weight=0.4
+    ),
+    ("GET", "/v1/job-groups/{group_id}/jobs"): RouteSpec(
+        params=lambda w: {"group_id": _group_ids(w)}, query=list_query, weight=0.4
+    ),
+    ("GET", "/v1/job-groups/{group_id}/stats"): RouteSpec(params=lambda w: {"group_id": _group_ids(w)}, weight=0.3),
+    ("POST", "/v1/job-groups/{group_id}/pause-all"): RouteSpec(
+        params=lambda w: {"group_id": _group_ids(w)}, body=_pause_body, weight=0.5
+    ),
+    ("POST", "/v1/job-groups/{group_id}/resume-all"): RouteSpec(
+        params=lambda w: {"group_id": _group_ids(w)}, weight=0.4
+    ),
+    ("POST", "/v1/projects/{project_id}/pause"): RouteSpec(params=_paused_projects, body=_pause_body, weight=0.5),
+    ("POST", "/v1/projects/{project_id}/resume"): RouteSpec(params=_paused_projects, weight=0.4),
 }

@@ -679,7 +679,8 @@ def build_world(server: Server, dsn: str, ep: LocalEndpoint) -> World:
     dead = "http://127.0.0.1:1/job"  # nothing listens: a run there is dead-lettered at once
     with server.client() as c:
         # pq: the project whose quotas the fuzz sets (waits and spawns of pq meet them, no other's)
-        for pid, org in (("p1", "o1"), ("p2", "o2"), ("pq", "o3")):
+        # pz: the project the fuzz pauses and resumes (with a job of its own, which follows it)
+        for pid, org in (("p1", "o1"), ("p2", "o2"), ("pq", "o3"), ("pz", "o4")):
             _ok(c.post("/v1/projects", json={"id": pid, "org_id": org, "name": pid.upper()}))
 
         def key(project: str, scopes: list[str]) -> dict[str, Any]:
@@ -747,6 +748,7 @@ def build_world(server: Server, dsn: str, ep: LocalEndpoint) -> World:
             for job in (disposable[0], jobs["other"])
             for v in _ok(c.get(f"/v1/jobs/{job}/versions"))["data"]
         ]
+        places = _environments_and_groups(c, ep, disposable)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             "UPDATE api_keys SET expires_at = now() - interval '1 day' WHERE id = %s", (keys["expired"]["id"],)
@@ -777,7 +779,35 @@ def build_world(server: Server, dsn: str, ep: LocalEndpoint) -> World:
         parents=parents,
         event_keys=event_keys,
         chain=chain,
+        **places,
     )
+
+
+def _environments_and_groups(c: httpx.Client, ep: LocalEndpoint, disposable: list[str]) -> dict[str, list[str]]:
+    """Environments and job groups (migration 0007) of p1 and p2: one environment routes a
+    disposable job to /ok; the groups hold disposable jobs only (pause-all stops nothing else);
+    some of each that no job uses, for DELETE. And pz's job, paused and resumed with pz."""
+
+    def make(path: str, project: str, body: dict[str, Any]) -> str:
+        return str(_ok(c.post(path, json={"project_id": project, **body}, headers={"X-Project-Id": project}))["id"])
+
+    envs = [
+        make("/v1/environments", "p1", {"name": f"e{i}", "variables": {"ENDPOINT_URL": f"{ep.url}/ok"}})
+        for i in range(2)
+    ]
+    envs.append(make("/v1/environments", "p1", {"name": "plain", "variables": {"REGION": "eu"}}))
+    groups = [make("/v1/job-groups", "p1", {"name": f"g{i}"}) for i in range(2)]
+    _ok(c.patch(f"/v1/jobs/{disposable[4]}", json={"environment_id": envs[0], "group_id": groups[0]}))
+    _ok(c.patch(f"/v1/jobs/{disposable[5]}", json={"group_id": groups[0]}))
+    _job(c, ep, "pz-job", project="pz")
+    return {
+        "environments": envs,
+        "disposable_environments": [make("/v1/environments", "p1", {"name": f"spare{i}"}) for i in range(3)],
+        "other_environments": [make("/v1/environments", "p2", {"name": "theirs"})],
+        "groups": groups,
+        "disposable_groups": [make("/v1/job-groups", "p1", {"name": f"spare{i}"}) for i in range(3)],
+        "other_groups": [make("/v1/job-groups", "p2", {"name": "theirs"})],
+    }
 
 
 def _sdk_runs(dsn: str, jobs: dict[str, str], runs: dict[str, list[str]], continuing: list[Parked]) -> RunTokens:
@@ -1167,6 +1197,21 @@ CONSISTENCY = {
     " WHERE lineage_depth NOT BETWEEN 0 AND 10 OR (lineage_depth > 0) <> (continuation_of IS NOT NULL)",
     "a quota breaking its own rules": "SELECT project_id FROM project_quotas WHERE max_daily_cost_microusd < 0"
     " OR max_cost_per_run_microusd < 0 OR max_active_event_triggers < 0",
+    # environments, job groups and project pause (migration 0007)
+    "a job whose endpoint override is out of step with its environment": "SELECT j.id, j.endpoint_override"
+    " FROM jobs j LEFT JOIN environments e ON e.id::text = j.environment_id"
+    " WHERE j.endpoint_override IS DISTINCT FROM e.variables ->> 'ENDPOINT_URL'",
+    "a job bound to an environment or group of another project, or of none": "SELECT j.id FROM jobs j"
+    " LEFT JOIN environments e ON e.id::text = j.environment_id LEFT JOIN job_groups g ON g.id::text = j.group_id"
+    " WHERE (j.environment_id IS NOT NULL AND e.project_id IS DISTINCT FROM j.project_id)"
+    " OR (j.group_id IS NOT NULL AND g.project_id IS DISTINCT FROM j.project_id)",
+    "a job whose project_paused is not its project's": "SELECT j.id FROM jobs j JOIN projects p"
+    " ON p.id = j.project_id WHERE j.project_paused <> p.paused",
+    "an environment whose variables are not a map of strings": "SELECT id FROM environments"
+    " WHERE jsonb_typeof(variables) <> 'object' OR EXISTS (SELECT 1 FROM jsonb_each(variables) v"
+    " WHERE jsonb_typeof(v.value) <> 'string' OR v.key !~ '^[A-Za-z_][A-Za-z0-9_]{0,127}$')",
+    "a paused project without paused_at": "SELECT id FROM projects WHERE paused AND paused_at IS NULL"
+    " OR NOT paused AND (paused_at IS NOT NULL OR pause_reason IS NOT NULL)",
 }
 
 
@@ -1218,7 +1263,15 @@ def read_everything_back(fuzz: Fuzzer, projects: list[str]) -> None:
     pages = 0
     with fuzz.server.client() as c:
         for project in projects:
-            for path in ("/v1/jobs", "/v1/runs", "/v1/runs/dlq", "/v1/api-keys", "/v1/events"):
+            for path in (
+                "/v1/jobs",
+                "/v1/runs",
+                "/v1/runs/dlq",
+                "/v1/api-keys",
+                "/v1/events",
+                "/v1/environments",
+                "/v1/job-groups",
+            ):
                 params = {"project_id": project, "limit": "100"}
                 while True:
                     r = c.get(path, params=params)
@@ -1232,9 +1285,26 @@ def read_everything_back(fuzz: Fuzzer, projects: list[str]) -> None:
                     params["cursor"] = body["next_cursor"]
             r = c.get(f"/v1/projects/{quote(project, safe='')}/quotas")
             assert r.status_code == 200, (project, "quotas", r.status_code, r.text[:500])
-    assert pages >= 5 * len(projects)
+    assert pages >= 7 * len(projects)
+    read_groups_back(fuzz)
     read_sdk_data_back(fuzz)
     read_waits_back(fuzz)
+
+
+def read_groups_back(fuzz: Fuzzer) -> None:
+    """Every job group's jobs and stats render, and every environment's variables."""
+    with psycopg.connect(fuzz.dsn) as conn:
+        groups = conn.execute("SELECT project_id, id::text FROM job_groups").fetchall()
+        envs = conn.execute("SELECT project_id, id::text FROM environments").fetchall()
+    assert groups and envs, "no group or environment to read back"
+    with fuzz.server.client() as c:
+        for project, group in groups:
+            for what in ("jobs", "stats"):
+                r = c.get(f"/v1/job-groups/{group}/{what}", headers={"X-Project-Id": project})
+                assert r.status_code == 200, (project, group, what, r.status_code, r.text[:500])
+        for project, env in envs:
+            r = c.get(f"/v1/environments/{env}/variables", headers={"X-Project-Id": project})
+            assert r.status_code == 200, (project, env, r.status_code, r.text[:500])
 
 
 def known_5xx(fuzz: Fuzzer, method: str, path: str) -> bool:

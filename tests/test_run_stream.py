@@ -165,3 +165,32 @@ def test_streams_over_redis_one_bridge_for_two_api_processes(
         if second is not None:
             stop_strait(second)
         stop_strait(first)
+
+
+def test_a_head_of_a_stream_answers_headers_only_on_a_keep_alive_connection(
+    endpoint: Endpoint, dsn: str, tmp_path: Path
+) -> None:
+    """HEAD of a live run's stream: the headers, and nothing after them on the connection (the
+    frames written to it once read as the next answer: the fuzz found it)."""
+    import http.client
+
+    env = {"DATABASE_URL": dsn, "SSE_KEEPALIVE_INTERVAL_SECS": "0.1", "SSE_MAX_CONN_DURATION_SECS": "0.5"}
+    server = start_strait(env, tmp_path, processes=1)
+    admin, c, _ = setup(server)
+    conn = http.client.HTTPConnection(server.base.removeprefix("http://"), timeout=10)
+    try:
+        job = make_job(c, endpoint, execution_mode="worker")  # no worker calls it: the run stays live
+        run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
+        headers = {"Authorization": f"Bearer {SECRET}", "X-Project-Id": "p1", "Last-Event-ID": "0"}
+        conn.request("HEAD", f"/v1/runs/{run_id}/stream", headers=headers)
+        head = conn.getresponse()
+        assert (head.status, head.read()) == (200, b"")
+        assert head.headers["Content-Type"] == "text/event-stream"
+        conn.request("GET", f"/v1/runs/{run_id}", headers=headers)
+        after = conn.getresponse()
+        assert after.status == 200 and json.loads(after.read())["id"] == run_id
+    finally:
+        conn.close()
+        c.close()
+        admin.close()
+        stop_strait(server)

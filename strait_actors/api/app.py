@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from strait_actors.api import events, health, jobs, projects, runs, sdk, triggers
+from strait_actors.api import environments, events, groups, health, jobs, projects, runs, sdk, triggers
 from strait_actors.api.auth import CALLER, KeyCache, authenticate
 from strait_actors.api.http import Handler, envelope, is_long_lived
 from strait_actors.api.limits import RateLimiter, take_request
@@ -117,6 +117,16 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[STARTED] = time.monotonic()
     app.cleanup_ctx.append(_pool_ctx)
     # /v1/runs/dlq is registered before /v1/runs/{run_id} (runs.routes keeps that order)
-    for table in (health.routes, projects.routes, jobs.routes, triggers.routes, runs.routes, sdk.routes, events.routes):
+    for table in (
+        health.routes,
+        projects.routes,
+        jobs.routes,
+        triggers.routes,
+        runs.routes,
+        sdk.routes,
+        events.routes,
+        environments.routes,
+        groups.routes,
+    ):
         app.add_routes(table)
     return app

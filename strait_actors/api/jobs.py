@@ -17,6 +17,7 @@ from strait_actors.api.state import JOBS, POOL, SETTINGS
 from strait_actors.api.validation import (
     JobDefaults,
     check_job_invariants,
+    pause_reason,
     validate_job_create,
     validate_job_patch,
 )
@@ -28,15 +29,19 @@ from strait_actors.store.sql import Row
 
 routes = web.RouteTableDef()
 
+# a job's environment_id / group_id must name one of its project's (another project's is not found)
+ENVIRONMENT_NOT_FOUND = "environment not found: environment_id must name an environment of the job's project"
+GROUP_NOT_FOUND = "job group not found: group_id must name a job group of the job's project"
 
-def _url_check(request: web.Request) -> Any:
+
+def url_check(request: web.Request) -> Any:
     s = request.app[SETTINGS]
     return functools.partial(
         ssrf.check_url, allow_private=s.allow_private_endpoints, require_tls=s.endpoint_require_tls
     )
 
 
-async def _off_loop(func: Any, *args: Any, **kwargs: Any) -> Any:
+async def resolve_off_loop(func: Any, *args: Any, **kwargs: Any) -> Any:
     """URL checks resolve DNS (blocking): keep them off the event loop."""
     return await asyncio.get_running_loop().run_in_executor(None, functools.partial(func, *args, **kwargs))
 
@@ -68,11 +73,11 @@ async def create_job(request: web.Request) -> web.Response:
     body = await read_object(request)
     s = request.app[SETTINGS]
     _check_create_project(request, body)
-    values = await _off_loop(
+    values = await resolve_off_loop(
         validate_job_create,
         body,
         defaults=JobDefaults(s.default_job_max_attempts, s.default_job_timeout_secs),
-        url_check=_url_check(request),
+        url_check=url_check(request),
     )
     try:
         row = await store.insert_job(request.app[POOL], values["project_id"], values, who.actor)
@@ -80,6 +85,10 @@ async def create_job(request: web.Request) -> web.Response:
         raise conflict(f"job with slug {values['slug']!r} already exists in this project") from None
     except MissingReference:
         raise not_found("project not found") from None
+    except store.MissingEnvironment:
+        raise bad_request(ENVIRONMENT_NOT_FOUND) from None
+    except store.MissingGroup:
+        raise bad_request(GROUP_NOT_FOUND) from None
     return json_response(render.job(row), 201)
 
 
@@ -115,7 +124,7 @@ async def update_job(request: web.Request) -> web.Response:
     who = require(request, "jobs:write")
     current = await load_job(request)
     body = await read_object(request)
-    changes = await _off_loop(validate_job_patch, body, url_check=_url_check(request))
+    changes = await resolve_off_loop(validate_job_patch, body, url_check=url_check(request))
     merged = {**current, **changes}
     if "signing_secret" not in changes:
         merged["signing_secret"] = current["signing_secret"]
@@ -126,6 +135,10 @@ async def update_job(request: web.Request) -> web.Response:
         raise conflict(f"job with slug {merged['slug']!r} already exists in this project") from None
     except store.VersionConflict:
         raise conflict("job was modified concurrently; retry") from None
+    except store.MissingEnvironment:
+        raise bad_request(ENVIRONMENT_NOT_FOUND) from None
+    except store.MissingGroup:
+        raise bad_request(GROUP_NOT_FOUND) from None
     request.app[JOBS].forget(current["id"])
     return json_response(render.job(row))
 
@@ -135,10 +148,7 @@ async def pause_job(request: web.Request) -> web.Response:
     """api.md §4.3.10: optional `{"reason": str}`; pausing a paused job keeps its first paused_at."""
     require(request, "jobs:write")
     current = await load_job(request)
-    body = await read_object(request)
-    reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000 or not _storable(reason)):
-        raise bad_request("reason must be a string of at most 1000 characters (no NUL, valid UTF-8)")
+    reason = pause_reason(await read_object(request))
     return await _set_paused(request, current, True, reason)
 
 
@@ -148,15 +158,6 @@ async def resume_job(request: web.Request) -> web.Response:
     current = await load_job(request)
     await read_object(request)
     return await _set_paused(request, current, False, None)
-
-
-def _storable(text: str) -> bool:
-    """PostgreSQL text holds it: no NUL, and no lone surrogate (JSON escapes can make one)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in text
 
 
 async def _set_paused(request: web.Request, current: Row, paused: bool, reason: str | None) -> web.Response:

@@ -13,7 +13,8 @@ from strait_actors.api import render
 from strait_actors.api.auth import caller, project_scope, require
 from strait_actors.api.http import json_response, read_object
 from strait_actors.api.pagination import page_of, respond
-from strait_actors.api.state import BUDGETS, KEYS, POOL
+from strait_actors.api.state import BUDGETS, JOBS, KEYS, POOL
+from strait_actors.api.validation import pause_reason, storable
 from strait_actors.errors import bad_request, conflict, forbidden, not_found, unprocessable
 from strait_actors.payloads import clean_str
 from strait_actors.store import projects as store
@@ -244,3 +245,33 @@ async def put_quotas(request: web.Request) -> web.Response:
     except Rejected:  # the only value PostgreSQL can still refuse: a zone name it does not know
         raise bad_request(f"timezone {clean_str(tz)!r} is not a known time zone") from None
     return json_response(_quota_row(row, pid))
+
+
+# ----------------------------------------------------------------- project pause (migration 0007) [EXTRA]
+
+
+async def _set_paused(request: web.Request, paused: bool) -> web.Response:
+    """While a project is paused its jobs take no triggers (409), fire no cron ticks, and their
+    queued runs are set aside, not dispatched; a resume puts them back. An operator's act, like
+    quotas: the internal secret only."""
+    if not caller(request).internal:
+        raise forbidden("pausing a project requires internal secret")
+    pid = request.match_info["project_id"]
+    body = await read_object(request)
+    reason = pause_reason(body) if paused else None
+    row = await store.set_paused(request.app[POOL], pid, paused, reason) if storable(pid) else None
+    if row is None:
+        raise not_found("project not found")
+    request.app[JOBS].forget_all()  # every job of the project changed (project_paused)
+    return json_response(render.project(row))
+
+
+@routes.post("/v1/projects/{project_id}/pause")
+async def pause_project(request: web.Request) -> web.Response:
+    """Optional `{"reason": str}` (≤ 1000); pausing a paused project keeps its first paused_at."""
+    return await _set_paused(request, True)
+
+
+@routes.post("/v1/projects/{project_id}/resume")
+async def resume_project(request: web.Request) -> web.Response:
+    return await _set_paused(request, False)

@@ -22,13 +22,35 @@ def _put(out: dict[str, Any], key: str, value: Any) -> None:
 
 
 def project(row: dict[str, Any]) -> dict[str, Any]:
-    return {
+    out = {
         "id": row["id"],
         "org_id": row["org_id"],
         "name": row["name"],
+        "paused": row["paused"],  # project pause (migration 0007): additive to api.md §3.1
         "created_at": ts(row["created_at"]),
         "updated_at": ts(row["updated_at"]),
     }
+    if row.get("paused_at"):
+        out["paused_at"] = ts(row["paused_at"])
+    _put(out, "pause_reason", row.get("pause_reason"))
+    return out
+
+
+def environment(row: dict[str, Any]) -> dict[str, Any]:
+    """An environment (EXTRA): its variables always (an empty map too), slug and description when set."""
+    out: dict[str, Any] = {"id": str(row["id"]), "project_id": row["project_id"], "name": row["name"]}
+    _put(out, "slug", row.get("slug"))
+    _put(out, "description", row.get("description"))
+    out.update(variables=row["variables"], created_at=ts(row["created_at"]), updated_at=ts(row["updated_at"]))
+    return out
+
+
+def job_group(row: dict[str, Any]) -> dict[str, Any]:
+    """A job group (EXTRA)."""
+    out: dict[str, Any] = {"id": str(row["id"]), "project_id": row["project_id"], "name": row["name"]}
+    _put(out, "description", row.get("description"))
+    out.update(created_at=ts(row["created_at"]), updated_at=ts(row["updated_at"]))
+    return out
 
 
 # Always emitted (below), never emitted (the signing secret), else emitted when set: the rest of
@@ -79,6 +101,8 @@ def job(row: dict[str, Any]) -> dict[str, Any]:
     )
     if row.get("paused_at"):
         out["paused_at"] = ts(row["paused_at"])
+    if row.get("project_paused"):
+        out["project_paused"] = True  # its project is paused (migration 0007): it runs nothing either
     return out
 
 

@@ -318,6 +318,10 @@ async def serve(
             }
         )
         await resp.prepare(request)
+        if request.method == "HEAD":
+            # headers only: aiohttp would send the frames even to a HEAD, whose client reads no
+            # body, so on a keep-alive connection they would read as the next answer
+            return resp
         await resp.write(b": connected\n\n")
         async for event in events(hub, sub, settings.sse_keepalive_interval_secs, settings.sse_max_conn_duration_secs):
             if event is None:

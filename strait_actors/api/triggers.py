@@ -30,6 +30,8 @@ routes = web.RouteTableDef()
 
 
 def check_job(job: Row) -> None:
+    if job["project_paused"]:
+        raise conflict("project is paused -- resume it before triggering new runs")
     if not job["enabled"]:
         raise bad_request("job is disabled")
     if job["paused"]:

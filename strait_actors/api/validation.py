@@ -258,6 +258,28 @@ def _check_url(name: str, url: str, url_check: UrlCheck | None) -> None:
         raise bad_request(f"invalid {name}: {problem}")
 
 
+def check_url(name: str, url: str, url_check: UrlCheck | None) -> None:
+    """A URL other than a job's own fields (an environment's ENDPOINT_URL): the same rules, 400."""
+    _check_url(name, url, url_check)
+
+
+def storable(text: str) -> bool:
+    """PostgreSQL text holds it: no NUL, and no lone surrogate (JSON escapes can make one)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def pause_reason(body: Mapping[str, Any]) -> str | None:
+    """A pause's optional `{"reason": str}` (jobs, groups, projects): at most 1000 characters."""
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 1000 or not storable(reason)):
+        raise bad_request("reason must be a string of at most 1000 characters (no NUL, valid UTF-8)")
+    return reason
+
+
 def _check_cron(name: str, expr: str) -> None:
     # croniter also takes 6/7-field (seconds/year) forms; the contract's crons have 5 fields.
     shaped = expr.startswith("@") or len(expr.split()) == 5

@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import ids
-from strait_actors.store.errors import Duplicate, translated
+from strait_actors.store.errors import MissingReference, translated
 from strait_actors.store.sql import Row, fetch_all, fetch_one, q
 
 COLUMNS = (
@@ -84,19 +84,76 @@ def _params(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class MissingEnvironment(Exception):
+    """The job names an environment that is not one of its project's."""
+
+
+class MissingGroup(Exception):
+    """The job names a job group that is not one of its project's."""
+
+
+async def _one(conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any]) -> Any:
+    cur = await conn.execute(q(name), params)
+    return await cur.fetchone()
+
+
+def _ref_id(value: Any) -> uuid.UUID | None:
+    return ids.parse_uuid(value) if isinstance(value, str) else None
+
+
+async def _bind_references(
+    conn: psycopg.AsyncConnection[Any], project_id: str, params: dict[str, Any], current: Row | None
+) -> None:
+    """The job's environment and group, read under a share lock before the job row is written (an
+    environment's write or a group's delete then waits for this job, or is seen by it). A new
+    reference must name one of the project's; the environment's ENDPOINT_URL becomes the job's
+    `endpoint_override`. A group the write keeps that is gone (deleted meanwhile: its delete unbinds
+    its jobs) is dropped; other kept values that name nothing (stored before migration 0007) stay."""
+    for column, statement, missing in (
+        ("environment_id", "job_environment", MissingEnvironment),
+        ("group_id", "job_group", MissingGroup),
+    ):
+        value = params[column]
+        kept = current is not None and value == current[column]
+        if value is None:
+            if column == "environment_id":
+                params["endpoint_override"] = None
+            continue
+        ref = _ref_id(value)
+        row = None if ref is None else await _one(conn, statement, {"id": ref, "project_id": project_id})
+        if row is None and not kept:
+            raise missing
+        if row is not None:
+            params[column] = str(ref)
+        elif column == "group_id" and ref is not None:
+            params[column] = None
+        if column == "environment_id":
+            params["endpoint_override"] = None if row is None else row["endpoint_override"]
+
+
 async def insert_job(pool: AsyncConnectionPool, project_id: str, values: dict[str, Any], actor: str) -> Row:
+    """Raises MissingReference (no such project), MissingEnvironment, MissingGroup, SlugTaken. The
+    project's pause is read under a share lock: a project pause waits for this job, then pauses it."""
     params = _params(values) | {
         "id": ids.uuid7(),
         "project_id": project_id,
         "version_id": ids.version_id(),
         "created_by": actor or None,
+        "endpoint_override": None,
     }
-    try:
-        row = await fetch_one(pool, "insert_job", params)
-    except Duplicate:
-        raise SlugTaken from None
+    with translated():
+        async with pool.connection() as conn, conn.transaction():
+            project = await _one(conn, "job_project_state", {"project_id": project_id})
+            if project is None:
+                raise MissingReference("projects")
+            params["project_paused"] = project["paused"]
+            await _bind_references(conn, project_id, params, None)
+            try:
+                row = await _one(conn, "insert_job", params)
+            except psycopg.errors.UniqueViolation:
+                raise SlugTaken from None
     assert row is not None
-    return row
+    return row  # type: ignore[no-any-return]
 
 
 async def update_job(
@@ -110,6 +167,7 @@ async def update_job(
         "version_id": ids.version_id(),
         "updated_by": actor or None,
         "backwards_compatible": bool(changes.get("backwards_compatible", False)),
+        "endpoint_override": current.get("endpoint_override"),
     }
     snapshot = {
         "id": ids.uuid7(),
@@ -121,6 +179,7 @@ async def update_job(
     }
     with translated():
         async with pool.connection() as conn, conn.transaction():
+            await _bind_references(conn, current["project_id"], params, current)
             try:
                 cur = await conn.execute(q("update_job"), params)
             except psycopg.errors.UniqueViolation:
@@ -224,3 +283,7 @@ class JobCache:
 
     def forget(self, job_id: uuid.UUID) -> None:
         self._rows.pop(job_id, None)
+
+    def forget_all(self) -> None:
+        """A change to many jobs at once (a project's pause): read them all again."""
+        self._rows.clear()

@@ -36,8 +36,8 @@ INSERT INTO schema_migrations (name) VALUES (%(name)s)
 -- slot free again (oldest first), then as many of the next queued ones by the claim index as fit. Their gates are locked in key order
 -- (a locked row is read as it is now, not as the snapshot saw it), slots granted in claim order,
 -- ranked per key then per job, so one batch never overshoots a limit. A run that gets no slot is
--- held (out of the claim index, until its gate frees one); a run of a paused, disabled or non-HTTP job
--- is held as 'job' (its job's update releases it); a run whose gate does not exist yet is left
+-- held (out of the claim index, until its gate frees one); a run of a paused (itself or its project:
+-- migration 0007), disabled or non-HTTP job is held as 'job' (its job's update releases it); a run whose gate does not exist yet is left
 -- queued and the gate made: the caller claims again at once (`promoted` counts it).
 -- transition promoted: delayed -> queued
 -- transition claimed: queued -> executing
@@ -67,7 +67,7 @@ WITH due AS (
 ), released AS (
     SELECT h.id, h.job_id, h.priority, h.created_at, h.resume_event_key, h.held AS was_held,
            COALESCE(h.concurrency_key, '') AS ckey,
-           j.enabled AND NOT j.paused AND j.execution_mode = 'http' AS runnable,
+           j.enabled AND NOT (j.paused OR j.project_paused) AND j.execution_mode = 'http' AS runnable,
            NULLIF(j.max_concurrency, 0) AS job_cap, NULLIF(j.max_concurrency_per_key, 0) AS key_cap
     FROM ready d CROSS JOIN LATERAL (
         SELECT x.id, x.job_id, x.priority, x.created_at, x.resume_event_key, x.held, x.concurrency_key FROM job_runs x
@@ -81,7 +81,7 @@ WITH due AS (
 ), fresh AS (
     SELECT r.id, r.job_id, r.priority, r.created_at, r.resume_event_key, NULL::text AS was_held,
            COALESCE(r.concurrency_key, '') AS ckey,
-           j.enabled AND NOT j.paused AND j.execution_mode = 'http' AS runnable,
+           j.enabled AND NOT (j.paused OR j.project_paused) AND j.execution_mode = 'http' AS runnable,
            NULLIF(j.max_concurrency, 0) AS job_cap, NULLIF(j.max_concurrency_per_key, 0) AS key_cap
     FROM job_runs r JOIN jobs j ON j.id = r.job_id
     WHERE r.status = 'queued' AND r.held IS NULL
@@ -180,8 +180,9 @@ WITH due AS (
 -- runs this claim held back or left for their new gate: either way, claim again at once
 SELECT c.id::text AS id, c.job_id::text AS job_id, c.attempt, c.payload, c.lease_id::text AS lease_id,
        c.expires_at, c.previous_error,
-       -- the settings of the job version the run is pinned to, else the job's own (engine.md §3.1)
-       COALESCE(pv.snap ->> 'endpoint_url', j.endpoint_url, '') AS endpoint_url,
+       -- the settings of the job version the run is pinned to, else the job's own (engine.md §3.1);
+       -- the endpoint of the job's environment (ENDPOINT_URL, step 4) before either: migration 0007
+       COALESCE(j.endpoint_override, pv.snap ->> 'endpoint_url', j.endpoint_url, '') AS endpoint_url,
        CASE WHEN pv.snap IS NULL THEN j.fallback_endpoint_url ELSE pv.snap ->> 'fallback_endpoint_url' END
            AS fallback_endpoint_url,
        COALESCE((pv.snap ->> 'timeout_secs')::int, j.timeout_secs) AS timeout_secs,
@@ -381,7 +382,7 @@ INSERT INTO jobs (id, project_id, name, slug, description, group_id, cron, timez
     rate_limit_max, rate_limit_window_secs, rate_limit_keys, dedup_window_secs, run_ttl_secs, debounce_window_secs,
     batch_window_secs, batch_max_size, retry_strategy, retry_delays_secs, retry_priority_boost,
     poison_pill_threshold, enabled, environment_id, default_run_metadata, version_id, version_policy,
-    execution_mode, queue_name, created_by, updated_by)
+    execution_mode, queue_name, created_by, updated_by, endpoint_override, project_paused)
 VALUES (%(id)s, %(project_id)s, %(name)s, %(slug)s, %(description)s, %(group_id)s, %(cron)s, %(timezone)s,
     %(execution_window_cron)s, %(cron_overlap_policy)s, %(payload_schema)s, %(result_schema)s, %(tags)s,
     %(endpoint_url)s, %(fallback_endpoint_url)s, %(signing_secret)s, %(webhook_url)s, %(max_attempts)s,
@@ -390,7 +391,7 @@ VALUES (%(id)s, %(project_id)s, %(name)s, %(slug)s, %(description)s, %(group_id)
     %(batch_window_secs)s, %(batch_max_size)s, %(retry_strategy)s, %(retry_delays_secs)s,
     %(retry_priority_boost)s, %(poison_pill_threshold)s, %(enabled)s, %(environment_id)s,
     %(default_run_metadata)s, %(version_id)s, %(version_policy)s, %(execution_mode)s, %(queue_name)s,
-    %(created_by)s, %(created_by)s)
+    %(created_by)s, %(created_by)s, %(endpoint_override)s, %(project_paused)s)
 RETURNING *
 
 -- name: update_job
@@ -410,7 +411,7 @@ UPDATE jobs SET name = %(name)s, slug = %(slug)s, description = %(description)s,
     poison_pill_threshold = %(poison_pill_threshold)s, enabled = %(enabled)s,
     environment_id = %(environment_id)s, default_run_metadata = %(default_run_metadata)s,
     version_policy = %(version_policy)s, execution_mode = %(execution_mode)s, queue_name = %(queue_name)s,
-    backwards_compatible = %(backwards_compatible)s, updated_by = %(updated_by)s,
+    endpoint_override = %(endpoint_override)s, backwards_compatible = %(backwards_compatible)s, updated_by = %(updated_by)s,
     version = version + 1, version_id = %(version_id)s, updated_at = now(),
     -- a changed schedule is armed again from this change (the Scheduler's next pass)
     next_fire_at = CASE WHEN cron IS DISTINCT FROM %(cron)s OR timezone IS DISTINCT FROM %(timezone)s THEN NULL
@@ -444,7 +445,7 @@ WITH caps AS (
 ), freed AS (
     UPDATE job_runs r SET held = NULL
     FROM jobs j
-    WHERE j.id = %(id)s AND j.enabled AND NOT j.paused AND j.execution_mode = 'http'
+    WHERE j.id = %(id)s AND j.enabled AND NOT (j.paused OR j.project_paused) AND j.execution_mode = 'http'
       AND r.job_id = j.id AND r.status = 'queued' AND r.held = 'job'
     RETURNING r.id
 )
@@ -509,6 +510,170 @@ LIMIT %(limit)s
 -- name: get_job_version
 -- One snapshot by its ver_ id.
 SELECT * FROM job_versions WHERE job_id = %(job_id)s AND version_id = %(version_id)s
+
+-- name: job_project_state
+-- A job's write reads its project's pause under a share lock: a project pause committing meanwhile
+-- either waits for this job (and then updates it too) or is seen here (migration 0007).
+SELECT paused FROM projects WHERE id = %(project_id)s FOR SHARE
+
+-- name: job_environment
+-- The environment a job's write binds it to, if it is one of the job's project, under a share lock
+-- (its update or delete waits for the job, then sees it); its ENDPOINT_URL is the job's override.
+SELECT id, variables ->> 'ENDPOINT_URL' AS endpoint_override FROM environments
+WHERE id = %(id)s AND project_id = %(project_id)s
+FOR SHARE
+
+-- name: job_group
+-- The group a job's write puts it in, if it is one of the job's project, under a share lock (a
+-- delete of the group waits for the job, then unbinds it).
+SELECT id FROM job_groups WHERE id = %(id)s AND project_id = %(project_id)s FOR SHARE
+
+-- name: release_jobs_runs
+-- Resumed jobs (a group's, a project's): their runs held as 'job' go back to the claim index, for
+-- those that can run now; wakes the pollers if any did (the set-based sync_job_gates of a resume).
+WITH freed AS (
+    UPDATE job_runs r SET held = NULL
+    FROM jobs j
+    WHERE j.id = ANY(%(ids)s::uuid[]) AND j.enabled AND NOT (j.paused OR j.project_paused)
+      AND j.execution_mode = 'http'
+      AND r.job_id = j.id AND r.status = 'queued' AND r.held = 'job'
+    RETURNING r.id
+)
+SELECT (SELECT count(*) FROM freed) AS freed,
+       (SELECT count(*) FROM (SELECT pg_notify('strait_queue_wake', '') WHERE EXISTS (SELECT 1 FROM freed)) w) AS woke
+
+-- ===================================================================== environments (migration 0007)
+
+-- name: insert_environment
+-- A new environment of a project.
+INSERT INTO environments (id, project_id, name, slug, description, variables)
+VALUES (%(id)s, %(project_id)s, %(name)s, %(slug)s, %(description)s, %(variables)s)
+RETURNING *
+
+-- name: get_environment
+-- One environment by id.
+SELECT * FROM environments WHERE id = %(id)s
+
+-- name: list_environments
+-- A project's environments, newest first.
+SELECT * FROM environments
+WHERE project_id = %(project_id)s
+  AND (%(after_ts)s::timestamptz IS NULL
+       OR (created_at, id) < (%(after_ts)s, COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff')))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: update_environment
+-- Write an environment's new fields (the row stays locked until the transaction's end).
+UPDATE environments SET name = %(name)s, slug = %(slug)s, description = %(description)s,
+    variables = %(variables)s, updated_at = now()
+WHERE id = %(id)s
+RETURNING *
+
+-- name: sync_environment_jobs
+-- In an environment's write: every job bound to it takes its ENDPOINT_URL (or none) as override.
+UPDATE jobs j SET endpoint_override = e.variables ->> 'ENDPOINT_URL'
+FROM environments e
+WHERE e.id = %(id)s AND j.environment_id = e.id::text AND j.project_id = e.project_id
+  AND j.endpoint_override IS DISTINCT FROM e.variables ->> 'ENDPOINT_URL'
+
+-- name: lock_environment
+-- Delete guard: the environment, locked (a job binding it meanwhile waits, then finds it gone).
+SELECT id, project_id FROM environments WHERE id = %(id)s FOR UPDATE
+
+-- name: environment_jobs
+-- Delete guard: how many jobs of its project are bound to the environment.
+SELECT count(*) AS n FROM jobs WHERE environment_id = %(id)s::text AND project_id = %(project_id)s
+
+-- name: delete_environment
+-- Remove an environment (no job is bound to it: environment_jobs said so under its lock).
+DELETE FROM environments WHERE id = %(id)s
+
+-- ===================================================================== job groups (migration 0007)
+
+-- name: insert_job_group
+-- A new job group of a project.
+INSERT INTO job_groups (id, project_id, name, description)
+VALUES (%(id)s, %(project_id)s, %(name)s, %(description)s)
+RETURNING *
+
+-- name: get_job_group
+-- One job group by id.
+SELECT * FROM job_groups WHERE id = %(id)s
+
+-- name: list_job_groups
+-- A project's job groups, newest first.
+SELECT * FROM job_groups
+WHERE project_id = %(project_id)s
+  AND (%(after_ts)s::timestamptz IS NULL
+       OR (created_at, id) < (%(after_ts)s, COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff')))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: update_job_group
+-- Rename or redescribe a group.
+UPDATE job_groups SET name = %(name)s, description = %(description)s, updated_at = now()
+WHERE id = %(id)s
+RETURNING *
+
+-- name: lock_job_group
+-- Delete: the group, locked (a job joining it meanwhile waits, then finds it gone).
+SELECT id, project_id FROM job_groups WHERE id = %(id)s FOR UPDATE
+
+-- name: unbind_group_jobs
+-- Delete: the group's jobs leave it (group_id NULL), in the transaction that deletes it.
+UPDATE jobs SET group_id = NULL WHERE group_id = %(id)s::text AND project_id = %(project_id)s
+
+-- name: delete_job_group
+-- Remove a group (its jobs were unbound in this transaction).
+DELETE FROM job_groups WHERE id = %(id)s
+
+-- name: list_group_jobs
+-- A group's jobs, newest first.
+SELECT * FROM jobs
+WHERE group_id = %(group_id)s::text AND project_id = %(project_id)s
+  AND (%(after_ts)s::timestamptz IS NULL
+       OR (created_at, id) < (%(after_ts)s, COALESCE(%(after_id)s::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff')))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: set_group_paused
+-- Pause or resume every job of a group that is not so already, as set_job_paused does one job
+-- (a job paused before keeps its paused_at and reason). The jobs changed come back.
+UPDATE jobs SET paused = %(paused)s,
+    paused_at = CASE WHEN %(paused)s THEN now() END,
+    pause_reason = CASE WHEN %(paused)s THEN %(reason)s END,
+    updated_at = now()
+WHERE group_id = %(id)s::text AND project_id = %(project_id)s AND paused <> %(paused)s
+RETURNING id
+
+-- name: group_stats
+-- A group's jobs (how many, how many paused) and their runs by status.
+SELECT count(*) AS jobs, count(*) FILTER (WHERE j.paused OR j.project_paused) AS paused_jobs,
+       COALESCE((SELECT jsonb_object_agg(s.status, s.n) FROM (
+           SELECT r.status, count(*) AS n FROM jobs g JOIN job_runs r ON r.job_id = g.id
+           WHERE g.group_id = %(id)s::text AND g.project_id = %(project_id)s
+           GROUP BY r.status) s), '{}') AS runs
+FROM jobs j
+WHERE j.group_id = %(id)s::text AND j.project_id = %(project_id)s
+
+-- ===================================================================== project pause (migration 0007)
+
+-- name: set_project_paused
+-- Pause or resume a project: its jobs take no triggers, fire no ticks, dispatch nothing while it is.
+-- Pausing a paused project keeps its first paused_at.
+UPDATE projects SET paused = %(paused)s,
+    paused_at = CASE WHEN %(paused)s THEN COALESCE(paused_at, now()) END,
+    pause_reason = CASE WHEN %(paused)s THEN %(reason)s END,
+    updated_at = now()
+WHERE id = %(id)s
+RETURNING *
+
+-- name: sync_project_jobs
+-- In a project's pause or resume: its jobs carry the project's state (the claim reads it there).
+UPDATE jobs SET project_paused = %(paused)s
+WHERE project_id = %(id)s AND project_paused <> %(paused)s
+RETURNING id
 
 -- ===================================================================== runs (API)
 
@@ -1218,10 +1383,10 @@ FOR NO KEY UPDATE SKIP LOCKED
 -- Fire due ticks. A job's tick is taken by moving its next_fire_at on, compared and set (of many
 -- schedulers, one takes it); its run is inserted in the same statement with the tick's fire key as
 -- its idempotency key (a key already used makes no second run). A taken tick of a job that is off
--- (disabled, paused), whose overlap policy is `skip` while a run of it is active, or over its
--- rate limit (its own or a named key's), its project's queued/executing quota or daily cost cap,
--- is skipped and says why. Judged without the trigger path's locks (a tick racing triggers may
--- overshoot a limit by its one run). Cron runs: no payload,
+-- (disabled, paused) or of a paused project, whose overlap policy is `skip` while a run of it is
+-- active, or over its rate limit (its own or a named key's), its project's queued/executing quota or
+-- daily cost cap, is skipped and says why. Judged without the trigger path's locks (a tick racing
+-- triggers may overshoot a limit by its one run). Cron runs: no payload,
 -- priority 0, triggered_by cron, created_by system:cron, a TTL only when the job sets run_ttl_secs.
 WITH v AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(due)s::timestamptz[], %(fire_at)s::timestamptz[],
@@ -1230,12 +1395,14 @@ WITH v AS (
 ), taken AS (
     UPDATE jobs j SET next_fire_at = v.next_at
     FROM v WHERE j.id = ANY(%(ids)s::uuid[]) AND j.id = v.id AND j.next_fire_at = v.due
-    RETURNING j.id, j.project_id, j.enabled, j.paused, j.cron_overlap_policy, j.rate_limit_max,
-              j.rate_limit_window_secs, j.rate_limit_keys, j.run_ttl_secs, j.tags, j.default_run_metadata, j.version, j.version_id,
+    RETURNING j.id, j.project_id, j.enabled, j.paused, j.project_paused, j.cron_overlap_policy, j.rate_limit_max,
+              j.rate_limit_window_secs, j.rate_limit_keys, j.run_ttl_secs, j.tags, j.default_run_metadata,
+              j.version, j.version_id,
               v.fire_at, v.fire_key, v.run_id
 ), judged AS (
     SELECT t.*, CASE
         WHEN NOT t.enabled OR t.paused THEN 'job_off'
+        WHEN t.project_paused THEN 'project_paused'
         WHEN t.cron_overlap_policy = 'skip' AND EXISTS (
             SELECT 1 FROM job_runs r
             WHERE r.job_id = t.id AND r.status = ANY('{queued,dequeued,executing,waiting,delayed}'::text[])) THEN 'overlap'
@@ -1334,7 +1501,7 @@ WITH freed AS (
     WHERE r.id = ANY(ARRAY(
         SELECT h.id FROM jobs j CROSS JOIN LATERAL (
             SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job' LIMIT 1000) h
-        WHERE j.enabled AND NOT j.paused AND j.execution_mode = 'http'
+        WHERE j.enabled AND NOT (j.paused OR j.project_paused) AND j.execution_mode = 'http'
         LIMIT 5000))
       AND r.status = 'queued' AND r.held = 'job'
     RETURNING r.id

@@ -44,7 +44,7 @@ class Fired:
     fire_at: datetime
     fire_key: str
     run_id: str | None  # None: skipped, or the fire key had a run already
-    skipped: str | None  # job_off | overlap | rate_limit | quota | budget
+    skipped: str | None  # job_off | project_paused | overlap | rate_limit | quota | budget
 
 
 def _next(expr: str, tz: str | None, after: datetime) -> datetime:
