@@ -10,7 +10,8 @@ waits for the commit and answers what it decided, so a client never retries a ru
 When the connection dies under a sent statement, the runs are looked up before anyone is told
 they do not exist. An idempotency key already taken answers with the run
 that holds it. Only a job with an admission limit (dedup window, rate limit) takes its job row
-lock, in a transaction of its own (engine.md §2.5). Driver errors come out as `store.errors`.
+lock, in a transaction of its own (engine.md §2.5). Runs of a debounce or batch window go their own
+way (`store.windows`). Driver errors come out as `store.errors`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from strait_actors import fsm
 from strait_actors.model import NewRun, Receipt
 from strait_actors.store import runs as store
+from strait_actors.store import windows
 from strait_actors.store.errors import RateLimited, translated
 from strait_actors.store.sql import q
 
@@ -71,6 +73,9 @@ class Enqueuer:
     async def enqueue(self, job: Mapping[str, Any], runs: list[NewRun]) -> list[Receipt]:
         """Receipts in input order. Raises `RateLimited`, `MissingReference` (the job is gone)."""
         with translated():
+            if runs and runs[0].window_key is not None:  # a debounce or batch window: its own path
+                task = asyncio.ensure_future(windows.enqueue(self.pool, job, runs))
+                return await _answer(task, lambda: True)  # a trigger once begun is answered by its commit
             if job["dedup_window_secs"] or job["rate_limit_max"]:
                 sent: list[bool] = []  # non-empty once the INSERT is on its way
                 task = asyncio.ensure_future(self._admitted(job, runs, sent))
