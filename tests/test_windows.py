@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
-from strait_actors.payloads import canonical_payload, loads
+from strait_actors import windows
+from strait_actors.payloads import PayloadError, canonical_payload, loads
 from strait_actors.store.queue import Queue
 from tests.conftest import SECRET, Endpoint, Server, start_strait, stop_strait, wait_for
 
@@ -80,6 +84,43 @@ def _received(endpoint: Endpoint) -> dict[str, Any]:
 
 def _wait_completed(c: httpx.Client, run_ids: set[str], what: str) -> None:
     wait_for(lambda: all(c.get(f"/v1/runs/{r}").json()["status"] == "completed" for r in run_ids), what=what)
+
+
+# ------------------------------------------------------------------------- the batch payload's text
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(JSON, min_size=1, max_size=4))
+def test_joining_canonical_items_is_the_canonical_batch_or_the_item_is_refused(payloads: list[Any]) -> None:
+    """What batch_trigger does in SQL (join the items' canonical texts) is canonical_payload's answer for
+    the batch, for every item check_batch_item lets through; the hash is then the same too."""
+    items: list[str] = []
+    for p in payloads:
+        text = canonical_payload(p)[0]
+        try:
+            windows.check_batch_item(text)
+        except PayloadError:  # refused only for what orjson cannot write (here: an integer beyond 64 bits)
+            with pytest.raises(TypeError):
+                orjson.dumps({"items": [p]})
+            continue
+        items.append(text.decode())
+    if not items:
+        return
+    joined, digest = windows.first_batch(items[0])
+    for item in items[1:]:
+        joined = joined[:-2] + "," + item + "]}"
+        digest = hashlib.sha256(joined.encode()).hexdigest()
+    assert canonical_payload(loads(joined)) == (joined.encode(), digest)
 
 
 # ------------------------------------------------------------------------------------------ debounce
