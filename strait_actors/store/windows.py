@@ -43,14 +43,15 @@ async def enqueue(pool: AsyncConnectionPool, job: Mapping[str, Any], runs: list[
 
 
 async def _one(conn: Any, job: Mapping[str, Any], run: NewRun) -> Receipt:
-    if windows.kind(job) == windows.DEBOUNCE:
-        params = {**_params(run), "max_delay": windows.max_delay_secs(job)}
+    if windows.kind(job) != windows.DEBOUNCE:
+        return await _batch(conn, job, run)
+    params = {**_params(run), "max_delay": windows.max_delay_secs(job)}
+    for _ in range(ATTEMPTS):
         cur = await conn.execute(q("debounce_trigger"), params)
         row: Any = await cur.fetchone()
-        # a conflicting run is always delayed (the index holds no other), so the statement answers
-        assert row is not None, "debounce_trigger answered nothing"
-        return Receipt(row["id"], row["status"], False)
-    return await _batch(conn, job, run)
+        if row is not None:  # none only if the run it met stopped being delayed under it: try again
+            return Receipt(row["id"], row["status"], False)
+    raise RuntimeError(f"debounce {run.window_key!r} of job {run.job_id} found no run to join or make")
 
 
 async def _batch(conn: Any, job: Mapping[str, Any], run: NewRun) -> Receipt:
