@@ -68,6 +68,7 @@ class NewRun:
     job_version_id: str | None
     created_by: str | None
     debug_mode: bool = False
+    window_key: str | None = None  # a debounce or batch window's run: the triggers that share it (`windows`)
 
 
 def new_run(origin: RunOrigin, req: RunRequest, payload: str, payload_hash: str, key: str | None) -> NewRun:

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from strait_actors import ids, schemas
+from strait_actors import ids, schemas, windows
 from strait_actors.api import render
 from strait_actors.api.auth import require
 from strait_actors.api.http import bounded, header_text, json_response, read_object
@@ -111,12 +111,29 @@ async def _window_tz(request: web.Request, job: Row) -> str | None:
     return quota["timezone"] if quota else None
 
 
-def _new_run(origin: RunOrigin, t: RunRequest, key: str | None) -> tuple[NewRun, str]:
+def _new_run(origin: RunOrigin, t: RunRequest, key: str | None, index: int | None = None) -> tuple[NewRun, str]:
+    which = windows.kind(origin.job)
     try:
         payload, digest = canonical_payload(t.payload)
+        if which == windows.BATCH:
+            windows.check_batch_item(payload)
     except PayloadError as exc:
-        raise bad_request(str(exc)) from None
-    return new_run(origin, t, payload.decode(), digest, key), digest
+        raise bad_request(str(exc) if index is None else f"invalid trigger item for item {index}: {exc}") from None
+    if which is None:
+        return new_run(origin, t, payload.decode(), digest, key), digest
+    _check_windowed(t, key, index)
+    return windows.windowed_run(origin, t, payload.decode(), digest), digest
+
+
+def _check_windowed(t: RunRequest, key: str | None, index: int | None) -> None:
+    """What a trigger of a job with a debounce or batch window may not ask (README)."""
+    problem = None
+    if key is not None:
+        problem = "an idempotency key cannot be used with a job's debounce or batch window (triggers share its runs)"
+    elif t.scheduled_at is not None:
+        problem = "scheduled_at cannot be used with a job's debounce or batch window (the window decides when)"
+    if problem is not None:
+        raise bad_request(problem if index is None else f"invalid trigger item for item {index}: {problem}")
 
 
 def _dry_run(job: Row, run: NewRun, digest: str, t: RunRequest) -> web.Response:
@@ -182,7 +199,7 @@ async def trigger_bulk(request: web.Request) -> web.Response:
     origin = RunOrigin(
         job, who.actor or None, now, _trace_metadata(request), batch_id, project_tz=await _window_tz(request, job)
     )
-    runs = [_new_run(origin, t, t.idempotency_key)[0] for t in inputs]
+    runs = [_new_run(origin, t, t.idempotency_key, i)[0] for i, t in enumerate(inputs)]
     receipts = await enqueue(request, job, runs)
     results = [{"id": str(r.id), "status": r.status, "idempotency_hit": r.idempotency_hit} for r in receipts]
     created = sum(1 for r, run in zip(receipts, runs, strict=True) if r.id == run.id)

@@ -26,6 +26,7 @@ from strait_actors import schemas
 from strait_actors.errors import ApiError, bad_request, unprocessable
 from strait_actors.model import RunRequest
 from strait_actors.payloads import clean_json, clean_str
+from strait_actors.windows import MAX_BATCH_ITEMS
 
 UrlCheck = Callable[[str], None]
 
@@ -105,7 +106,7 @@ _JOB_FIELDS: Final[dict[str, _Spec]] = {
     "run_ttl_secs": _Int(0, MAX_TTL_SECS),
     "debounce_window_secs": _NONNEG,
     "batch_window_secs": _NONNEG,
-    "batch_max_size": _NONNEG,
+    "batch_max_size": _Int(0, None),  # its upper bound is a 400 (MAX_BATCH_ITEMS)
     "enabled": "bool",
     "tags": "str_map",
     "default_run_metadata": "str_map",
@@ -359,9 +360,12 @@ def _check_semantics(job: Mapping[str, Any], url_check: UrlCheck | None) -> None
             _check_url(name, job[name], url_check)
     if (job.get("timeout_secs") or 0) > MAX_TIMEOUT_SECS:
         raise bad_request(f"timeout_secs must be <= {MAX_TIMEOUT_SECS}")
-    for name in ("rate_limit_window_secs", "dedup_window_secs"):  # engine.md §2.5: within run retention
+    # engine.md §2.5: within run retention; a debounce or batch window as well (README)
+    for name in ("rate_limit_window_secs", "dedup_window_secs", "debounce_window_secs", "batch_window_secs"):
         if (job.get(name) or 0) > MAX_WINDOW_SECS:
             raise bad_request(f"{name} must be <= {MAX_WINDOW_SECS} (30 days, the run retention)")
+    if (job.get("batch_max_size") or 0) > MAX_BATCH_ITEMS:
+        raise bad_request(f"batch_max_size must be <= {MAX_BATCH_ITEMS}")
     for name in ("cron", "execution_window_cron"):
         if job.get(name) is not None:
             _check_cron(name, job[name])

@@ -12,7 +12,8 @@ they do not exist. An idempotency key already taken answers with the run
 that holds it. Only a trigger with an admission limit to check (dedup window, a rate limit counted
 in PostgreSQL, its project's queued/executing quota) takes the locks, in a transaction of its own
 (engine.md §2.5); rate limits counted in Redis (`ratelimits`) leave it on the shared INSERT.
-Driver errors come out as `store.errors`.
+Runs of a debounce or batch window go their own way (`store.windows`: the job's own rate limit
+only). Driver errors come out as `store.errors`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from strait_actors import fsm
 from strait_actors.model import NewRun, Receipt
 from strait_actors.ratelimits import Limit, RedisRateLimits, limits_of
 from strait_actors.store import runs as store
+from strait_actors.store import windows
 from strait_actors.store.errors import RateLimited, translated
 from strait_actors.store.sql import q
 
@@ -83,6 +85,10 @@ class Enqueuer:
         """Receipts in input order. `quota` is the project's quota row as the caller last read it
         (it only decides whether the project's quotas are checked; they are read again under lock).
         Raises `RateLimited` (a rate limit or quota), `MissingReference` (the job is gone)."""
+        if runs and runs[0].window_key is not None:  # a debounce or batch window: its own path
+            with translated():
+                task = asyncio.ensure_future(windows.enqueue(self.pool, job, runs))
+                return await _answer(task, lambda: True)  # a trigger once begun is answered by its commit
         limits = limits_of(job)
         counted = False  # the rate limits were counted in Redis
         if limits and self.redis_limits is not None:

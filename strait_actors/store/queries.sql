@@ -871,6 +871,77 @@ WITH pick AS (
 ){after moved}{wake moved}
 SELECT moved.*, (SELECT count(*) FROM moved_wake) AS woke FROM moved
 
+-- ===================================================================== debounce and batch windows (migration 0008)
+-- A windowed trigger joins the one delayed run of its (job, window key), found by the partial unique
+-- index job_runs_window, or makes it: one INSERT … ON CONFLICT … DO UPDATE, no lock across round trips.
+-- A conflicting run locked by a claim that promotes it is, once that claim commits, out of the index:
+-- PostgreSQL re-checks the conflict after the wait, and the INSERT makes a new run.
+
+-- name: debounce_trigger
+-- Debounce: a new delayed run due at the end of the window, or the waiting one takes this trigger's payload
+-- (tags, metadata, priority) and moves to now + window, never past created_at + max_delay, never earlier;
+-- its expiry moves with it. Returns the run; its id is this trigger's own when the trigger made it.
+INSERT INTO job_runs AS r (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
+                           triggered_by, scheduled_at, expires_at, concurrency_key, batch_id, job_version,
+                           job_version_id, created_by, window_key)
+VALUES (%(id)s, %(job_id)s, %(project_id)s, 'delayed', %(priority)s, %(payload)s::json, %(payload_hash)s,
+        %(tags)s, %(metadata)s, %(triggered_by)s, %(scheduled_at)s,
+        %(scheduled_at)s + make_interval(secs => %(ttl)s), %(concurrency_key)s, %(batch_id)s, %(job_version)s,
+        %(job_version_id)s, %(created_by)s, %(window_key)s)
+ON CONFLICT (job_id, window_key) WHERE status = 'delayed' AND window_key IS NOT NULL DO UPDATE
+SET payload = EXCLUDED.payload, payload_hash = EXCLUDED.payload_hash, tags = EXCLUDED.tags,
+    metadata = EXCLUDED.metadata, priority = EXCLUDED.priority,
+    scheduled_at = GREATEST(r.scheduled_at,
+                            LEAST(EXCLUDED.scheduled_at, r.created_at + make_interval(secs => %(max_delay)s))),
+    expires_at = GREATEST(r.scheduled_at,
+                          LEAST(EXCLUDED.scheduled_at, r.created_at + make_interval(secs => %(max_delay)s)))
+                 + (EXCLUDED.expires_at - EXCLUDED.scheduled_at)
+WHERE r.status = 'delayed'
+RETURNING r.id, r.status
+
+-- name: batch_trigger
+-- Batch: a new run holding {"items":[<payload>]} (delayed until the window ends; queued at once when the
+-- batch size is 1), or the waiting one appends the payload, if it has room (items and bytes). The payload
+-- stays canonical text (items are canonical; the service checks that joining them is canonical) and its
+-- hash is that text's SHA-256, as for every payload. No row back: the run is full, flush it and try again.
+WITH up AS (
+    INSERT INTO job_runs AS r (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
+                               triggered_by, scheduled_at, expires_at, concurrency_key, batch_id, job_version,
+                               job_version_id, created_by, window_key, window_items)
+    VALUES (%(id)s, %(job_id)s, %(project_id)s, %(status)s, %(priority)s, %(payload)s::json, %(payload_hash)s,
+            %(tags)s, %(metadata)s, %(triggered_by)s, %(scheduled_at)s,
+            %(scheduled_at)s + make_interval(secs => %(ttl)s), %(concurrency_key)s, %(batch_id)s, %(job_version)s,
+            %(job_version_id)s, %(created_by)s, %(window_key)s, 1)
+    ON CONFLICT (job_id, window_key) WHERE status = 'delayed' AND window_key IS NOT NULL DO UPDATE
+    SET payload = (left(r.payload::text, -2) || ',' || %(item)s::text || ']}')::json,
+        payload_hash = encode(sha256(convert_to(left(r.payload::text, -2) || ',' || %(item)s::text || ']}', 'UTF8')),
+                              'hex'),
+        window_items = r.window_items + 1
+    WHERE r.status = 'delayed' AND r.window_items < %(max_items)s
+      AND octet_length(r.payload::text) + %(item_bytes)s + 1 <= %(max_bytes)s
+    RETURNING r.id, r.status, r.window_items
+), wake AS (
+    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM up WHERE status = 'queued' LIMIT 1) q
+)
+SELECT up.id, up.status, up.window_items, (SELECT count(*) FROM wake) AS woke FROM up
+
+-- name: flush_batch
+-- Queue a batch at once: the waiting batch of (job, window key) that is full (batch_max_size items, or no
+-- room for item_bytes more). Locked and re-read first: a batch flushed meanwhile, or a fresh one that
+-- has room, is left alone.
+-- transition flushed: delayed -> queued
+WITH filled AS (
+    SELECT id FROM job_runs
+    WHERE job_id = %(job_id)s AND window_key = %(window_key)s AND status = 'delayed'
+      AND (window_items >= %(max_items)s OR octet_length(payload::text) + %(item_bytes)s + 1 > %(max_bytes)s)
+    FOR UPDATE
+), flushed AS (
+    UPDATE job_runs r SET status = 'queued'
+    FROM filled WHERE r.id = filled.id AND {guard flushed}
+    RETURNING r.id, 'delayed'::text AS from_status, r.status AS to_status, r.attempt
+){after flushed}{wake flushed}
+SELECT flushed.id, flushed.to_status AS status, (SELECT count(*) FROM flushed_wake) AS woke FROM flushed
+
 -- ===================================================================== SDK plane (api.md §4.9)
 -- A call carries its run token's (run id, attempt, lease): a write applies only while the run is
 -- executing or waiting with that attempt, under that lease (the dispatch's, or the one that parked
