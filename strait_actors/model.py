@@ -71,6 +71,20 @@ class NewRun:
     window_key: str | None = None  # a debounce or batch window's run: the triggers that share it (`windows`)
 
 
+MAX_DEPENDENCY_KEY = 256
+
+
+def _metadata(job: Any, req: RunRequest, origin: RunOrigin) -> dict[str, str]:
+    """The job's default metadata, the request's, the trace headers; and the payload's top-level
+    `dependency_key` (a string), which matches runs across dependent jobs (engine.md §2.8)."""
+    out = {**(job["default_run_metadata"] or {}), **req.metadata, **origin.trace}
+    if isinstance(req.payload, dict):
+        key = req.payload.get("dependency_key")
+        if isinstance(key, str) and 0 < len(key) <= MAX_DEPENDENCY_KEY:
+            out["dependency_key"] = key
+    return out
+
+
 def new_run(origin: RunOrigin, req: RunRequest, payload: str, payload_hash: str, key: str | None) -> NewRun:
     """A run of `origin.job` as `req` asks: delayed when scheduled ahead or asked outside the job's
     execution window (until its next opening, engine.md §2.6), the job's TTL rule unless
@@ -92,7 +106,7 @@ def new_run(origin: RunOrigin, req: RunRequest, payload: str, payload_hash: str,
         payload=payload,
         payload_hash=payload_hash,
         tags={**job["tags"], **req.tags} if job["tags"] else req.tags,
-        metadata={**(job["default_run_metadata"] or {}), **req.metadata, **origin.trace},
+        metadata=_metadata(job, req, origin),
         triggered_by=origin.triggered_by,
         scheduled_at=at if delayed else None,
         ttl_secs=float(ttl) if ttl else None,

@@ -78,6 +78,9 @@ class World:
     disposable_environments: list[str] = dataclasses.field(default_factory=list)
     other_environments: list[str] = dataclasses.field(default_factory=list)
     groups: list[str] = dataclasses.field(default_factory=list)  # of disposable jobs only: pause-all is harmless
+    # job dependencies (migration 0009) of one disposable job, which DELETE may remove
+    dependencies: list[str] = dataclasses.field(default_factory=list)
+    dependent_job: str = ""
     disposable_groups: list[str] = dataclasses.field(default_factory=list)
     other_groups: list[str] = dataclasses.field(default_factory=list)
 
@@ -1816,6 +1819,36 @@ SPECS: dict[tuple[str, str], RouteSpec] = {
     ("POST", "/v1/jobs/{job_id}/resume"): RouteSpec(
         params=lambda w: {"job_id": path_ids(w.disposable_jobs, _jobs(w, "other"))}, weight=0.4
     ),
+    # dependencies (engine.md §2.8) only between disposable jobs: a dependency on a job the checks
+    # trigger would make its runs wait
+    ("GET", "/v1/jobs/{job_id}/dependencies"): RouteSpec(
+        params=lambda w: {"job_id": path_ids(w.disposable_jobs, _jobs(w, "other"))}, weight=0.4
+    ),
+    ("POST", "/v1/jobs/{job_id}/dependencies"): RouteSpec(
+        params=lambda w: {"job_id": path_ids(w.disposable_jobs, _jobs(w, "other"))},
+        body=lambda w: bodies(
+            broken(
+                st.fixed_dictionaries(
+                    {"depends_on_job_id": st.sampled_from(w.disposable_jobs)},
+                    optional={"condition": st.sampled_from(["completed", "failed", "any"])},
+                ),
+                {
+                    "depends_on_job_id": weighted(
+                        (3, st.sampled_from(w.disposable_jobs + _jobs(w, "other"))), (1, odd_text)
+                    ),
+                    "condition": weighted((3, st.sampled_from(["completed", "failed", "any", "x"])), (1, odd_text)),
+                },
+            )
+        ),
+        weight=0.6,
+    ),
+    ("DELETE", "/v1/jobs/{job_id}/dependencies/{dep_id}"): RouteSpec(
+        params=lambda w: {
+            "job_id": path_ids([w.dependent_job], w.disposable_jobs + _jobs(w, "other")),
+            "dep_id": path_ids(w.dependencies, [str(uuid.UUID(int=7))]),
+        },
+        weight=0.3,
+    ),
     ("GET", "/v1/jobs/{job_id}/versions"): RouteSpec(
         params=lambda w: {"job_id": path_ids([j for j, _ in w.versions], list(w.jobs.values()))},
         query=lambda w: list_query(w, "str"),
@@ -1863,6 +1896,12 @@ SPECS: dict[tuple[str, str], RouteSpec] = {
     ("GET", "/v1/runs/{run_id}/usage"): _run_reads("int"),
     ("GET", "/v1/runs/{run_id}/tool-calls"): _run_reads("int"),
     ("GET", "/v1/runs/{run_id}/children"): _run_reads("uuid"),
+    ("GET", "/v1/runs/{run_id}/dependency-status"): RouteSpec(
+        params=lambda w: {"run_id": path_ids(w.all_runs(), w.other_runs)}, weight=0.3
+    ),
+    ("GET", "/v1/runs/{run_id}/dependencies"): RouteSpec(
+        params=lambda w: {"run_id": path_ids(w.all_runs(), w.other_runs)}, weight=0.3
+    ),
     ("POST", "/sdk/v1/runs/{run_id}/heartbeat"): _sdk(None, 0.3),
     ("POST", "/sdk/v1/runs/{run_id}/log"): _sdk(_log_body, 0.6),
     ("POST", "/sdk/v1/runs/{run_id}/progress"): _sdk(_progress_body, 0.5),

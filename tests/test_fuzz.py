@@ -749,6 +749,12 @@ def build_world(server: Server, dsn: str, ep: LocalEndpoint) -> World:
             for v in _ok(c.get(f"/v1/jobs/{job}/versions"))["data"]
         ]
         places = _environments_and_groups(c, ep, disposable)
+        # job dependencies of a worker-mode job of their own (no route deletes it) on three others
+        dependent, *upstream = (_job(c, ep, f"dep{i}", execution_mode="worker") for i in range(4))
+        dependencies = [
+            str(_ok(c.post(f"/v1/jobs/{dependent}/dependencies", json={"depends_on_job_id": u}))["id"])
+            for u in upstream
+        ]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             "UPDATE api_keys SET expires_at = now() - interval '1 day' WHERE id = %s", (keys["expired"]["id"],)
@@ -779,6 +785,8 @@ def build_world(server: Server, dsn: str, ep: LocalEndpoint) -> World:
         parents=parents,
         event_keys=event_keys,
         chain=chain,
+        dependencies=dependencies,
+        dependent_job=dependent,
         **places,
     )
 

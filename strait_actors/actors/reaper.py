@@ -1,7 +1,9 @@
 """The Reaper: runs whose worker died (lease expired) go back to the queue or end `crashed`;
 runs never started whose TTL passed end `expired`; waits past their timeout end `timed_out`;
 runs stale in `dequeued` go back to the queue; a waiting run whose wait was answered without
-resuming it is resumed. One bounded batch of each per tick. Every HELD_BACKSTOP_SECS, runs held
+resuming it is resumed; runs waiting on job dependencies that are met go to the queue (the upstream
+run's end releases them in its own statement; this catches what it could not see) and those whose
+TTL ran out fail. One bounded batch of each per tick. Every HELD_BACKSTOP_SECS, runs held
 back as 'job' (migration 0005) whose job can run again are released, in case a claim held them
 just after the job's update released the others. Every AGEING_INTERVAL_SECS, runs queued longer
 than PRIORITY_AGEING_AFTER_SECS gain one priority step (engine.md §2.4).
@@ -22,11 +24,12 @@ import psycopg
 
 from strait_actors.actors.base import TreeContext
 from strait_actors.actors.sweeper import SweepActor
-from strait_actors.store import events, queue, retention
+from strait_actors.store import dependencies, events, queue, retention
 
 log = logging.getLogger(__name__)
 
 HELD_BACKSTOP_SECS = 30.0
+DEPENDENCY_BACKSTOP_BATCH = 1000
 AGEING_INTERVAL_SECS = 60.0
 
 
@@ -68,6 +71,12 @@ class Reaper(SweepActor):
         lost = events.resume_lost_waits(conn)
         if lost:
             log.warning("%d waiting run(s) whose wait was answered without resuming them: resumed", lost)
+        released = dependencies.release_waits(conn, DEPENDENCY_BACKSTOP_BATCH)
+        if released:
+            log.info("%d run(s) waiting on job dependencies met by now: queued", released)
+        gave_up = dependencies.fail_expired_waits(conn, DEPENDENCY_BACKSTOP_BATCH)
+        if gave_up:
+            log.info("%d run(s) whose job dependencies were not met before their TTL: failed", gave_up)
         if time.monotonic() >= self.held_at:
             self.held_at = time.monotonic() + HELD_BACKSTOP_SECS
             held = queue.release_held_runs(conn)

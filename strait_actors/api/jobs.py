@@ -21,8 +21,10 @@ from strait_actors.api.validation import (
     validate_job_create,
     validate_job_patch,
 )
-from strait_actors.errors import bad_request, conflict, forbidden, not_found
+from strait_actors.errors import bad_request, conflict, forbidden, not_found, unprocessable
 from strait_actors.ids import parse_uuid
+from strait_actors.payloads import clean_str
+from strait_actors.store import dependencies as deps_store
 from strait_actors.store import jobs as store
 from strait_actors.store.errors import MissingReference
 from strait_actors.store.sql import Row
@@ -206,3 +208,61 @@ async def get_version(request: web.Request) -> web.Response:
     if row is None:
         raise not_found("version not found")
     return json_response(render.job_version(row))
+
+
+# ----------------------------------------------------------------- dependencies (engine.md §2.8) [EXTRA]
+
+DEPENDENCY_CONDITIONS = ("completed", "failed", "any")
+
+
+@routes.get("/v1/jobs/{job_id}/dependencies")
+async def list_dependencies(request: web.Request) -> web.Response:
+    require(request, "jobs:read")
+    job = await load_job(request)
+    rows = await deps_store.list_of(request.app[POOL], job["id"])
+    return json_response({"data": [render.dependency(r) for r in rows], "has_more": False})
+
+
+@routes.post("/v1/jobs/{job_id}/dependencies")
+async def create_dependency(request: web.Request) -> web.Response:
+    """`{"depends_on_job_id", "condition"?: completed|failed|any}` (default completed): the job's
+    triggered runs wait for the upstream job's latest ended run with the same key (README)."""
+    require(request, "jobs:write")
+    job = await load_job(request)
+    body = await read_object(request)
+    unknown = sorted(set(body) - {"depends_on_job_id", "condition"})
+    if unknown:
+        raise bad_request(f"unknown field {clean_str(unknown[0])!r}")
+    raw, condition = body.get("depends_on_job_id"), body.get("condition", "completed")
+    if not isinstance(raw, str) or not raw:
+        raise unprocessable("validation failed", ["depends_on_job_id: failed on 'required'"])
+    if not isinstance(condition, str) or condition not in DEPENDENCY_CONDITIONS:
+        raise unprocessable("validation failed", ["condition: failed on 'oneof'"])
+    upstream = parse_uuid(raw)
+    if upstream is None:
+        raise bad_request("depends_on_job_id must name a job of the same project")
+    if upstream == job["id"]:
+        raise bad_request("a job cannot depend on itself")
+    try:
+        row = await deps_store.add(request.app[POOL], job, upstream, condition)
+    except deps_store.OtherProject:
+        raise bad_request("depends_on_job_id must name a job of the same project") from None
+    except deps_store.Cycle:
+        raise bad_request("dependency would create a cycle") from None
+    except deps_store.Exists:
+        raise conflict("the job already depends on that job") from None
+    except MissingReference:  # one of the jobs was deleted meanwhile
+        raise not_found("job not found") from None
+    request.app[JOBS].forget(job["id"])
+    return json_response(render.dependency(row), 201)
+
+
+@routes.delete("/v1/jobs/{job_id}/dependencies/{dep_id}")
+async def delete_dependency(request: web.Request) -> web.Response:
+    require(request, "jobs:write")
+    job = await load_job(request)
+    dep_id = parse_uuid(request.match_info["dep_id"])
+    if dep_id is None or not await deps_store.remove(request.app[POOL], job["id"], dep_id):
+        raise not_found("dependency not found")
+    request.app[JOBS].forget(job["id"])
+    return no_content()

@@ -93,6 +93,7 @@ def job(row: dict[str, Any]) -> dict[str, Any]:
         version_policy=row["version_policy"],
         cron_overlap_policy=row["cron_overlap_policy"],
         rate_limit_keys=row.get("rate_limit_keys") or [],
+        has_dependencies=bool(row.get("has_dependencies")),
         execution_mode=row["execution_mode"],
         queue=row["queue_name"],
         queue_name=row["queue_name"],
@@ -104,6 +105,16 @@ def job(row: dict[str, Any]) -> dict[str, Any]:
     if row.get("project_paused"):
         out["project_paused"] = True  # its project is paused (migration 0007): it runs nothing either
     return out
+
+
+def dependency(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "job_id": str(row["job_id"]),
+        "depends_on_job_id": str(row["depends_on_job_id"]),
+        "condition": row["condition"],
+        "created_at": ts(row["created_at"]),
+    }
 
 
 _RUN_TIMES = ("scheduled_at", "started_at", "finished_at", "heartbeat_at", "next_retry_at", "expires_at")

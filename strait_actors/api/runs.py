@@ -17,6 +17,7 @@ from strait_actors.api.state import HUB, POOL, SETTINGS
 from strait_actors.errors import ApiError, bad_request, conflict, not_found
 from strait_actors.ids import parse_uuid
 from strait_actors.payloads import clean_str
+from strait_actors.store import dependencies as deps_store
 from strait_actors.store import jobs as jobs_store
 from strait_actors.store import runs as store
 from strait_actors.store import sdk as sdk_store
@@ -141,6 +142,31 @@ async def bulk_dlq_replay(request: web.Request) -> web.Response:
 async def get_run(request: web.Request) -> web.Response:
     require(request, "runs:read")
     return json_response(render.run(await load_run(request)))
+
+
+@routes.get("/v1/runs/{run_id}/dependency-status")
+@routes.get("/v1/runs/{run_id}/dependencies")  # the path the official client calls (api.md §4.4 ⚠)
+async def dependency_status(request: web.Request) -> web.Response:
+    """Whether the run waits on its job's dependencies, and each dependency as it stands now."""
+    require(request, "runs:read")
+    run = await load_run(request)
+    rows = await deps_store.status_of(request.app[POOL], run["id"])
+    return json_response(
+        {
+            "run_id": str(run["id"]),
+            "status": run["status"],
+            "waiting_on_dependencies": bool(run.get("awaits_dependencies")),
+            "dependencies": [
+                {
+                    "id": str(r["id"]),
+                    "depends_on_job_id": str(r["depends_on_job_id"]),
+                    "condition": r["condition"],
+                    "met": r["met"],
+                }
+                for r in rows
+            ],
+        }
+    )
 
 
 @routes.delete("/v1/runs/{run_id}")

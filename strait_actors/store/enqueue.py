@@ -19,6 +19,7 @@ only). Driver errors come out as `store.errors`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -96,11 +97,12 @@ class Enqueuer:
         quotas = quota is not None and (
             quota.get("max_queued_runs") is not None or quota.get("max_executing_runs") is not None
         )
+        deps = bool(job.get("has_dependencies"))
         try:
             with translated():
-                if job["dedup_window_secs"] or quotas or (limits and not counted):
+                if job["dedup_window_secs"] or quotas or deps or (limits and not counted):
                     sent: list[bool] = []  # non-empty once the INSERT is on its way
-                    check = _Checks(quotas=quotas, rate=bool(limits) and not counted)
+                    check = _Checks(quotas=quotas, rate=bool(limits) and not counted, deps=deps)
                     task = asyncio.ensure_future(self._admitted(job, runs, sent, check))
                     receipts = await _answer(task, lambda: bool(sent))
                 else:
@@ -109,11 +111,28 @@ class Enqueuer:
             if counted:
                 self._give_back(limits, [r.id for r in runs])
             raise
+        if deps:
+            await self._look_again(runs, receipts)
         unused = [run.id for run, got in zip(runs, receipts, strict=True) if got.id != run.id]
         if counted and unused:  # before answering: the caller's next trigger must find the room
             assert self.redis_limits is not None
             await self.redis_limits.give_back(limits, unused)
         return receipts
+
+    async def _look_again(self, runs: list[NewRun], receipts: list[Receipt]) -> None:
+        """Runs made waiting for their dependencies are looked at again once committed: an upstream
+        run that ended while they were being written released nothing of theirs (it could not see
+        them). Best effort: the Reaper's backstop looks at waits too."""
+        waiting = [
+            run.id for run, got in zip(runs, receipts, strict=True) if got.id == run.id and got.status == fsm.S.WAITING
+        ]
+        if not waiting:
+            return
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(q("release_dependency_waits_of"), {"ids": waiting})
+        except Exception as exc:  # the runs exist and wait; the backstop will see them
+            log.warning("second look at %d dependency wait(s) failed: %s", len(waiting), exc)
 
     def _give_back(self, limits: list[Limit], run_ids: list[uuid.UUID]) -> None:
         """On the way out of a failed or cancelled enqueue: in the background."""
@@ -148,6 +167,8 @@ class Enqueuer:
                     if row["n"] + len(runs) > entry["max"]:
                         name = json.dumps(key, ensure_ascii=False)
                         raise RateLimited(_wait(row["wait"], entry["window_secs"]), f"rate limit key {name} exceeded")
+            if check.deps:
+                runs = await _gate_on_dependencies(conn, job["id"], runs)
             out: list[Receipt | None] = [None] * len(runs)
             fresh: list[tuple[int, NewRun]] = []
             same_as: dict[int, int] = {}  # a duplicate payload inside this request -> its first item
@@ -173,6 +194,9 @@ class Enqueuer:
             for i, j in same_as.items():
                 out[i] = out[j]
             created = sum(1 for i, run in enumerate(runs) if (got := out[i]) is not None and got.id == run.id)
+            waits = [run_id for run_id, status in inserted.items() if status == fsm.S.WAITING]
+            if waits:
+                await conn.execute(q("mark_dependency_waits"), {"ids": waits})
             if keys and created:
                 hits = {"project_id": job["project_id"], "keys": keys, "n": created}
                 await conn.execute(q("insert_rate_hits"), hits)
@@ -186,6 +210,30 @@ _BACKGROUND: set[asyncio.Task[None]] = set()  # give-backs in flight (a task nee
 class _Checks:
     quotas: bool  # the project's queued/executing quotas
     rate: bool  # the job's rate limits, counted in PostgreSQL
+    deps: bool = False  # the job's dependencies on other jobs
+
+
+def dependency_key(run: NewRun) -> str | None:
+    """What matches a run to its upstream runs (engine.md §2.8): its idempotency key, else its
+    payload's `dependency_key` (in its metadata)."""
+    return run.idempotency_key or run.metadata.get("dependency_key")
+
+
+async def _gate_on_dependencies(conn: Any, job_id: uuid.UUID, runs: list[NewRun]) -> list[NewRun]:
+    """Runs that would be queued now wait (`waiting`) while a dependency of their job is unmet.
+    Delayed runs are not gated (README)."""
+    gated = [i for i, run in enumerate(runs) if run.status == fsm.S.QUEUED]
+    if not gated:
+        return runs
+    cur = await conn.execute(
+        q("dependencies_met"), {"job_id": job_id, "keys": [dependency_key(runs[i]) for i in gated]}
+    )
+    met = {int(row["n"]): bool(row["met"]) for row in await cur.fetchall()}
+    out = list(runs)
+    for n, i in enumerate(gated, start=1):
+        if not met[n]:
+            out[i] = dataclasses.replace(runs[i], status=fsm.S.WAITING)
+    return out
 
 
 async def _one(conn: Any, name: str, params: Mapping[str, Any]) -> Any:

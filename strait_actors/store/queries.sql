@@ -675,6 +675,135 @@ UPDATE jobs SET project_paused = %(paused)s
 WHERE project_id = %(id)s AND project_paused <> %(paused)s
 RETURNING id
 
+-- ===================================================================== job dependencies (engine.md §2.8)
+
+-- name: lock_jobs_for_dependency
+-- Dependency writes of two jobs serialise on both rows (in id order: never a cycle of waits), so
+-- two concurrent edges cannot close a cycle that neither saw.
+SELECT id, project_id FROM jobs WHERE id = ANY(%(ids)s::uuid[]) ORDER BY id FOR NO KEY UPDATE
+
+-- name: dependency_would_cycle
+-- Would job -> depends_on close a cycle: does depends_on already depend on job, at any depth?
+WITH RECURSIVE up AS (
+    SELECT depends_on_job_id AS id, 1 AS depth FROM job_dependencies WHERE job_id = %(depends_on)s
+    UNION
+    SELECT d.depends_on_job_id, up.depth + 1 FROM job_dependencies d JOIN up ON d.job_id = up.id
+    WHERE up.depth < 100
+)
+SELECT EXISTS (SELECT 1 FROM up WHERE id = %(job_id)s) OR %(depends_on)s = %(job_id)s AS cycle
+
+-- name: insert_dependency
+-- A new edge; the job's cue for the trigger path is set in the same statement.
+WITH dep AS (
+    INSERT INTO job_dependencies (id, job_id, depends_on_job_id, condition)
+    VALUES (%(id)s, %(job_id)s, %(depends_on)s, %(condition)s)
+    RETURNING *
+), cue AS (
+    UPDATE jobs SET has_dependencies = true WHERE id = %(job_id)s AND NOT has_dependencies RETURNING id
+)
+SELECT dep.*, (SELECT count(*) FROM cue) AS cued FROM dep
+
+-- name: list_dependencies
+-- A job's dependencies, oldest first.
+SELECT * FROM job_dependencies WHERE job_id = %(job_id)s ORDER BY created_at, id
+
+-- name: delete_dependency
+-- Remove an edge; the job's cue follows whether any edge is left.
+WITH gone AS (
+    DELETE FROM job_dependencies WHERE id = %(id)s AND job_id = %(job_id)s RETURNING id
+), cue AS (
+    UPDATE jobs SET has_dependencies = EXISTS (
+        SELECT 1 FROM job_dependencies d WHERE d.job_id = %(job_id)s AND d.id <> %(id)s)
+    WHERE id = %(job_id)s AND EXISTS (SELECT 1 FROM gone) RETURNING id
+)
+SELECT count(*) AS n, (SELECT count(*) FROM cue) AS cued FROM gone
+
+-- name: dependencies_met
+-- For each key (NULL: a run without one), whether every dependency of the job is met now.
+SELECT k.n, NOT EXISTS (
+    SELECT 1 FROM job_dependencies d
+    WHERE d.job_id = %(job_id)s AND NOT strait_dependency_met(d.depends_on_job_id, d.condition, k.key)) AS met
+FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS k(key, n)
+
+-- name: mark_dependency_waits
+-- The runs just inserted `waiting` for their dependencies (same transaction as their INSERT).
+UPDATE job_runs SET awaits_dependencies = true WHERE id = ANY(%(ids)s::uuid[]) AND status = 'waiting'
+
+-- name: dependency_status
+-- A run's dependencies as they stand: each upstream job, its condition, and whether it is met.
+SELECT d.id, d.depends_on_job_id, d.condition,
+       strait_dependency_met(d.depends_on_job_id, d.condition,
+                             COALESCE(r.idempotency_key, r.metadata ->> 'dependency_key')) AS met
+FROM job_runs r JOIN job_dependencies d ON d.job_id = r.job_id
+WHERE r.id = %(id)s
+ORDER BY d.created_at, d.id
+
+-- name: release_dependency_waits_of
+-- These waiting runs go to the queue if their dependencies are met now: the trigger's second look
+-- after its commit (an upstream run that ended while the trigger was writing did not see them).
+-- transition released: waiting -> queued
+WITH cand AS (
+    SELECT r.id FROM job_runs r
+    WHERE r.id = ANY(%(ids)s::uuid[]) AND r.status = 'waiting' AND r.awaits_dependencies
+      AND NOT EXISTS (
+          SELECT 1 FROM job_dependencies d WHERE d.job_id = r.job_id
+            AND NOT strait_dependency_met(d.depends_on_job_id, d.condition,
+                                          COALESCE(r.idempotency_key, r.metadata ->> 'dependency_key')))
+    ORDER BY r.id
+    FOR UPDATE SKIP LOCKED
+), released AS (
+    UPDATE job_runs r SET status = 'queued', awaits_dependencies = false
+    FROM cand WHERE r.id = cand.id AND {guard released} AND r.awaits_dependencies
+    RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt
+){after released}{wake released}
+SELECT count(*) AS n, (SELECT count(*) FROM released_wake) AS woke FROM released
+
+-- name: release_dependency_waits
+-- The Reaper's backstop: waiting runs whose dependencies are met (an upstream run's end releases
+-- its dependents in its own statement; two upstream runs ending in one statement each see the
+-- other still running, and a trigger racing an upstream end is looked at again here): the first
+-- `limit` waits of the waits' index are looked at per pass.
+-- transition released: waiting -> queued
+WITH looked AS (  -- at most `limit` waits are looked at per pass (their index, oldest first per job)
+    SELECT r.id FROM job_runs r
+    WHERE r.status = 'waiting' AND r.awaits_dependencies
+    ORDER BY r.job_id, r.created_at
+    LIMIT %(limit)s
+), cand AS (
+    SELECT r.id FROM job_runs r JOIN looked ON looked.id = r.id
+    WHERE r.status = 'waiting' AND r.awaits_dependencies
+      AND NOT EXISTS (
+          SELECT 1 FROM job_dependencies d WHERE d.job_id = r.job_id
+            AND NOT strait_dependency_met(d.depends_on_job_id, d.condition,
+                                          COALESCE(r.idempotency_key, r.metadata ->> 'dependency_key')))
+    ORDER BY r.id
+    FOR UPDATE OF r SKIP LOCKED
+), released AS (
+    UPDATE job_runs r SET status = 'queued', awaits_dependencies = false
+    FROM cand WHERE r.id = cand.id AND {guard released} AND r.awaits_dependencies
+    RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt
+){after released}{wake released}
+SELECT count(*) AS n, (SELECT count(*) FROM released_wake) AS woke FROM released
+
+-- name: fail_expired_dependency_waits
+-- A run whose dependencies were not met before its TTL ran out fails (it never started; a wait
+-- that cannot end would otherwise be kept forever). One bounded batch.
+-- transition gave_up: waiting -> failed
+WITH due AS (
+    SELECT id FROM job_runs
+    WHERE status = 'waiting' AND awaits_dependencies AND expires_at <= now()
+    ORDER BY job_id, created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), gave_up AS (
+    UPDATE job_runs r SET status = 'failed', awaits_dependencies = false, finished_at = now(),
+        error = 'job dependencies not met before the run expired', error_class = 'dependency'
+    FROM due WHERE r.id = due.id AND {guard gave_up}
+    RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt, r.parent_run_id,
+              r.job_id, r.error
+){after gave_up}
+SELECT count(*) AS n FROM gave_up
+
 -- ===================================================================== runs (API)
 
 -- name: insert_runs
@@ -1231,7 +1360,7 @@ WITH t AS (
         parked_lease_id = NULL
     FROM t WHERE r.id = t.job_run_id AND t.status = 'waiting' AND {guard moved}
     RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt, r.error, r.parent_run_id,
-              %(actor)s::text AS actor
+              r.job_id, %(actor)s::text AS actor
 ){after moved}, direct AS (
     -- an expired trigger is not closed by the run's cancel (the reaper's pass owns those): close it here
     UPDATE event_triggers e SET status = 'canceled', error = 'canceled by user', updated_at = now()
@@ -1273,7 +1402,8 @@ WITH due AS (
     UPDATE job_runs r SET status = 'timed_out', error = 'event trigger timed out', error_class = 'timeout',
         finished_at = now(), parked_lease_id = NULL
     FROM ended WHERE r.id = ended.job_run_id AND ended.source_type = 'job_run' AND {guard moved}
-    RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt, r.error, r.parent_run_id
+    RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt, r.error, r.parent_run_id,
+              r.job_id
 ){after moved}
 SELECT (SELECT count(*) FROM ended) AS waits, (SELECT count(*) FROM moved) AS runs
 

@@ -17,7 +17,8 @@ whose RETURNING names at least `id, from_status, to_status, attempt` (and option
   (a counter on the parent row, so concurrent children serialise on it: counting siblings from a
   snapshot would let two last children each see the other still running). The outbox, workflow
   callbacks and change feed attach here and nowhere else. A transition into a terminal status
-  returns `parent_run_id`, so runs without a parent cost the spawn-await part nothing. A run
+  returns `parent_run_id`, so runs without a parent cost the spawn-await part nothing, and `job_id`:
+  it releases the waiting runs of jobs that depend on its job (engine.md §2.8). A run
   leaving `executing` gives back its concurrency slots (it returns `job_id, slots`) and a queued
   run leaving the queue while a full gate held it back leaves that gate's count (`job_id, held`);
   a gate with a slot free and runs held wakes the pollers.
@@ -42,7 +43,7 @@ _HEADER = re.compile(r"^-- transition (\w+): ([\w* ]+?) -> ([\w ]+?)\s*$", re.M)
 _MACRO = re.compile(r"\{(guard|after|wake|tell_watchers) (\w+)\}|\{(unlease|terminal)\}")
 _SET_STATUS = re.compile(r"UPDATE job_runs r\s+SET status = ([\w.']+)(?=\s*,|\s+FROM\b)")
 _REQUIRED = ("id", "from_status", "to_status", "attempt")
-_TERMINAL_REQUIRED = ("parent_run_id",)  # and when a target is terminal
+_TERMINAL_REQUIRED = ("parent_run_id", "job_id")  # and when a target is terminal
 _GATE_REQUIRED = {"executing": ("job_id", "slots"), "queued": ("job_id", "held")}  # by source: the gates' counts
 _OPTIONAL = ("error", "actor", "note")
 _WARN = sorted((fsm.TERMINAL - {fsm.S.COMPLETED, fsm.S.CANCELED}) | {fsm.S.WAITING})
@@ -177,7 +178,7 @@ def _after(t: Transition) -> str:
         f"    FROM {t.name}\n"
         ")"
         + (_close_waits(t) if fsm.S.WAITING in t.sources else "")
-        + (_answer_parents(t) if any(fsm.is_terminal(x) for x in t.targets) else "")
+        + (_answer_parents(t) + _release_dependents(t) if any(fsm.is_terminal(x) for x in t.targets) else "")
         + (_gates(t) if {fsm.S.EXECUTING, fsm.S.QUEUED} & set(t.sources) else "")
         + f", {t.name}_watched AS (\n    {tell_watchers(t.name)}\n)"
     )
@@ -251,6 +252,47 @@ def _answer_parents(t: Transition) -> str:
         f"    FROM {t.name}_parents p\n"
         "    CROSS JOIN LATERAL (SELECT pg_notify('strait_queue_wake', '') WHERE p.to_status = 'queued') w\n"
         "    WHERE p.to_status = 'queued'\n"
+        ")"
+    )
+
+
+_FAILED: list[str] = sorted({fsm.S.FAILED, fsm.S.DEAD_LETTER, fsm.S.TIMED_OUT, fsm.S.CRASHED, fsm.S.SYSTEM_FAILED})
+
+
+def _release_dependents(t: Transition) -> str:
+    """Job dependencies (engine.md §2.8, migration 0009): a run that ends releases the waiting runs
+    of the jobs that depend on its job and share its key (or have none), when it ended the way the
+    dependency asks and every other dependency of theirs is met (`strait_dependency_met`), in this
+    statement: waiting -> queued with its event and the pollers' wake. A run whose job nothing
+    depends on costs one probe of `job_dependencies` by its job. (Two upstream runs ending in one
+    statement each see the other still running: the Reaper's backstop releases such runs.)"""
+    return (
+        f", {t.name}_dependents AS (\n"
+        "    UPDATE job_runs d SET status = 'queued', awaits_dependencies = false\n"
+        "    WHERE d.id = ANY(ARRAY(\n"
+        f"        SELECT w.id FROM {t.name} m\n"
+        "        JOIN job_dependencies dep ON dep.depends_on_job_id = m.job_id\n"
+        "        CROSS JOIN LATERAL (SELECT e.idempotency_key AS ikey, e.metadata ->> 'dependency_key' AS dkey\n"
+        "                            FROM job_runs e WHERE e.id = m.id) k\n"
+        "        CROSS JOIN LATERAL (\n"
+        "            SELECT o.id, COALESCE(o.idempotency_key, o.metadata ->> 'dependency_key') AS key\n"
+        "            FROM job_runs o WHERE o.job_id = dep.job_id AND o.status = 'waiting' AND o.awaits_dependencies\n"
+        "            ORDER BY o.created_at LIMIT 1000) w\n"
+        f"        WHERE m.to_status = ANY({_array(sorted(fsm.TERMINAL))})\n"
+        "          AND (w.key IS NULL OR w.key = k.ikey OR w.key = k.dkey)\n"
+        "          AND CASE dep.condition WHEN 'any' THEN true WHEN 'completed' THEN m.to_status = 'completed'\n"
+        f"                   ELSE m.to_status = ANY({_array(_FAILED)}) END\n"
+        "          AND NOT EXISTS (SELECT 1 FROM job_dependencies o2 WHERE o2.job_id = dep.job_id\n"
+        "                            AND o2.depends_on_job_id <> m.job_id\n"
+        "                            AND NOT strait_dependency_met(o2.depends_on_job_id, o2.condition, w.key))\n"
+        f"          AND NOT EXISTS (SELECT 1 FROM {t.name} x WHERE x.id = w.id)))\n"
+        "      AND (d.status = 'waiting') IS TRUE AND d.awaits_dependencies\n"
+        "    RETURNING d.id, d.attempt\n"
+        f"), {t.name}_dependents_released AS (\n"
+        "    INSERT INTO run_events (run_id, type, level, message, data)\n"
+        "    SELECT p.id, 'state_change', 'info', 'waiting -> queued (dependencies met)',\n"
+        "           jsonb_build_object('from', 'waiting', 'to', 'queued', 'attempt', p.attempt)\n"
+        f"    FROM {t.name}_dependents p CROSS JOIN LATERAL (SELECT pg_notify('strait_queue_wake', '')) w\n"
         ")"
     )
 
