@@ -248,9 +248,13 @@ def test_cron_ticks_skip_over_a_quota_or_a_named_key(dsn: str) -> None:
         conn.execute("UPDATE jobs SET next_fire_at = %s WHERE id = %s", (at, keyed))
         assert schedules.fire_due(conn, at)[0].skipped == "rate_limit"
         conn.execute("UPDATE jobs SET rate_limit_keys = '[]'")
+        # runs made before the project had a quota are not counted (README): the quota's first run is
         conn.execute("INSERT INTO project_quotas (project_id, max_queued_runs) VALUES ('p', 1)")
-        conn.execute("UPDATE jobs SET next_fire_at = %s WHERE id = %s", (at, keyed))
-        assert schedules.fire_due(conn, at)[0].skipped == "quota"  # the first cron run is still queued
+        later = at + timedelta(minutes=1)
+        conn.execute("UPDATE jobs SET next_fire_at = %s WHERE id = %s", (later, keyed))
+        assert schedules.fire_due(conn, later)[0].skipped is None
+        conn.execute("UPDATE jobs SET next_fire_at = %s WHERE id = %s", (later, keyed))
+        assert schedules.fire_due(conn, later)[0].skipped == "quota"  # that run is still queued
         conn.execute("UPDATE project_quotas SET max_queued_runs = NULL, max_executing_runs = 0")
         conn.execute("UPDATE jobs SET next_fire_at = %s WHERE id = %s", (at, keyed))
         assert schedules.fire_due(conn, at)[0].skipped == "quota"

@@ -812,12 +812,12 @@ SELECT count(*) AS n FROM gave_up
 WITH ins AS (
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                           triggered_by, scheduled_at, expires_at, idempotency_key, concurrency_key, batch_id,
-                          job_version, job_version_id, created_by, debug_mode)
+                          job_version, job_version_id, created_by, debug_mode, quota_counted)
     SELECT u.id, u.job_id, u.project_id, u.status, u.priority, u.payload, u.payload_hash, u.tags, u.metadata,
            u.triggered_by, u.scheduled_at,
            GREATEST(now(), COALESCE(u.scheduled_at, now())) + make_interval(secs => u.ttl),
            u.idempotency_key, u.concurrency_key, u.batch_id, u.job_version, u.job_version_id, u.created_by,
-           u.debug_mode
+           u.debug_mode, strait_quota_counted(u.project_id)
     FROM unnest(%(id)s::uuid[], %(job_id)s::uuid[], %(project_id)s::text[], %(status)s::text[],
                 %(priority)s::smallint[], %(payload)s::json[], %(payload_hash)s::text[], %(tags)s::jsonb[],
                 %(metadata)s::jsonb[], %(triggered_by)s::text[], %(scheduled_at)s::timestamptz[],
@@ -955,9 +955,11 @@ WITH src AS (
     WHERE r.id = %(id)s
 ), ins AS (
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
-                          triggered_by, expires_at, job_version, job_version_id, created_by, replayed_run_id)
+                          triggered_by, expires_at, job_version, job_version_id, created_by, replayed_run_id,
+                          quota_counted)
     SELECT %(new_id)s, job_id, project_id, 'queued', priority, payload, payload_hash, tags, metadata, 'manual',
-           now() + make_interval(secs => ttl), job_version, job_version_id, %(actor)s, id
+           now() + make_interval(secs => ttl), job_version, job_version_id, %(actor)s, id,
+           strait_quota_counted(project_id)
     FROM src
     RETURNING *
 ), wake AS (
@@ -1012,11 +1014,11 @@ SELECT moved.*, (SELECT count(*) FROM moved_wake) AS woke FROM moved
 -- its expiry moves with it. Returns the run; its id is this trigger's own when the trigger made it.
 INSERT INTO job_runs AS r (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                            triggered_by, scheduled_at, expires_at, concurrency_key, batch_id, job_version,
-                           job_version_id, created_by, window_key)
+                           job_version_id, created_by, window_key, quota_counted)
 VALUES (%(id)s, %(job_id)s, %(project_id)s, 'delayed', %(priority)s, %(payload)s::json, %(payload_hash)s,
         %(tags)s, %(metadata)s, %(triggered_by)s, %(scheduled_at)s,
         %(scheduled_at)s + make_interval(secs => %(ttl)s), %(concurrency_key)s, %(batch_id)s, %(job_version)s,
-        %(job_version_id)s, %(created_by)s, %(window_key)s)
+        %(job_version_id)s, %(created_by)s, %(window_key)s, strait_quota_counted(%(project_id)s))
 ON CONFLICT (job_id, window_key) WHERE status = 'delayed' AND window_key IS NOT NULL DO UPDATE
 SET payload = EXCLUDED.payload, payload_hash = EXCLUDED.payload_hash, tags = EXCLUDED.tags,
     metadata = EXCLUDED.metadata, priority = EXCLUDED.priority,
@@ -1036,11 +1038,11 @@ RETURNING r.id, r.status
 WITH up AS (
     INSERT INTO job_runs AS r (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                                triggered_by, scheduled_at, expires_at, concurrency_key, batch_id, job_version,
-                               job_version_id, created_by, window_key, window_items)
+                               job_version_id, created_by, window_key, window_items, quota_counted)
     VALUES (%(id)s, %(job_id)s, %(project_id)s, %(status)s, %(priority)s, %(payload)s::json, %(payload_hash)s,
             %(tags)s, %(metadata)s, %(triggered_by)s, %(scheduled_at)s,
             %(scheduled_at)s + make_interval(secs => %(ttl)s), %(concurrency_key)s, %(batch_id)s, %(job_version)s,
-            %(job_version_id)s, %(created_by)s, %(window_key)s, 1)
+            %(job_version_id)s, %(created_by)s, %(window_key)s, 1, strait_quota_counted(%(project_id)s))
     ON CONFLICT (job_id, window_key) WHERE status = 'delayed' AND window_key IS NOT NULL DO UPDATE
     SET payload = (left(r.payload::text, -2) || ',' || %(item)s::text || ']}')::json,
         payload_hash = encode(sha256(convert_to(left(r.payload::text, -2) || ',' || %(item)s::text || ']}', 'UTF8')),
@@ -1454,10 +1456,11 @@ WITH cur AS (
     FOR UPDATE
 ), child AS (
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
-                          triggered_by, expires_at, job_version, job_version_id, created_by, parent_run_id)
+                          triggered_by, expires_at, job_version, job_version_id, created_by, parent_run_id,
+                          quota_counted)
     SELECT %(child_id)s, j.id, j.project_id, 'queued', %(priority)s, %(payload)s, %(payload_hash)s, j.tags,
            j.default_run_metadata, 'spawn', now() + make_interval(secs => j.effective_run_ttl_secs), j.version,
-           j.version_id, %(actor)s, cur.id
+           j.version_id, %(actor)s, cur.id, strait_quota_counted(j.project_id)
     FROM cur, jobs j WHERE j.id = %(job_id)s
     RETURNING *
 ), parked AS (
@@ -1493,11 +1496,11 @@ WITH cur AS (
 ), ins AS (
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                           triggered_by, expires_at, job_version, job_version_id, created_by, continuation_of,
-                          lineage_depth)
+                          lineage_depth, quota_counted)
     SELECT %(new_id)s, cur.job_id, cur.project_id, 'queued', cur.priority, COALESCE(%(payload)s::json, cur.payload),
            COALESCE(%(payload_hash)s, cur.payload_hash), cur.tags, cur.metadata, 'job_chain',
            now() + make_interval(secs => j.effective_run_ttl_secs), j.version, j.version_id, %(actor)s, cur.id,
-           cur.lineage_depth + 1
+           cur.lineage_depth + 1, strait_quota_counted(cur.project_id)
     FROM cur JOIN jobs j ON j.id = cur.job_id
     WHERE cur.lineage_depth < %(max_depth)s
     RETURNING *
@@ -1633,10 +1636,11 @@ WITH v AS (
     FROM taken t
 ), ins AS (
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
-                          triggered_by, expires_at, idempotency_key, job_version, job_version_id, created_by)
+                          triggered_by, expires_at, idempotency_key, job_version, job_version_id, created_by,
+                          quota_counted)
     SELECT j.run_id, j.id, j.project_id, 'queued', 0, '{}', %(empty_hash)s, j.tags, j.default_run_metadata,
            'cron', CASE WHEN j.run_ttl_secs > 0 THEN now() + make_interval(secs => j.run_ttl_secs) END,
-           j.fire_key, j.version, j.version_id, 'system:cron'
+           j.fire_key, j.version, j.version_id, 'system:cron', strait_quota_counted(j.project_id)
     FROM judged j WHERE j.skipped IS NULL
     ON CONFLICT (job_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, job_id
