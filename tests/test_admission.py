@@ -4,6 +4,7 @@ job rate limit counted in PostgreSQL or in Redis, project quotas on queued and e
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -274,3 +275,39 @@ def test_old_hits_are_purged_in_batches(dsn: str) -> None:
         assert retention.purge_rate_hits(conn, 3) == 2
         assert retention.purge_rate_hits(conn, 3) == 0
         assert _count(dsn, "SELECT count(*) FROM rate_limit_hits") == 1
+
+
+def test_every_insert_into_job_runs_marks_whether_its_project_counts_quotas() -> None:
+    """A run made by a statement that does not set `quota_counted` would escape its project's
+    quota count: every INSERT into job_runs in the named statements sets it from the project."""
+    text = (Path(__file__).parents[1] / "strait_actors" / "store" / "queries.sql").read_text()
+    inserts = re.findall(r"INSERT INTO job_runs\b[^(]*\(([^)]*)\)", text)
+    assert len(inserts) >= 7
+    for columns in inserts:
+        assert "quota_counted" in columns, columns
+    assert text.count("strait_quota_counted(") == len(inserts)
+
+
+def test_runs_are_counted_from_the_quota_on(strait: Server, endpoint: Endpoint) -> None:
+    """Runs made after a project set a queued or executing quota are marked, whatever made them;
+    runs of a project without one are not (they cost the quota index nothing)."""
+    with strait.client() as c:
+        _project(c, "p")
+        _project(c, "q")
+        job = _job(c, "p", "j", endpoint.url, max_attempts=1)
+        free = _job(c, "q", "j", endpoint.url)
+        before = _trigger(c, job).json()["id"]
+        _quota(c, "p", max_queued_runs=100)
+        after = _trigger(c, job).json()["id"]
+        other = _trigger(c, free).json()["id"]
+        endpoint.behave = lambda seen: web.json_response({"no": True}, status=500)
+        failed = c.post(f"/v1/jobs/{job}/trigger", json={}).json()["id"]
+        wait_for(lambda: c.get(f"/v1/runs/{failed}").json()["status"] == "dead_letter", what="a dead letter")
+        endpoint.behave = None
+        with psycopg.connect(strait.env["DATABASE_URL"], autocommit=True) as conn:
+            conn.execute("UPDATE job_runs SET status = 'failed' WHERE id = %s", (failed,))
+        replayed = c.post(f"/v1/runs/{failed}/replay").json()["id"]
+    with psycopg.connect(strait.env["DATABASE_URL"], autocommit=True) as conn:
+        marks = {str(k): v for k, v in conn.execute("SELECT id, quota_counted FROM job_runs").fetchall()}
+    assert marks[before] is False and marks[other] is False
+    assert marks[after] is True and marks[failed] is True and marks[replayed] is True
