@@ -417,6 +417,8 @@ class Bench:
             ("per-key", f"{self.ep}/job?delay_ms=0&keyed=1", {"max_concurrency_per_key": 1}, 1000),
         )
         for slug, url, limit, keys in phases:
+            if self.args.limits_phase not in ("both", slug):
+                continue
             job = await self.make_job(slug, url, **limit)
             before = await self.count()
             async with self.s.get(f"{self.ep}/count?reset=1"):
@@ -591,6 +593,7 @@ def main() -> int:
     )
     ap.add_argument("--cron-jobs", type=int, default=10000, help="cron scenario: jobs firing every minute")
     ap.add_argument("--cron-minutes", type=int, default=2, help="cron scenario: whole minutes measured")
+    ap.add_argument("--limits-phase", choices=["both", "capped", "per-key"], default="both", help="limits scenario")
     ap.add_argument("--clients", type=int, default=64, help="concurrent clients of the single scenario")
     ap.add_argument("--processes", type=int, help="passed to strait --processes")
     ap.add_argument("--strait", default=os.path.join(os.path.dirname(sys.executable), "strait"))

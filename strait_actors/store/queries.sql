@@ -98,10 +98,13 @@ WITH due AS (
     UNION SELECT job_id, ckey, max(key_cap) FROM pool WHERE runnable AND key_gated GROUP BY job_id, ckey
     UNION SELECT job_id, substr(was_held, 3), NULL FROM pool WHERE was_held IS NOT NULL
 ), gates AS (
-    SELECT g.job_id, g.ckey, g.cap - g.active AS spare FROM run_gates g
-    WHERE (g.job_id, g.ckey) IN (SELECT job_id, ckey FROM wanted)
-    ORDER BY g.job_id, g.ckey
-    FOR UPDATE
+    -- one index probe per wanted gate, locked in key order (the sorted list drives the loop); an
+    -- ORDER BY over the gates themselves walks every gate of the table in key order instead (sorts
+    -- are priced out on these connections), 24 ms a claim at 1,000 keys
+    SELECT g.job_id, g.ckey, g.spare
+    FROM (SELECT DISTINCT job_id, ckey FROM wanted ORDER BY job_id, ckey) w
+    CROSS JOIN LATERAL (SELECT g.job_id, g.ckey, g.cap - g.active AS spare FROM run_gates g
+                        WHERE g.job_id = w.job_id AND g.ckey = w.ckey FOR UPDATE) g
 ), new_gates AS (
     INSERT INTO run_gates (job_id, ckey, cap)
     SELECT w.job_id, w.ckey, w.cap FROM wanted w
@@ -158,8 +161,8 @@ WITH due AS (
                 UNION ALL
                 SELECT d.job_id, substr(d.was_held, 3), 0, 0, 1 FROM decided d
                 WHERE d.was_held IS NOT NULL AND d.verdict IS DISTINCT FROM d.was_held) x
-          GROUP BY job_id, ckey) m
-    WHERE g.job_id = m.job_id AND g.ckey = m.ckey AND (g.job_id, g.ckey) IN (SELECT job_id, ckey FROM gates)
+          GROUP BY job_id, ckey) m JOIN gates k ON k.job_id = m.job_id AND k.ckey = m.ckey
+    WHERE g.job_id = m.job_id AND g.ckey = m.ckey
     RETURNING g.job_id
 ), candidates AS (
     SELECT d.id, d.resume_event_key, d.slots FROM decided d WHERE d.verdict = 'ok'

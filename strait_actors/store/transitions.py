@@ -300,9 +300,10 @@ def _release_dependents(t: Transition) -> str:
 def _gates(t: Transition) -> str:
     """Concurrency gates (migration 0005): a run leaving `executing` frees its slots, a held queued run
     leaving the queue leaves its gate's held count. Gate rows are locked in key order, as the claim
-    locks them, so a claim and a transition never wait on each other in a cycle. A gate left with a
-    free slot and held runs wakes the pollers: the next claim takes them. Runs without slots and not
-    held (every run of a job without limits) cost a filter on this CTE only."""
+    locks them (the sorted deltas drive one index probe each), so a claim and a transition never
+    wait on each other in a cycle. A gate left with a free slot and held runs wakes the pollers: the
+    next claim takes them. Runs without slots and not held (every run of a job without limits) cost
+    a filter on this CTE only."""
     parts = []
     if fsm.S.EXECUTING in t.sources:
         parts.append(
@@ -320,14 +321,14 @@ def _gates(t: Transition) -> str:
         f"    SELECT job_id, ckey, sum(act)::int AS act, sum(hld)::int AS hld FROM (\n        {union}) x\n"
         "    GROUP BY job_id, ckey\n"
         f"), {t.name}_gate_locks AS (\n"
-        "    SELECT g.job_id, g.ckey FROM run_gates g\n"
-        f"    WHERE (g.job_id, g.ckey) IN (SELECT job_id, ckey FROM {t.name}_gate_delta)\n"
-        "    ORDER BY g.job_id, g.ckey FOR UPDATE\n"
+        "    SELECT g.job_id, g.ckey, d.act, d.hld\n"
+        f"    FROM (SELECT job_id, ckey, act, hld FROM {t.name}_gate_delta ORDER BY job_id, ckey) d\n"
+        "    CROSS JOIN LATERAL (SELECT g.job_id, g.ckey FROM run_gates g\n"
+        "                        WHERE g.job_id = d.job_id AND g.ckey = d.ckey FOR UPDATE) g\n"
         f"), {t.name}_gates AS (\n"
         "    UPDATE run_gates g SET active = GREATEST(g.active - d.act, 0), held = GREATEST(g.held - d.hld, 0)\n"
-        f"    FROM {t.name}_gate_delta d\n"
+        f"    FROM {t.name}_gate_locks d\n"
         "    WHERE g.job_id = d.job_id AND g.ckey = d.ckey\n"
-        f"      AND (g.job_id, g.ckey) IN (SELECT job_id, ckey FROM {t.name}_gate_locks)\n"
         "    RETURNING CASE WHEN g.held > 0 AND g.active < g.cap THEN pg_notify('strait_queue_wake', '') END\n"
         ")"
     )
