@@ -779,7 +779,8 @@ WITH looked AS (  -- at most `limit` waits are looked at per pass (their index, 
           SELECT 1 FROM job_dependencies d WHERE d.job_id = r.job_id
             AND NOT strait_dependency_met(d.depends_on_job_id, d.condition,
                                           COALESCE(r.idempotency_key, r.metadata ->> 'dependency_key')))
-    ORDER BY r.id
+    -- no ORDER BY: SKIP LOCKED never waits, and sorts are priced out on these connections, so an
+    -- ORDER BY r.id walked the whole primary key of job_runs (20 ms a pass with 20,000 runs)
     FOR UPDATE OF r SKIP LOCKED
 ), released AS (
     UPDATE job_runs r SET status = 'queued', awaits_dependencies = false
@@ -1670,10 +1671,11 @@ WITH RECURSIVE v AS (
     UNION
     SELECT c.id, tree.depth + 1 FROM job_runs c JOIN tree ON c.parent_run_id = tree.id WHERE tree.depth < 20
 ), cur AS (
-    SELECT r.id, r.status AS from_status FROM job_runs r JOIN (SELECT DISTINCT id FROM tree) t ON t.id = r.id
-    WHERE NOT r.status = ANY({terminal})
-    ORDER BY r.id
-    FOR UPDATE OF r
+    -- locked in id order, one probe each (an ORDER BY over job_runs itself walks its whole primary key
+    -- on these connections, where sorts are priced out)
+    SELECT r.id, r.status AS from_status FROM (SELECT DISTINCT id FROM tree ORDER BY id) t
+    CROSS JOIN LATERAL (SELECT r.id, r.status FROM job_runs r
+                        WHERE r.id = t.id AND NOT r.status = ANY({terminal}) FOR UPDATE) r
 ), moved AS (
     UPDATE job_runs r SET status = 'canceled', finished_at = now(), error = 'canceled by cron overlap policy',
         {unlease}
