@@ -4,6 +4,7 @@ jobs skip; and end to end, a strait worker fires a tick and the run reaches the 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 from strait_actors import cron
+from strait_actors.actors.base import TreeContext
+from strait_actors.actors.scheduler import Scheduler
+from strait_actors.messages import Tick
+from strait_actors.settings import Settings
 from strait_actors.store import queue, schedules
 from tests.client_helpers import make_job as api_job
 from tests.client_helpers import wait_terminal
@@ -141,6 +146,24 @@ def test_jobs_are_armed_from_their_last_change(dsn: str) -> None:
         assert next_fire_at(conn, job) == cron.next_fire("0 9 * * *", "Asia/Tokyo", changed)
         assert next_fire_at(conn, job).astimezone(cron.zone("Asia/Tokyo")).hour == 9
         assert schedules.arm(conn) == 0
+
+
+def test_the_scheduler_wakes_for_the_earliest_armed_tick_between_clock_ticks(dsn: str, settings: Settings) -> None:
+    """One Tick from outside, before anything is due, and a clock interval far longer than the wait:
+    the Scheduler's own wake-up fires the tick when it comes, not earlier and not a clock tick later."""
+    due = datetime.now(UTC) + timedelta(seconds=1.5)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = due_job(conn, "* * * * *", at=due)
+        assert schedules.next_due(conn) == due
+        ctx = TreeContext(settings=dataclasses.replace(settings, scheduler_interval_secs=30), dsn=dsn, worker_id="w")
+        ref = Scheduler.start(ctx)
+        try:
+            ref.tell(Tick())
+            [run] = wait_for(lambda: runs_of(conn, job), timeout=10, what="the tick fired by the wake-up")
+            assert run["idempotency_key"] == cron.fire_key(job, due)
+            assert due <= run["created_at"] < due + timedelta(seconds=5)
+        finally:
+            ref.stop()
 
 
 def test_a_worker_fires_cron_ticks_end_to_end(clients: Any, endpoint: Endpoint, strait: Server) -> None:

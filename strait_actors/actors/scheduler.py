@@ -3,18 +3,25 @@ has no next tick yet and fires the due ones, in bounded batches, from rows alone
 schedule lives in memory, so a restart, or a second worker process, changes nothing. Of many
 schedulers one takes each tick (a compare-and-set on the job's `next_fire_at`, in the statement
 that inserts the run); a tick whose job is off, overlapping under `skip`, or over a limit is
-skipped and counted.
+skipped and counted. Between the clock's ticks it wakes once more, on time, for the earliest
+armed tick (a timer, replaced each pass): a burst of ticks starts firing at its second, not up to a
+clock interval late.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
 
+import pykka
+
 from strait_actors.actors.base import TreeContext
 from strait_actors.actors.sweeper import SweepActor
+from strait_actors.messages import Tick
 from strait_actors.store import schedules
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,13 @@ class Scheduler(SweepActor):
         self.cpu = 0.0  # thread CPU seconds spent in ticks since the last report
         self.report_at = time.monotonic() + REPORT_SECS
         self.reported = (0, 0)
+        self.timer: threading.Timer | None = None  # the wake-up for the earliest armed tick
+
+    def cleanup(self) -> None:
+        """Drop the pending wake-up, then close the connection."""
+        if self.timer is not None:
+            self.timer.cancel()
+        super().cleanup()
 
     def sweep(self) -> None:
         self.tick(datetime.now(UTC))
@@ -78,4 +92,22 @@ class Scheduler(SweepActor):
                 elif f.run_id:
                     self.fired += 1
             if len(fired) < schedules.BATCH:
-                return
+                break
+        self._wake_for(schedules.next_due(conn))
+
+    def _tick_now(self) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopped while the timer ran out
+            self.actor_ref.tell(Tick())
+
+    def _wake_for(self, at: datetime | None) -> None:
+        """A Tick just after `at` when the clock's next one would come later than that."""
+        if at is None:
+            return
+        delay = (at - datetime.now(UTC)).total_seconds()
+        if not 0 < delay < self.ctx.settings.scheduler_interval_secs:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = threading.Timer(delay + 0.001, self._tick_now)
+        self.timer.daemon = True
+        self.timer.start()

@@ -70,6 +70,13 @@ def arm(conn: psycopg.Connection) -> int:
         return cur.execute(q("cron_arm"), params).rowcount
 
 
+def next_due(conn: psycopg.Connection) -> datetime | None:
+    """The earliest armed tick of any job, None when no job has one."""
+    with translated():
+        row = conn.execute(q("cron_next_due")).fetchone()
+    return row[0] if row else None
+
+
 def fire_due(conn: psycopg.Connection, now: datetime) -> list[Fired]:
     """Fire the ticks due at `now` (one batch): each job's latest due tick once, its next armed."""
     with translated(), conn.cursor(row_factory=dict_row) as cur, conn.transaction():
