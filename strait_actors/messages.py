@@ -30,9 +30,11 @@ class Dispatch:
 
 @dataclass(frozen=True, slots=True)
 class SlotsFreed:
-    """DispatcherPool -> Poller: this many outcomes are committed; their slots are free."""
+    """DispatcherPool -> Poller: this many outcomes are committed; their slots are free (`at`: the
+    monotonic time after the commit)."""
 
     count: int
+    at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import psycopg
@@ -123,7 +124,7 @@ class DispatcherPool(LoopActor):
                 await self._write(batch)
                 for o in batch:
                     self.inflight.pop(o.run_id, None)
-                self.ctx.registry.tell("poller", SlotsFreed(len(batch)))
+                self.ctx.registry.tell("poller", SlotsFreed(len(batch), time.monotonic()))
         finally:
             self.flushing = False
 

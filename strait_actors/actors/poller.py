@@ -1,13 +1,17 @@
 """The Poller: claims due runs in batches sized to the dispatcher's free slots.
 
 It wakes on NOTIFY (a listener thread), on the clock's fallback tick and whenever
-slots free up, so a backlog drains without waiting for a tick.
+slots free up, so a backlog drains without waiting for a tick. A wake whose cause (the NOTIFY's
+arrival, the outcome commit that freed slots) is older than the start of a claim that then found
+nothing more to take is already answered: that claim's snapshot saw the commit. Skipping it
+halves the claims under a steady flow, where every outcome write sends both.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +76,8 @@ class Poller(SupervisedActor):
         self.queue: Queue | None = None
         self.listener: Listener | None = None
         self.down = False  # the database stopped answering; claims resume when it answers again
+        self.notified_at = 0.0  # monotonic time the latest NOTIFY arrived (the listener thread sets it)
+        self.drained_at = -1.0  # start of the latest fill that left nothing claimable behind
 
     def started(self) -> None:
         """Connect, start listening for NOTIFY, and ask the dispatcher how many slots are free."""
@@ -99,6 +105,7 @@ class Poller(SupervisedActor):
 
     def _notified(self) -> None:
         # coalesce a burst of NOTIFYs into one Wake in the mailbox
+        self.notified_at = time.monotonic()
         if not self.wake_pending.is_set():
             self.wake_pending.set()
             self.actor_ref.tell(Wake())
@@ -114,9 +121,13 @@ class Poller(SupervisedActor):
         """Update the slot count from the dispatcher's reports, then claim (also on Wake and Tick)."""
         if isinstance(message, Wake):
             self.wake_pending.clear()
+            if self.notified_at < self.drained_at:
+                return
         elif isinstance(message, SlotsFreed):
             if self.inflight is not None:
                 self.inflight = max(0, self.inflight - message.count)
+            if message.at < self.drained_at:
+                return
         elif isinstance(message, DispatcherReady):
             self.inflight = max(0, self.capacity - message.free)
         elif not isinstance(message, Tick):
@@ -144,6 +155,7 @@ class Poller(SupervisedActor):
             if free < self.batch and self.inflight > self.batch:
                 return
             want = min(free, self.batch)
+            started = time.monotonic()
             result = self._claims().claim(want)
             if self.down:
                 log.info("database answers again: claiming")
@@ -152,4 +164,5 @@ class Poller(SupervisedActor):
                 self.inflight += len(result.runs)
                 self.ctx.registry.tell("dispatcher", Dispatch(tuple(result.runs)))
             if len(result.runs) < want and not result.promoted:
+                self.drained_at = started
                 return
