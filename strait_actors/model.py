@@ -134,6 +134,7 @@ class ClaimedRun:
 
     id: str
     job_id: str
+    project_id: str
     attempt: int
     payload: str  # JSON text, POSTed as it is
     lease_id: str

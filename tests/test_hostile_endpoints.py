@@ -131,7 +131,8 @@ def test_connection_errors_are_classed_by_type_not_by_words_in_the_host_name() -
     from strait_actors.model import ClaimedRun
 
     run = ClaimedRun(
-        id=str(uuid.uuid4()), job_id=str(uuid.uuid4()), attempt=1, payload="{}", lease_id=str(uuid.uuid4()),
+        id=str(uuid.uuid4()), job_id=str(uuid.uuid4()), project_id="p", attempt=1, payload="{}",
+        lease_id=str(uuid.uuid4()),
         expires_at=None, previous_error=None, endpoint_url="http://zoom.invalid:1/boom-oom", timeout_secs=5,
         max_attempts=3, retry_strategy="fixed", retry_delays_secs=None, retry_priority_boost=0, signing_secret=None,
     )  # fmt: skip

@@ -100,3 +100,16 @@ def test_retention_of_event_triggers(dsn: str) -> None:
         assert retention.purge_event_triggers(conn, 720, limit=100) == 2
         assert sorted(r[0] for r in conn.execute("SELECT event_key FROM event_triggers")) == ["c", "d"]
         assert retention.purge_event_triggers(conn, 0, limit=100) == 0
+
+
+def test_retention_of_shared_circuits(dsn: str) -> None:
+    """Closed circuits untouched for a week go; open ones and recent ones stay."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for url_hash, open_for, days in (("old", None, 8), ("recent", None, 2), ("open", "1 day", 8)):
+            conn.execute(
+                "INSERT INTO endpoint_circuits (project_id, url_hash, failures, open_until, updated_at) "
+                "VALUES ('p', %s, 2, now() + %s::interval, now() - make_interval(days => %s))",
+                (url_hash, open_for, days),
+            )
+        assert retention.purge_circuits(conn, limit=100) == 1
+        assert sorted(r[0] for r in conn.execute("SELECT url_hash FROM endpoint_circuits")) == ["open", "recent"]

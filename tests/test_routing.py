@@ -3,7 +3,10 @@ circuit breaker (engine.md §3.4), against real local endpoints that fail on pur
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -119,3 +122,75 @@ def test_the_circuit_opens_holds_runs_without_spending_attempts_then_closes(
     assert all(ended[r]["attempt"] == 1 for r in later)  # waiting on the circuit spent no attempt
     # the 3 failures, at most one failed half-open probe, then one call per run
     assert 3 + 10 <= calls["flaky"] <= 3 + 1 + 10
+
+
+def test_circuits_are_counted_across_processes_in_the_shared_table(dsn: str) -> None:
+    """record_circuits as two dispatchers use it: failures add up across them, calls failing while
+    the circuit cools are not counted, the probe's failure opens it again, a success closes it."""
+    from strait_actors.breaker import CircuitDelta, key
+    from strait_actors.store import queue
+
+    p, h = key("p", "http://down/")
+
+    async def write(conn: psycopg.AsyncConnection, failures: int, ok: bool = False) -> list[tuple[str, str, float]]:
+        return await queue.record_circuits(conn, [CircuitDelta(p, h, failures, ok)], threshold=5, cooldown=2)
+
+    def row(conn: psycopg.Connection) -> Any:
+        return conn.execute("SELECT failures, open_until > now() FROM endpoint_circuits").fetchone()
+
+    async def go() -> None:
+        async with (
+            await psycopg.AsyncConnection.connect(dsn, autocommit=True) as one,
+            await psycopg.AsyncConnection.connect(dsn, autocommit=True) as two,
+        ):
+            with psycopg.connect(dsn, autocommit=True) as look:
+                assert await write(one, 3) == [] and row(look) == (3, None)
+                assert [(x[0], x[1]) for x in await write(two, 2)] == [(p, h)]  # 3 + 2: open
+                assert row(look) == (5, True)
+                await write(one, 4)  # calls that were out when it opened say nothing new
+                assert row(look) == (5, True)
+                look.execute("UPDATE endpoint_circuits SET open_until = now() - interval '1 s'")  # cooled
+                assert len(await write(two, 1)) == 1 and row(look) == (6, True)  # the probe failed
+                await write(one, 0, ok=True)
+                assert row(look) is None  # closed everywhere: no row
+
+    asyncio.run(go())
+
+
+def test_a_circuit_another_process_opened_holds_this_ones_runs(
+    dsn: str, one_worker: tuple[Server, Any], endpoint: Endpoint
+) -> None:
+    """A circuit open in the table (opened by another worker process) holds this worker's runs of
+    that endpoint without calling it, for its project only; after the cool-down they complete and the
+    first success removes the circuit for everyone."""
+    _server, c = one_worker
+    calls = _by_path(endpoint, {"shared": 200})
+    url = endpoint.url + "?as=shared"
+    job = make_job(c, endpoint, "shared", endpoint_url=url, max_attempts=3)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        project = conn.execute("SELECT project_id FROM jobs WHERE id = %s", (job["id"],)).fetchone()[0]
+        conn.execute(
+            "INSERT INTO endpoint_circuits (project_id, url_hash, failures, open_until) "
+            "VALUES (%s, %s, 5, now() + interval '3 s'), ('another-project', %s, 5, now() + interval '1 h')",
+            (project, hashlib.sha256(url.encode()).hexdigest(), hashlib.sha256(url.encode()).hexdigest()),
+        )
+    time.sleep(1.1)  # the dispatcher's one-second view of the table has run out
+    runs = [c.jobs.trigger(job["id"], {"payload": {"i": i}})["id"] for i in range(3)]
+
+    def held() -> int:
+        with psycopg.connect(dsn) as conn:
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM job_runs WHERE job_id = %s AND status = 'queued' "
+                    "AND error_class = 'circuit_open' AND attempt = 1",
+                    (job["id"],),
+                ).fetchone()[0]
+            )
+
+    wait_for(lambda: held() == 3, 5, what="the runs held by the shared circuit")
+    assert calls["shared"] == 0
+    ended = [wait_terminal(c, r, 30) for r in runs]
+    assert [r["status"] for r in ended] == ["completed"] * 3 and calls["shared"] == 3
+    with psycopg.connect(dsn) as conn:
+        left = conn.execute("SELECT project_id FROM endpoint_circuits").fetchall()
+    assert left == [("another-project",)]  # closed for this project; the other's is its own

@@ -144,7 +144,7 @@ def test_run_token_claims_and_expiry() -> None:
 
 
 def test_a_circuit_opens_after_the_threshold_half_opens_for_one_probe_and_closes_on_success() -> None:
-    from strait_actors.breaker import Breakers
+    from strait_actors.breaker import Breakers, key
     from strait_actors.model import Outcome
 
     def outcome(error_class: str | None) -> Outcome:
@@ -152,15 +152,43 @@ def test_a_circuit_opens_after_the_threshold_half_opens_for_one_probe_and_closes
         return Outcome("r", 1, "l", status, None, error_class and "boom", error_class, 0.0, 0)
 
     b = Breakers(threshold=3, cooldown=10.0)
-    url = "http://e/"
-    assert not b.record(url, outcome("server"), now=0) and not b.record(url, outcome("client"), now=0)
-    assert b.hold_for(url, now=0) == 0  # a 4xx answer reset the count
-    assert [b.record(url, outcome("connection"), now=1) for _ in range(3)] == [False, False, True]
-    assert b.hold_for(url, now=5) == 6.0 and b.hold_for(url, now=10.9) > 0
-    assert b.hold_for(url, now=11) == 0  # half-open: one probe goes
-    assert b.hold_for(url, now=11.5) == 1.0  # the others wait while it is out
-    assert not b.record(url, outcome("transient"), now=12)  # the probe failed: open again
-    assert b.hold_for(url, now=13) == 9.0
-    assert b.hold_for(url, now=22) == 0 and not b.record(url, outcome(None), now=22)
-    assert b.hold_for(url, now=22.1) == 0 and url not in b.circuits  # closed
-    assert Breakers(threshold=0, cooldown=10).record(url, outcome("server")) is False  # 0: off
+    url, p = "http://e/", "proj"
+    assert not b.record(p, url, outcome("server"), now=0) and not b.record(p, url, outcome("client"), now=0)
+    assert b.hold_for(p, url, now=0) == 0  # a 4xx answer reset the count
+    assert [b.record(p, url, outcome("connection"), now=1) for _ in range(3)] == [False, False, True]
+    assert b.hold_for(p, url, now=5) == 6.0 and b.hold_for(p, url, now=10.9) > 0
+    assert b.hold_for("other-project", url, now=5) == 0  # one project's failures hold only its own runs
+    assert b.hold_for(p, url, now=11) == 0  # half-open: one probe goes
+    assert b.hold_for(p, url, now=11.5) == 1.0  # the others wait while it is out
+    assert not b.record(p, url, outcome("transient"), now=12)  # the probe failed: open again
+    assert b.hold_for(p, url, now=13) == 9.0
+    assert b.hold_for(p, url, now=22) == 0 and not b.record(p, url, outcome(None), now=22)
+    assert b.hold_for(p, url, now=22.1) == 0 and key(p, url) not in b.circuits  # closed
+    assert Breakers(threshold=0, cooldown=10).record(p, url, outcome("server")) is False  # 0: off
+
+
+def test_circuit_counts_go_to_the_shared_table_and_its_open_circuits_hold_runs() -> None:
+    """What a dispatcher writes with its outcome batch and what it reads back (engine.md §3.4)."""
+    import time
+
+    from strait_actors.breaker import Breakers, CircuitDelta, key
+    from strait_actors.model import Outcome
+
+    def outcome(error_class: str | None) -> Outcome:
+        return Outcome("r", 1, "l", "queued" if error_class else "completed", None, None, error_class, 0.0, 0)
+
+    b = Breakers(threshold=5, cooldown=60.0)
+    a, z = ("p", "http://a/"), ("p", "http://z/")
+    b.record(*a, outcome("server"))
+    b.record(*a, outcome("transient"))  # a timeout's class
+    b.record(*a, outcome("connection"))
+    b.record(*z, outcome(None))  # a healthy endpoint costs no row
+    ka = key(*a)
+    assert b.take_deltas() == [CircuitDelta(ka[0], ka[1], 3, False)] and not b.deltas
+    b.record(*a, outcome(None))  # a success of an endpoint with a row: the row goes
+    assert b.take_deltas() == [CircuitDelta(ka[0], ka[1], 0, True)]
+    assert b.hold_for(*z) == 0 and not b.watching
+    b.read([(*key(*z), time.time() + 30), (*ka, None)])  # another process opened z's circuit
+    assert 29 < b.hold_for(*z) <= 30 and b.hold_for(*a) == 0 and b.hold_for("q", z[1]) == 0
+    b.record(*a, outcome(None))
+    assert b.take_deltas() == [CircuitDelta(ka[0], ka[1], 0, True)]  # counted elsewhere: reset it

@@ -96,7 +96,10 @@ class DispatcherPool(LoopActor):
 
     async def _call(self, run: ClaimedRun) -> None:
         s = self.ctx.settings
-        wait = self.breakers.hold_for(run.endpoint_url) if self.breakers.circuits else 0.0
+        if self.breakers.stale():  # what other processes counted, read again at most once a second
+            self.breakers.read_at = time.monotonic()
+            await self._read_circuits()
+        wait = self.breakers.hold_for(run.project_id, run.endpoint_url) if self.breakers.watching else 0.0
         if wait:  # the circuit is open: back to the queue until it half-opens, no attempt spent
             error = f"circuit open for this endpoint: waits {wait:.0f} s"
             outcome = Outcome(run.id, run.attempt, run.lease_id, S.QUEUED, None, error, "circuit_open", wait, 0)
@@ -108,7 +111,7 @@ class DispatcherPool(LoopActor):
                 http_timeout_cap=s.executor_http_timeout_secs,
                 max_response_bytes=s.max_response_bytes,
             )
-            if self.breakers.record(run.endpoint_url, outcome):
+            if self.breakers.record(run.project_id, run.endpoint_url, outcome):
                 log.warning("circuit opened for %s: %s", run.endpoint_url, outcome.error)
         self.pending.append(outcome)
         if not self.flushing:
@@ -125,6 +128,8 @@ class DispatcherPool(LoopActor):
                 for o in batch:
                     self.inflight.pop(o.run_id, None)
                 self.ctx.registry.tell("poller", SlotsFreed(len(batch), time.monotonic()))
+                if self.breakers.deltas:
+                    await self._write_circuits()
         finally:
             self.flushing = False
 
@@ -148,6 +153,26 @@ class DispatcherPool(LoopActor):
                     log.warning("outcome write failed (%s); retrying every second", exc)
                 tries += 1
                 await asyncio.sleep(min(0.1 * 2**tries, 1.0))
+
+    async def _write_circuits(self) -> None:
+        """Add the calls' failures and successes to the shared circuits (engine.md §3.4). The
+        breaker is advice: a count lost to an outage is not retried."""
+        deltas = self.breakers.take_deltas()
+        s = self.ctx.settings
+        try:
+            opened = await queue.record_circuits(
+                await self._connection(), deltas, s.circuit_breaker_threshold, s.circuit_breaker_cooldown_secs
+            )
+        except Unavailable as exc:
+            log.warning("circuit counts not written: %s", exc)
+            return
+        self.breakers.opened(opened)
+
+    async def _read_circuits(self) -> None:
+        try:
+            self.breakers.read(await queue.read_circuits(await self._connection()))
+        except Unavailable as exc:
+            log.debug("circuits not read: %s", exc)
 
     async def _heartbeat(self) -> None:
         """Extend the leases in flight; after an outage this reconnects even when no outcome is due,

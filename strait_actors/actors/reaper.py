@@ -94,12 +94,13 @@ class Reaper(SweepActor):
             self.purge(conn)
 
     def purge(self, conn: psycopg.Connection) -> None:
-        """Retention: one bounded batch each of old runs, old event triggers and old rate-limit hits."""
+        """Retention: one bounded batch each of old runs, event triggers, rate-limit hits and circuits."""
         s = self.ctx.settings
         runs = retention.purge_runs(
             conn, s.run_retention_short_hours, s.run_retention_long_hours, s.retention_batch_size
         )
         triggers = retention.purge_event_triggers(conn, s.event_trigger_retention_hours, s.retention_batch_size)
         hits = retention.purge_rate_hits(conn, s.retention_batch_size)
+        retention.purge_circuits(conn, s.retention_batch_size)
         if runs or triggers or hits:
             log.info("retention: deleted %d run(s), %d event trigger(s), %d rate-limit hit(s)", runs, triggers, hits)

@@ -181,7 +181,7 @@ WITH due AS (
 ){after claimed}
 -- always one row at least: (NULL id, promoted count) when nothing was claimed; `promoted` also counts
 -- runs this claim held back or left for their new gate: either way, claim again at once
-SELECT c.id::text AS id, c.job_id::text AS job_id, c.attempt, c.payload, c.lease_id::text AS lease_id,
+SELECT c.id::text AS id, c.job_id::text AS job_id, j.project_id, c.attempt, c.payload, c.lease_id::text AS lease_id,
        c.expires_at, c.previous_error,
        -- the settings of the job version the run is pinned to, else the job's own (engine.md §3.1);
        -- the endpoint of the job's environment (ENDPOINT_URL, step 4) before either: migration 0007
@@ -245,6 +245,42 @@ WITH v AS (
               r.job_id, r.slots
 ){after moved}
 SELECT id::text AS id FROM moved
+
+-- name: record_circuits
+-- Shared circuit breakers (engine.md §3.4, migration 0010): each endpoint's failed calls of one
+-- outcome batch are added to its consecutive failures (not while it is open and cooling: calls that
+-- were out when it opened say nothing new); reaching the threshold opens it for the cool-down, and
+-- a failure after the cool-down (the probe's) opens it again. A success closes it (the row goes).
+-- Returns the circuits open now among those written.
+WITH v AS (
+    SELECT * FROM unnest(%(projects)s::text[], %(hashes)s::text[], %(failures)s::int[], %(ok)s::bool[])
+        AS v(project_id, url_hash, failures, ok)
+), closed AS (
+    DELETE FROM endpoint_circuits c USING v
+    WHERE v.ok AND c.project_id = v.project_id AND c.url_hash = v.url_hash
+), counted AS (
+    INSERT INTO endpoint_circuits AS c (project_id, url_hash, failures, open_until)
+    SELECT v.project_id, v.url_hash, v.failures,
+           CASE WHEN v.failures >= %(threshold)s THEN now() + make_interval(secs => %(cooldown)s) END
+    FROM v WHERE NOT v.ok AND v.failures > 0
+    ORDER BY v.project_id, v.url_hash
+    ON CONFLICT (project_id, url_hash) DO UPDATE SET
+        failures = CASE WHEN c.open_until > now() THEN c.failures ELSE c.failures + EXCLUDED.failures END,
+        open_until = CASE WHEN c.open_until > now() THEN c.open_until
+                          WHEN c.failures + EXCLUDED.failures >= %(threshold)s
+                          THEN now() + make_interval(secs => %(cooldown)s)
+                          ELSE c.open_until END,
+        updated_at = now()
+    RETURNING c.project_id, c.url_hash, c.open_until
+)
+SELECT project_id, url_hash, extract(epoch FROM open_until)::float8 AS open_until FROM counted
+WHERE open_until > now()
+
+-- name: read_circuits
+-- Every endpoint circuit with failures counted (few: a success deletes its row), for the
+-- dispatchers' one-second cache; `open_until` in epoch seconds, NULL while closed.
+SELECT project_id, url_hash, extract(epoch FROM open_until)::float8 AS open_until
+FROM endpoint_circuits LIMIT 10000
 
 -- name: listen_wake
 -- The pollers' wake-up channel: every {wake} of the transition seam NOTIFYs it.
@@ -1786,6 +1822,19 @@ WITH old AS (
     SELECT ctid FROM rate_limit_hits WHERE at < now() - make_interval(secs => %(secs)s) LIMIT %(limit)s
 ), gone AS (
     DELETE FROM rate_limit_hits h USING old WHERE h.ctid = old.ctid RETURNING 1
+)
+SELECT count(*) AS n FROM gone
+
+-- name: purge_circuits
+-- Shared circuits (migration 0010) closed and untouched for a week: an endpoint that failed a few
+-- times and was never called again (a success deletes its row at once). One bounded batch.
+WITH old AS (
+    SELECT project_id, url_hash FROM endpoint_circuits
+    WHERE updated_at < now() - interval '7 days' AND (open_until IS NULL OR open_until < now())
+    LIMIT %(limit)s
+), gone AS (
+    DELETE FROM endpoint_circuits c USING old
+    WHERE c.project_id = old.project_id AND c.url_hash = old.url_hash RETURNING 1
 )
 SELECT count(*) AS n FROM gone
 

@@ -17,6 +17,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row, kwargs_row, scalar_row
 
+from strait_actors.breaker import CircuitDelta
 from strait_actors.model import ClaimedRun, Outcome
 from strait_actors.store.errors import Rejected, translated
 from strait_actors.store.sql import count, q
@@ -135,6 +136,32 @@ async def _record(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> set
         async with conn.cursor(row_factory=scalar_row) as cur:
             await cur.execute(q("record_outcomes"), params)
             return set(await cur.fetchall())
+
+
+async def record_circuits(
+    conn: psycopg.AsyncConnection, deltas: list[CircuitDelta], threshold: int, cooldown: float
+) -> list[tuple[str, str, float]]:
+    """Add a batch's failed and successful calls to the shared circuits; the ones open now."""
+    params = {
+        "projects": [d.project_id for d in deltas],
+        "hashes": [d.url_hash for d in deltas],
+        "failures": [d.failures for d in deltas],
+        "ok": [d.ok for d in deltas],
+        "threshold": threshold,
+        "cooldown": cooldown,
+    }
+    with translated():
+        async with conn.cursor() as cur:
+            await cur.execute(q("record_circuits"), params)
+            return [(p, h, float(t)) for p, h, t in await cur.fetchall()]
+
+
+async def read_circuits(conn: psycopg.AsyncConnection) -> list[tuple[str, str, float | None]]:
+    """Every shared circuit with failures counted: (project, URL hash, open until (epoch) or None)."""
+    with translated():
+        async with conn.cursor() as cur:
+            await cur.execute(q("read_circuits"))
+            return [(p, h, t) for p, h, t in await cur.fetchall()]
 
 
 async def extend_leases(conn: psycopg.AsyncConnection, runs: Iterable[tuple[str, str]], lease_secs: float) -> None:

@@ -44,3 +44,8 @@ def purge_event_triggers(conn: psycopg.Connection, hours: float, limit: int) -> 
 def purge_rate_hits(conn: psycopg.Connection, limit: int) -> int:
     """Delete one batch of named-key hits older than the longest window a key may have."""
     return count(conn, "purge_rate_hits", {"secs": MAX_WINDOW_SECS, "limit": limit})
+
+
+def purge_circuits(conn: psycopg.Connection, limit: int) -> int:
+    """Delete one batch of shared circuits closed and untouched for a week."""
+    return count(conn, "purge_circuits", {"limit": limit})
