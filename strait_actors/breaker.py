@@ -9,7 +9,7 @@ URL): one tenant's failing calls never hold another's runs.
 
 The count is kept in `endpoint_circuits`, where each dispatcher adds its calls' failures and
 successes with its outcome writes (only endpoints known to be failing cost a row; a healthy one
-costs a set lookup per call), and it reads the table back at most once a second: a circuit another
+costs a set lookup per call), and it reads the table back once a second, off the call path: a circuit another
 process opened holds this one's runs too. Locally each process also counts and opens at once, and
 after the cool-down lets one call through (half-open) until it answers: its success closes the
 circuit everywhere, its failure opens it again for another cool-down.
@@ -58,15 +58,11 @@ class Breakers:
         self.shared: dict[Key, float] = {}  # circuits open in the table: until (epoch seconds)
         self.known: set[Key] = set()  # endpoints with a row in the table (failures counted somewhere)
         self.deltas: dict[Key, list[int]] = {}  # to write: [failures, succeeded]
-        self.read_at = -REFRESH_SECS  # monotonic time of the last read of the table
 
     @property
     def watching(self) -> bool:
         """Whether any circuit is counting or open: when not, a call needs no check at all."""
         return bool(self.circuits or self.shared)
-
-    def stale(self, now: float | None = None) -> bool:
-        return self.threshold > 0 and (time.monotonic() if now is None else now) - self.read_at >= REFRESH_SECS
 
     def hold_for(self, project_id: str, url: str, now: float | None = None) -> float:
         """0 if a call to `url` may go now, else how many seconds its runs should wait."""
@@ -125,8 +121,7 @@ class Breakers:
         for p, h, until in rows:
             self.shared[(p, h)] = until
 
-    def read(self, rows: list[tuple[str, str, float | None]], now: float | None = None) -> None:
+    def read(self, rows: list[tuple[str, str, float | None]]) -> None:
         """The whole table, as read just now."""
-        self.read_at = time.monotonic() if now is None else now
         self.known = {(p, h) for p, h, _ in rows}
         self.shared = {(p, h): until for p, h, until in rows if until is not None}

@@ -174,7 +174,7 @@ def test_a_circuit_another_process_opened_holds_this_ones_runs(
             "VALUES (%s, %s, 5, now() + interval '3 s'), ('another-project', %s, 5, now() + interval '1 h')",
             (project, hashlib.sha256(url.encode()).hexdigest(), hashlib.sha256(url.encode()).hexdigest()),
         )
-    time.sleep(1.1)  # the dispatcher's one-second view of the table has run out
+    time.sleep(1.1)  # the dispatcher reads the table once a second
     runs = [c.jobs.trigger(job["id"], {"payload": {"i": i}})["id"] for i in range(3)]
 
     def held() -> int:

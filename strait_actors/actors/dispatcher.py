@@ -18,7 +18,7 @@ import psycopg
 from strait_actors import outbound
 from strait_actors.actors.base import TreeContext
 from strait_actors.actors.loop import LoopActor
-from strait_actors.breaker import Breakers
+from strait_actors.breaker import REFRESH_SECS, Breakers
 from strait_actors.fsm import S
 from strait_actors.messages import Dispatch, DispatcherReady, ReportCapacity, SlotsFreed, Tick
 from strait_actors.model import ClaimedRun, Outcome
@@ -58,8 +58,10 @@ class DispatcherPool(LoopActor):
 
     # ------------------------------------------------------------ loop thread
     async def open(self) -> None:
-        """Connect the outcome writer."""
+        """Connect the outcome writer; keep the view of the shared circuits fresh."""
         self.db = await queue.connect_async(self.ctx.dsn)
+        if self.breakers.threshold:
+            self.spawn(self._watch_circuits())
 
     async def close(self) -> None:
         """Drop pooled endpoint connections and the database connection."""
@@ -96,9 +98,6 @@ class DispatcherPool(LoopActor):
 
     async def _call(self, run: ClaimedRun) -> None:
         s = self.ctx.settings
-        if self.breakers.stale():  # what other processes counted, read again at most once a second
-            self.breakers.read_at = time.monotonic()
-            await self._read_circuits()
         wait = self.breakers.hold_for(run.project_id, run.endpoint_url) if self.breakers.watching else 0.0
         if wait:  # the circuit is open: back to the queue until it half-opens, no attempt spent
             error = f"circuit open for this endpoint: waits {wait:.0f} s"
@@ -168,11 +167,15 @@ class DispatcherPool(LoopActor):
             return
         self.breakers.opened(opened)
 
-    async def _read_circuits(self) -> None:
-        try:
-            self.breakers.read(await queue.read_circuits(await self._connection()))
-        except Unavailable as exc:
-            log.debug("circuits not read: %s", exc)
+    async def _watch_circuits(self) -> None:
+        """What every process counted, read once a second (engine.md §3.4: cached 1 s) off the call
+        path: a circuit another process opened holds this one's runs within a second."""
+        while True:
+            try:
+                self.breakers.read(await queue.read_circuits(await self._connection()))
+            except Unavailable as exc:
+                log.debug("circuits not read: %s", exc)
+            await asyncio.sleep(REFRESH_SECS)
 
     async def _heartbeat(self) -> None:
         """Extend the leases in flight; after an outage this reconnects even when no outcome is due,
