@@ -98,13 +98,12 @@ WITH due AS (
     UNION SELECT job_id, ckey, max(key_cap) FROM pool WHERE runnable AND key_gated GROUP BY job_id, ckey
     UNION SELECT job_id, substr(was_held, 3), NULL FROM pool WHERE was_held IS NOT NULL
 ), gates AS (
-    -- one index probe per wanted gate, locked in key order (the sorted list drives the loop); an
-    -- ORDER BY over the gates themselves walks every gate of the table in key order instead (sorts
-    -- are priced out on these connections), 24 ms a claim at 1,000 keys
+    -- locked in key order by strait_lock_gates (migration 0011: a gate changed since this
+    -- statement's snapshot is re-checked there, not by setting up this whole statement again), one
+    -- index probe each; their free slots as they are now. No gate wanted: no call.
     SELECT g.job_id, g.ckey, g.spare
-    FROM (SELECT DISTINCT job_id, ckey FROM wanted ORDER BY job_id, ckey) w
-    CROSS JOIN LATERAL (SELECT g.job_id, g.ckey, g.cap - g.active AS spare FROM run_gates g
-                        WHERE g.job_id = w.job_id AND g.ckey = w.ckey FOR UPDATE) g
+    FROM (SELECT array_agg(job_id) AS j, array_agg(ckey) AS k FROM wanted HAVING count(*) > 0) w
+    CROSS JOIN LATERAL strait_lock_gates(w.j, w.k) g
 ), new_gates AS (
     INSERT INTO run_gates (job_id, ckey, cap)
     SELECT w.job_id, w.ckey, w.cap FROM wanted w
@@ -150,9 +149,14 @@ WITH due AS (
       AND r.held IS DISTINCT FROM CASE WHEN d.verdict = 'defer' THEN NULL ELSE d.verdict END
     RETURNING r.id
 ), gate_moves AS (
-    -- each gate updated once: slots taken, runs it now holds, runs it no longer holds
-    UPDATE run_gates g SET active = g.active + m.taken, held = GREATEST(g.held + m.held_in - m.held_out, 0)
-    FROM (SELECT job_id, ckey, sum(taken)::int AS taken, sum(held_in)::int AS held_in, sum(held_out)::int AS held_out
+    -- each gate moved once, by strait_move_gates (migration 0011): slots taken, runs it now holds,
+    -- runs it no longer holds. Written nowhere (the function never returns NULL): a row-writing CTE
+    -- runs whether or not the statement reads it. No wake: this claim's caller claims again itself.
+    INSERT INTO run_gates (job_id, ckey, cap)
+    SELECT NULL, NULL, NULL FROM (
+        SELECT array_agg(m.job_id) AS j, array_agg(m.ckey) AS k, array_agg(m.taken) AS a,
+               array_agg(m.held_in - m.held_out) AS h
+        FROM (SELECT job_id, ckey, sum(taken)::int AS taken, sum(held_in)::int AS held_in, sum(held_out)::int AS held_out
           FROM (SELECT d.job_id, s AS ckey, 1 AS taken, 0 AS held_in, 0 AS held_out
                 FROM decided d CROSS JOIN LATERAL unnest(d.slots) s WHERE d.verdict = 'ok'
                 UNION ALL
@@ -162,8 +166,8 @@ WITH due AS (
                 SELECT d.job_id, substr(d.was_held, 3), 0, 0, 1 FROM decided d
                 WHERE d.was_held IS NOT NULL AND d.verdict IS DISTINCT FROM d.was_held) x
           GROUP BY job_id, ckey) m JOIN gates k ON k.job_id = m.job_id AND k.ckey = m.ckey
-    WHERE g.job_id = m.job_id AND g.ckey = m.ckey
-    RETURNING g.job_id
+        HAVING count(*) > 0) d
+    WHERE strait_move_gates(d.j, d.k, d.a, d.h, false) IS NULL
 ), candidates AS (
     SELECT d.id, d.resume_event_key, d.slots FROM decided d WHERE d.verdict = 'ok'
 ), claimed AS (

@@ -299,11 +299,12 @@ def _release_dependents(t: Transition) -> str:
 
 def _gates(t: Transition) -> str:
     """Concurrency gates (migration 0005): a run leaving `executing` frees its slots, a held queued run
-    leaving the queue leaves its gate's held count. Gate rows are locked in key order, as the claim
-    locks them (the sorted deltas drive one index probe each), so a claim and a transition never
-    wait on each other in a cycle. A gate left with a free slot and held runs wakes the pollers: the
-    next claim takes them. Runs without slots and not held (every run of a job without limits) cost
-    a filter on this CTE only."""
+    leaving the queue leaves its gate's held count, in strait_move_gates (migration 0011: a conflict
+    on a gate row re-checks a one-line query there, not this whole statement). Gate rows are locked
+    in key order, as the claim locks them, so a claim and a transition never wait on each other in a
+    cycle. A gate left with a free slot and held runs wakes the pollers: the next claim takes them.
+    Runs without slots and not held (every run of a job without limits) cost a filter on this CTE
+    only."""
     parts = []
     if fsm.S.EXECUTING in t.sources:
         parts.append(
@@ -320,16 +321,14 @@ def _gates(t: Transition) -> str:
         f", {t.name}_gate_delta AS (\n"
         f"    SELECT job_id, ckey, sum(act)::int AS act, sum(hld)::int AS hld FROM (\n        {union}) x\n"
         "    GROUP BY job_id, ckey\n"
-        f"), {t.name}_gate_locks AS (\n"
-        "    SELECT g.job_id, g.ckey, d.act, d.hld\n"
-        f"    FROM (SELECT job_id, ckey, act, hld FROM {t.name}_gate_delta ORDER BY job_id, ckey) d\n"
-        "    CROSS JOIN LATERAL (SELECT g.job_id, g.ckey FROM run_gates g\n"
-        "                        WHERE g.job_id = d.job_id AND g.ckey = d.ckey FOR UPDATE) g\n"
         f"), {t.name}_gates AS (\n"
-        "    UPDATE run_gates g SET active = GREATEST(g.active - d.act, 0), held = GREATEST(g.held - d.hld, 0)\n"
-        f"    FROM {t.name}_gate_locks d\n"
-        "    WHERE g.job_id = d.job_id AND g.ckey = d.ckey\n"
-        "    RETURNING CASE WHEN g.held > 0 AND g.active < g.cap THEN pg_notify('strait_queue_wake', '') END\n"
+        "    -- written nowhere (the function never returns NULL): a row-writing CTE runs whether or\n"
+        "    -- not the statement reads it; the gates move in strait_move_gates (migration 0011)\n"
+        "    INSERT INTO run_gates (job_id, ckey, cap)\n"
+        "    SELECT NULL, NULL, NULL FROM (\n"
+        "        SELECT array_agg(job_id) AS j, array_agg(ckey) AS k, array_agg(-act) AS a, array_agg(-hld) AS h\n"
+        f"        FROM {t.name}_gate_delta HAVING count(*) > 0) d\n"
+        "    WHERE strait_move_gates(d.j, d.k, d.a, d.h, true) IS NULL\n"
         ")"
     )
 
