@@ -33,8 +33,7 @@ SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     ready boolean;
 BEGIN
-    PERFORM 1 FROM (SELECT DISTINCT u.j, u.k FROM unnest(p_jobs, p_keys) AS u(j, k) ORDER BY u.j, u.k) w
-    CROSS JOIN LATERAL (SELECT 1 FROM run_gates x WHERE x.job_id = w.j AND x.ckey = w.k FOR UPDATE) g;
+    PERFORM 1 FROM strait_lock_gates(p_jobs, p_keys);
     WITH d AS (
         SELECT u.j, u.k, sum(u.a)::int AS a, sum(u.h)::int AS h
         FROM unnest(p_jobs, p_keys, p_active, p_held) AS u(j, k, a, h) GROUP BY u.j, u.k

@@ -9,8 +9,8 @@ URL): one tenant's failing calls never hold another's runs.
 
 The count is kept in `endpoint_circuits`, where each dispatcher adds its calls' failures and
 successes with its outcome writes (only endpoints known to be failing cost a row; a healthy one
-costs a set lookup per call), and it reads the table back once a second, off the call path: a circuit another
-process opened holds this one's runs too. Locally each process also counts and opens at once, and
+costs a set lookup per call), and it reads the table back once a second, off the call path: a
+circuit another process opened holds this one's runs too. Locally each process also counts and opens at once, and
 after the cool-down lets one call through (half-open) until it answers: its success closes the
 circuit everywhere, its failure opens it again for another cool-down.
 """
@@ -124,4 +124,5 @@ class Breakers:
     def read(self, rows: list[tuple[str, str, float | None]]) -> None:
         """The whole table, as read just now."""
         self.known = {(p, h) for p, h, _ in rows}
-        self.shared = {(p, h): until for p, h, until in rows if until is not None}
+        now = time.time()  # a circuit past its cool-down holds nothing: calls need no check for it
+        self.shared = {(p, h): until for p, h, until in rows if until is not None and until > now}

@@ -110,14 +110,17 @@ EXAMPLES = {r: math.ceil(TOTAL * w / sum(_WEIGHTS.values())) for r, w in _WEIGHT
 
 
 class LocalEndpoint:
-    """Job endpoints on localhost for the whole module: /ok answers at once, /slow after 1.5 s."""
+    """Job endpoints on localhost for the whole module: /ok answers at once, /slow after 1.5 s (or at
+    once when the endpoint closes: no handler outlives the module)."""
 
     def __init__(self) -> None:
+        closing = self.closing = threading.Event()
+
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.path == "/slow":
-                    time.sleep(1.5)
+                    closing.wait(1.5)  # the slow endpoint's answer time, cut short by close()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", "2")
@@ -139,6 +142,7 @@ class LocalEndpoint:
         self.thread.start()
 
     def close(self) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 

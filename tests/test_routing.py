@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -174,7 +173,17 @@ def test_a_circuit_another_process_opened_holds_this_ones_runs(
             "VALUES (%s, %s, 5, now() + interval '3 s'), ('another-project', %s, 5, now() + interval '1 h')",
             (project, hashlib.sha256(url.encode()).hexdigest(), hashlib.sha256(url.encode()).hexdigest()),
         )
-    time.sleep(1.1)  # the dispatcher reads the table once a second
+        written = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+        def read_since() -> bool:  # the dispatcher's once-a-second read of the table, after the insert
+            return bool(
+                conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE query LIKE %s AND state = 'idle' AND state_change > %s",
+                    ("%Every endpoint circuit with failures counted%", written),
+                ).fetchone()
+            )
+
+        wait_for(read_since, 5, what="the dispatcher reading the circuits after the insert")
     runs = [c.jobs.trigger(job["id"], {"payload": {"i": i}})["id"] for i in range(3)]
 
     def held() -> int:

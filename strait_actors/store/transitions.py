@@ -318,9 +318,8 @@ def _gates(t: Transition) -> str:
         )
     union = "\n        UNION ALL ".join(parts)
     return (
-        f", {t.name}_gate_delta AS (\n"
-        f"    SELECT job_id, ckey, sum(act)::int AS act, sum(hld)::int AS hld FROM (\n        {union}) x\n"
-        "    GROUP BY job_id, ckey\n"
+        f", {t.name}_gate_delta AS (  -- a row per slot or hold; strait_move_gates sums them per gate\n"
+        f"    {union}\n"
         f"), {t.name}_gates AS (\n"
         "    -- written nowhere (the function never returns NULL): a row-writing CTE runs whether or\n"
         "    -- not the statement reads it; the gates move in strait_move_gates (migration 0011)\n"
