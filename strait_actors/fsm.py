@@ -35,14 +35,17 @@ TERMINAL: frozenset[str] = frozenset(
 )
 ALL: frozenset[str] = frozenset(S)
 ACTIVE: frozenset[str] = ALL - TERMINAL
-# a run is created in one of these (a creation is not a transition: nothing to compare against)
-INITIAL: frozenset[str] = frozenset({S.QUEUED, S.DELAYED})
+# a run is created in one of these (a creation is not a transition: nothing to compare against); a
+# new run of a job with dependencies is created waiting while one is unmet (engine.md §1.3)
+INITIAL: frozenset[str] = frozenset({S.QUEUED, S.DELAYED, S.WAITING})
 # ended without success: a replay makes a new run from one of these (api.md §4.4)
 REPLAYABLE: frozenset[str] = frozenset({S.FAILED, S.TIMED_OUT, S.CRASHED, S.SYSTEM_FAILED})
 
-# from -> allowed targets. waiting -> queued is a first-class edge (engine.md §1.2 ⚠).
+# from -> allowed targets. waiting -> queued is a first-class edge (engine.md §1.2 ⚠). delayed -> waiting
+# is ours: a delayed run of a job with dependencies that comes due with one unmet waits for it
+# (migration 0012; engine.md §2.8 gates only the trigger, and would let a delayed run skip the gate).
 TRANSITIONS: dict[str, frozenset[str]] = {
-    S.DELAYED: frozenset({S.QUEUED, S.CANCELED, S.EXPIRED}),
+    S.DELAYED: frozenset({S.QUEUED, S.WAITING, S.CANCELED, S.EXPIRED}),
     S.QUEUED: frozenset({S.DEQUEUED, S.EXECUTING, S.CANCELED, S.EXPIRED}),
     S.DEQUEUED: frozenset({S.EXECUTING, S.QUEUED, S.CANCELED, S.SYSTEM_FAILED}),
     S.EXECUTING: frozenset(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,8 @@ import httpx
 import psycopg
 from aiohttp import web
 
-from strait_actors.store import queue
+from strait_actors.store import queue, schedules
+from strait_actors.store.sql import q
 from tests.conftest import SECRET, Endpoint, Server, wait_for
 from tests.helpers import make_job, make_runs
 
@@ -236,3 +238,122 @@ def test_the_ending_statement_itself_releases_its_dependents(dsn: str) -> None:
         events = conn.execute("SELECT message FROM run_events WHERE run_id = %s", (match,)).fetchall()
         assert events == [("waiting -> queued (dependencies met)",)]
         assert list(conn.notifies(timeout=1, stop_after=1))
+
+
+def test_every_way_into_the_queue_passes_the_gate(dsn: str) -> None:
+    """Not only triggers (migration 0012): a delayed run coming due, a cron tick, a spawn, a
+    continuation and a replay of a dependent job wait while the dependency is unmet, keyed as a
+    trigger is; the upstream run's end releases them all; once met, the same paths queue at once."""
+    now = datetime.now(UTC)
+    key = '{"dependency_key": "k"}'
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        up, free = make_job(conn, "http://x/"), make_job(conn, "http://x/")
+        down = make_job(
+            conn,
+            "http://x/",
+            has_dependencies=True,
+            cron="* * * * *",
+            next_fire_at=now - timedelta(seconds=1),
+            default_run_metadata=key,
+        )
+        conn.execute(
+            "INSERT INTO job_dependencies (id, job_id, depends_on_job_id, condition)"
+            " VALUES (gen_random_uuid(), %s, %s, 'any')",
+            (down, up),
+        )
+        due = now - timedelta(seconds=1)
+        delayed = make_runs(conn, down, 1, status="delayed", scheduled_at=due, metadata=key)[0]
+        other_key = make_runs(conn, down, 1, status="delayed", scheduled_at=due, metadata='{"dependency_key": "j"}')[0]
+        control = make_runs(conn, free, 1, status="delayed", scheduled_at=due)[0]
+        assert queue.Queue(conn, worker_id="w", lease_secs=30).claim(10).runs == []  # promoted, none claimable yet
+        [tick] = schedules.fire_due(conn, now)
+        assert tick.skipped is None and tick.run_id is not None
+        lease = uuid.uuid4()
+        (parent,) = make_runs(conn, down, 1, status="executing", lease_id=lease, metadata=key)
+        (ended,) = make_runs(conn, down, 1, status="failed", metadata=key)
+
+        def made(name: str, params: dict[str, Any]) -> str:
+            row = conn.execute(q(name), params).fetchone()
+            assert row is not None, name
+            return str(row[0])
+
+        token = {"parent_id": parent, "attempt": 1, "lease_id": lease, "actor": None}
+        spawned = made(
+            "sdk_spawn",
+            {
+                **token,
+                "child_id": uuid.uuid4(),
+                "job_id": down,
+                "payload": "{}",
+                "payload_hash": "h",
+                "priority": 0,
+                "await": False,
+                "trigger_id": uuid.uuid4(),
+                "timeout_secs": 60,
+            },
+        )
+        continued = made(
+            "sdk_continue", {**token, "new_id": uuid.uuid4(), "payload": None, "payload_hash": None, "max_depth": 10}
+        )
+        replayed = made("replay_run", {"id": ended, "new_id": uuid.uuid4(), "actor": "t"})
+        gated = [delayed, other_key, tick.run_id, spawned, continued, replayed]
+
+        def state() -> dict[str, tuple[str, bool]]:
+            rows = conn.execute("SELECT id::text, status, awaits_dependencies FROM job_runs").fetchall()
+            return {r[0]: (r[1], r[2]) for r in rows}
+
+        now_state = state()
+        assert [now_state[r] for r in gated] == [("waiting", True)] * 6
+        assert now_state[control] == ("queued", False)
+        # the upstream run ends (expires; the dependency takes any end): its statement releases those of key k
+        make_runs(conn, up, 1, expires_at=datetime.now(UTC) - timedelta(seconds=1), metadata=key)
+        assert queue.expire_runs(conn) == 1
+        now_state = state()
+        assert now_state[other_key] == ("waiting", True)  # another key: still waits
+        assert [now_state[r] for r in gated if r != other_key] == [("queued", False)] * 5
+        # met now: the same paths queue at once
+        again = made(
+            "sdk_spawn",
+            {
+                **token,
+                "child_id": uuid.uuid4(),
+                "job_id": down,
+                "payload": "{}",
+                "payload_hash": "h",
+                "priority": 0,
+                "await": False,
+                "trigger_id": uuid.uuid4(),
+                "timeout_secs": 60,
+            },
+        )
+        assert state()[again] == ("queued", False)
+
+
+def test_delayed_and_windowed_runs_wait_for_their_dependencies(strait: Server, endpoint: Endpoint) -> None:
+    """End to end: a delayed trigger, a debounced run and a batch wait once due or flushed, and are
+    released (then dispatched) by the upstream run of their key."""
+    with strait.client("p") as c:
+        _setup(c)
+        up = _job(c, "up", endpoint.url)
+        delayed, debounced, batched = (
+            _job(c, "delayed", endpoint.url),
+            _job(c, "debounced", endpoint.url, debounce_window_secs=1),
+            _job(c, "batched", endpoint.url, batch_window_secs=600, batch_max_size=2),
+        )
+        for job in (delayed, debounced, batched):
+            assert _depend(c, job, up).status_code == 201
+        soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        runs = [
+            _trigger(c, delayed, payload={"dependency_key": "k"}, scheduled_at=soon),
+            _trigger(c, debounced, payload={"dependency_key": "k"}, debounce_key="d"),
+            _trigger(c, batched, payload={"dependency_key": "k"}),
+        ]
+        filled = _trigger(c, batched, payload={"dependency_key": "k", "n": 2})  # fills the batch: flushed
+        assert filled["id"] == runs[2]["id"] and filled["status"] == "waiting"
+        ids = [r["id"] for r in runs]
+        wait_for(lambda: all(_status(c, r) == "waiting" for r in ids), what="every run waits once due")
+        assert not endpoint.run_ids()
+        for r in ids:
+            assert c.get(f"/v1/runs/{r}/dependency-status").json()["waiting_on_dependencies"] is True
+        _trigger(c, up, payload={"dependency_key": "k"})
+        wait_for(lambda: all(_status(c, r) == "completed" for r in ids), what="released and dispatched")

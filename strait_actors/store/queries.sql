@@ -39,17 +39,22 @@ INSERT INTO schema_migrations (name) VALUES (%(name)s)
 -- held (out of the claim index, until its gate frees one); a run of a paused (itself or its project:
 -- migration 0007), disabled or non-HTTP job is held as 'job' (its job's update releases it); a run whose gate does not exist yet is left
 -- queued and the gate made: the caller claims again at once (`promoted` counts it).
--- transition promoted: delayed -> queued
+-- A due run of a job with dependencies waits instead while one is unmet (migration 0012).
+-- transition promoted: delayed -> queued waiting
 -- transition claimed: queued -> executing
 WITH due AS (
-    SELECT id FROM job_runs
+    SELECT id, job_id, strait_run_dependency_key(idempotency_key, metadata, triggered_by) AS dkey FROM job_runs
     WHERE status = 'delayed' AND scheduled_at <= now()
     ORDER BY scheduled_at
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
+), entering AS (
+    SELECT due.id, CASE WHEN j.has_dependencies AND strait_dependencies_unmet(due.job_id, due.dkey)
+                        THEN 'waiting' ELSE 'queued' END AS to_status
+    FROM due JOIN jobs j ON j.id = due.job_id
 ), promoted AS (
-    UPDATE job_runs r SET status = 'queued'
-    FROM due WHERE r.id = due.id AND {guard promoted}
+    UPDATE job_runs r SET status = e.to_status, awaits_dependencies = e.to_status = 'waiting'
+    FROM entering e WHERE r.id = e.id AND {guard promoted}
     RETURNING r.id, 'delayed'::text AS from_status, r.status AS to_status, r.attempt
 ){after promoted}{wake promoted}, due_retries AS (
     -- retries in backoff wait out of the claim index (held 'retry'); due ones go back to it
@@ -776,7 +781,7 @@ UPDATE job_runs SET awaits_dependencies = true WHERE id = ANY(%(ids)s::uuid[]) A
 -- A run's dependencies as they stand: each upstream job, its condition, and whether it is met.
 SELECT d.id, d.depends_on_job_id, d.condition,
        strait_dependency_met(d.depends_on_job_id, d.condition,
-                             COALESCE(r.idempotency_key, r.metadata ->> 'dependency_key')) AS met
+                             strait_run_dependency_key(r.idempotency_key, r.metadata, r.triggered_by)) AS met
 FROM job_runs r JOIN job_dependencies d ON d.job_id = r.job_id
 WHERE r.id = %(id)s
 ORDER BY d.created_at, d.id
@@ -791,7 +796,7 @@ WITH cand AS (
       AND NOT EXISTS (
           SELECT 1 FROM job_dependencies d WHERE d.job_id = r.job_id
             AND NOT strait_dependency_met(d.depends_on_job_id, d.condition,
-                                          COALESCE(r.idempotency_key, r.metadata ->> 'dependency_key')))
+                                          strait_run_dependency_key(r.idempotency_key, r.metadata, r.triggered_by)))
     ORDER BY r.id
     FOR UPDATE SKIP LOCKED
 ), released AS (
@@ -818,7 +823,7 @@ WITH looked AS (  -- at most `limit` waits are looked at per pass (their index, 
       AND NOT EXISTS (
           SELECT 1 FROM job_dependencies d WHERE d.job_id = r.job_id
             AND NOT strait_dependency_met(d.depends_on_job_id, d.condition,
-                                          COALESCE(r.idempotency_key, r.metadata ->> 'dependency_key')))
+                                          strait_run_dependency_key(r.idempotency_key, r.metadata, r.triggered_by)))
     -- no ORDER BY: SKIP LOCKED never waits, and sorts are priced out on these connections, so an
     -- ORDER BY r.id walked the whole primary key of job_runs (20 ms a pass with 20,000 runs)
     FOR UPDATE OF r SKIP LOCKED
@@ -994,20 +999,24 @@ SELECT * FROM moved WHERE id = %(id)s
 
 -- name: replay_run
 -- A new run from a finished one: same payload, tags, priority and job version; attempt 1; queued.
+-- A run of a job with dependencies waits while one is unmet (migration 0012): its key is its metadata's.
 WITH src AS (
-    SELECT r.*, j.effective_run_ttl_secs AS ttl FROM job_runs r JOIN jobs j ON j.id = r.job_id
+    SELECT r.*, j.effective_run_ttl_secs AS ttl,
+           CASE WHEN j.has_dependencies AND strait_dependencies_unmet(j.id, r.metadata ->> 'dependency_key')
+                THEN 'waiting' ELSE 'queued' END AS entry
+    FROM job_runs r JOIN jobs j ON j.id = r.job_id
     WHERE r.id = %(id)s
 ), ins AS (
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                           triggered_by, expires_at, job_version, job_version_id, created_by, replayed_run_id,
-                          quota_counted)
-    SELECT %(new_id)s, job_id, project_id, 'queued', priority, payload, payload_hash, tags, metadata, 'manual',
+                          quota_counted, awaits_dependencies)
+    SELECT %(new_id)s, job_id, project_id, entry, priority, payload, payload_hash, tags, metadata, 'manual',
            now() + make_interval(secs => ttl), job_version, job_version_id, %(actor)s, id,
-           strait_quota_counted(project_id)
+           strait_quota_counted(project_id), entry = 'waiting'
     FROM src
     RETURNING *
 ), wake AS (
-    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM ins LIMIT 1) q
+    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM ins WHERE status = 'queued' LIMIT 1) q
 )
 SELECT ins.*, (SELECT count(*) FROM wake) AS woke FROM ins
 
@@ -1079,14 +1088,23 @@ RETURNING r.id, r.status
 -- batch size is 1), or the waiting one appends the payload, if it has room (items and bytes). The payload
 -- stays canonical text (items are canonical; the service checks that joining them is canonical) and its
 -- hash is that text's SHA-256, as for every payload. No row back: the run is full, flush it and try again.
-WITH up AS (
+-- A run queued at once of a job with dependencies waits instead while one is unmet (migration 0012).
+WITH entering AS (
+    SELECT CASE WHEN %(status)s = 'queued' AND j.has_dependencies
+                     AND strait_dependencies_unmet(j.id, strait_run_dependency_key(NULL, %(metadata)s, %(triggered_by)s))
+                THEN 'waiting' ELSE %(status)s END AS status
+    FROM (SELECT 1) one LEFT JOIN jobs j ON j.id = %(job_id)s
+), up AS (
     INSERT INTO job_runs AS r (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                                triggered_by, scheduled_at, expires_at, concurrency_key, batch_id, job_version,
-                               job_version_id, created_by, window_key, window_items, quota_counted)
-    VALUES (%(id)s, %(job_id)s, %(project_id)s, %(status)s, %(priority)s, %(payload)s::json, %(payload_hash)s,
-            %(tags)s, %(metadata)s, %(triggered_by)s, %(scheduled_at)s,
-            %(scheduled_at)s + make_interval(secs => %(ttl)s), %(concurrency_key)s, %(batch_id)s, %(job_version)s,
-            %(job_version_id)s, %(created_by)s, %(window_key)s, 1, strait_quota_counted(%(project_id)s))
+                               job_version_id, created_by, window_key, window_items, quota_counted,
+                               awaits_dependencies)
+    SELECT %(id)s, %(job_id)s, %(project_id)s, e.status, %(priority)s, %(payload)s::json, %(payload_hash)s,
+           %(tags)s, %(metadata)s, %(triggered_by)s, %(scheduled_at)s,
+           %(scheduled_at)s + make_interval(secs => %(ttl)s), %(concurrency_key)s, %(batch_id)s, %(job_version)s,
+           %(job_version_id)s, %(created_by)s, %(window_key)s, 1, strait_quota_counted(%(project_id)s),
+           e.status = 'waiting'
+    FROM entering e
     ON CONFLICT (job_id, window_key) WHERE status = 'delayed' AND window_key IS NOT NULL DO UPDATE
     SET payload = (left(r.payload::text, -2) || ',' || %(item)s::text || ']}')::json,
         payload_hash = encode(sha256(convert_to(left(r.payload::text, -2) || ',' || %(item)s::text || ']}', 'UTF8')),
@@ -1103,16 +1121,20 @@ SELECT up.id, up.status, up.window_items, (SELECT count(*) FROM wake) AS woke FR
 -- name: flush_batch
 -- Queue a batch at once: the waiting batch of (job, window key) that is full (batch_max_size items, or no
 -- room for item_bytes more). Locked and re-read first: a batch flushed meanwhile, or a fresh one that
--- has room, is left alone.
--- transition flushed: delayed -> queued
+-- has room, is left alone. A batch of a job with dependencies waits while one is unmet (migration 0012).
+-- transition flushed: delayed -> queued waiting
 WITH filled AS (
-    SELECT id FROM job_runs
+    SELECT id, strait_run_dependency_key(idempotency_key, metadata, triggered_by) AS dkey FROM job_runs
     WHERE job_id = %(job_id)s AND window_key = %(window_key)s AND status = 'delayed'
       AND (window_items >= %(max_items)s OR octet_length(payload::text) + %(item_bytes)s + 1 > %(max_bytes)s)
     FOR UPDATE
+), entering AS (
+    SELECT f.id, CASE WHEN j.has_dependencies AND strait_dependencies_unmet(j.id, f.dkey)
+                      THEN 'waiting' ELSE 'queued' END AS to_status
+    FROM filled f JOIN jobs j ON j.id = %(job_id)s
 ), flushed AS (
-    UPDATE job_runs r SET status = 'queued'
-    FROM filled WHERE r.id = filled.id AND {guard flushed}
+    UPDATE job_runs r SET status = e.to_status, awaits_dependencies = e.to_status = 'waiting'
+    FROM entering e WHERE r.id = e.id AND {guard flushed}
     RETURNING r.id, 'delayed'::text AS from_status, r.status AS to_status, r.attempt
 ){after flushed}{wake flushed}
 SELECT flushed.id, flushed.to_status AS status, (SELECT count(*) FROM flushed_wake) AS woke FROM flushed
@@ -1499,13 +1521,18 @@ WITH cur AS (
       AND r.status = ANY('{executing,waiting}'::text[])
     FOR UPDATE
 ), child AS (
+    -- a child of a job with dependencies waits while one is unmet (migration 0012)
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                           triggered_by, expires_at, job_version, job_version_id, created_by, parent_run_id,
-                          quota_counted)
-    SELECT %(child_id)s, j.id, j.project_id, 'queued', %(priority)s, %(payload)s, %(payload_hash)s, j.tags,
+                          quota_counted, awaits_dependencies)
+    SELECT %(child_id)s, j.id, j.project_id, e.status, %(priority)s, %(payload)s, %(payload_hash)s, j.tags,
            j.default_run_metadata, 'spawn', now() + make_interval(secs => j.effective_run_ttl_secs), j.version,
-           j.version_id, %(actor)s, cur.id, strait_quota_counted(j.project_id)
-    FROM cur, jobs j WHERE j.id = %(job_id)s
+           j.version_id, %(actor)s, cur.id, strait_quota_counted(j.project_id), e.status = 'waiting'
+    FROM cur, jobs j
+    CROSS JOIN LATERAL (SELECT CASE WHEN j.has_dependencies
+                                         AND strait_dependencies_unmet(j.id, j.default_run_metadata ->> 'dependency_key')
+                                    THEN 'waiting' ELSE 'queued' END AS status) e
+    WHERE j.id = %(job_id)s
     RETURNING *
 ), parked AS (
     UPDATE job_runs r SET status = 'waiting', parked_lease_id = r.lease_id,
@@ -1524,7 +1551,7 @@ WITH cur AS (
     FROM child, cur WHERE %(await)s
     RETURNING event_key
 ), wake AS (
-    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM child LIMIT 1) q
+    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM child WHERE status = 'queued' LIMIT 1) q
 )
 SELECT child.*, (SELECT event_key FROM waits) AS await_event_key, (SELECT count(*) FROM wake) AS woke
 FROM child
@@ -1538,18 +1565,22 @@ WITH cur AS (
     WHERE r.id = %(parent_id)s AND r.attempt = %(attempt)s AND COALESCE(r.lease_id, r.parked_lease_id) = %(lease_id)s
       AND r.status = ANY('{executing,waiting}'::text[])
 ), ins AS (
+    -- a run of a job with dependencies waits while one is unmet (migration 0012): its key is its metadata's
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                           triggered_by, expires_at, job_version, job_version_id, created_by, continuation_of,
-                          lineage_depth, quota_counted)
-    SELECT %(new_id)s, cur.job_id, cur.project_id, 'queued', cur.priority, COALESCE(%(payload)s::json, cur.payload),
+                          lineage_depth, quota_counted, awaits_dependencies)
+    SELECT %(new_id)s, cur.job_id, cur.project_id, e.status, cur.priority, COALESCE(%(payload)s::json, cur.payload),
            COALESCE(%(payload_hash)s, cur.payload_hash), cur.tags, cur.metadata, 'job_chain',
            now() + make_interval(secs => j.effective_run_ttl_secs), j.version, j.version_id, %(actor)s, cur.id,
-           cur.lineage_depth + 1, strait_quota_counted(cur.project_id)
+           cur.lineage_depth + 1, strait_quota_counted(cur.project_id), e.status = 'waiting'
     FROM cur JOIN jobs j ON j.id = cur.job_id
+    CROSS JOIN LATERAL (SELECT CASE WHEN j.has_dependencies
+                                         AND strait_dependencies_unmet(j.id, cur.metadata ->> 'dependency_key')
+                                    THEN 'waiting' ELSE 'queued' END AS status) e
     WHERE cur.lineage_depth < %(max_depth)s
     RETURNING *
 ), wake AS (
-    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM ins LIMIT 1) q
+    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM ins WHERE status = 'queued' LIMIT 1) q
 )
 SELECT ins.*, (SELECT count(*) FROM wake) AS woke FROM ins
 
@@ -1650,10 +1681,14 @@ WITH v AS (
     FROM v WHERE j.id = ANY(%(ids)b::uuid[]) AND j.id = v.id AND j.next_fire_at = v.due
     RETURNING j.id, j.project_id, j.enabled, j.paused, j.project_paused, j.cron_overlap_policy, j.rate_limit_max,
               j.rate_limit_window_secs, j.rate_limit_keys, j.run_ttl_secs, j.tags, j.default_run_metadata,
-              j.version, j.version_id,
+              j.version, j.version_id, j.has_dependencies,
               v.fire_at, v.fire_key, v.run_id
 ), judged AS (
-    SELECT t.*, CASE
+    SELECT t.*,
+        -- a run of a job with dependencies waits while one is unmet (migration 0012)
+        CASE WHEN t.has_dependencies AND strait_dependencies_unmet(t.id, t.default_run_metadata ->> 'dependency_key')
+             THEN 'waiting' ELSE 'queued' END AS entry,
+        CASE
         WHEN NOT t.enabled OR t.paused THEN 'job_off'
         WHEN t.project_paused THEN 'project_paused'
         WHEN t.cron_overlap_policy = 'skip' AND EXISTS (
@@ -1686,20 +1721,21 @@ WITH v AS (
 ), ins AS (
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                           triggered_by, expires_at, idempotency_key, job_version, job_version_id, created_by,
-                          quota_counted)
-    SELECT j.run_id, j.id, j.project_id, 'queued', 0, '{}', %(empty_hash)s, j.tags, j.default_run_metadata,
+                          quota_counted, awaits_dependencies)
+    SELECT j.run_id, j.id, j.project_id, j.entry, 0, '{}', %(empty_hash)s, j.tags, j.default_run_metadata,
            'cron', CASE WHEN j.run_ttl_secs > 0 THEN now() + make_interval(secs => j.run_ttl_secs) END,
-           j.fire_key, j.version, j.version_id, 'system:cron', strait_quota_counted(j.project_id)
+           j.fire_key, j.version, j.version_id, 'system:cron', strait_quota_counted(j.project_id),
+           j.entry = 'waiting'
     FROM judged j WHERE j.skipped IS NULL
     ON CONFLICT (job_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, job_id
+    RETURNING id, job_id, status
 ), hits AS (  -- a fired run takes its hit from each named key (unreferenced: runs all the same)
     INSERT INTO rate_limit_hits (project_id, key, n)
     SELECT j.project_id, k ->> 'key', 1
     FROM judged j CROSS JOIN LATERAL jsonb_array_elements(j.rate_limit_keys) k
     WHERE jsonb_typeof(j.rate_limit_keys) = 'array' AND j.rate_limit_keys <> '[]' AND j.run_id IN (SELECT id FROM ins)
 ), wake AS (
-    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM ins LIMIT 1) w
+    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM ins WHERE status = 'queued' LIMIT 1) w
 )
 -- the CTEs' row counts are unknown to the planner (it guesses one): a join of `judged` and `ins`
 -- plans as a nested loop, 1,000 x 1,000 comparisons a batch; `IN` over `ins` is one hash

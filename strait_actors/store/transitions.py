@@ -275,7 +275,7 @@ def _release_dependents(t: Transition) -> str:
         "        CROSS JOIN LATERAL (SELECT e.idempotency_key AS ikey, e.metadata ->> 'dependency_key' AS dkey\n"
         "                            FROM job_runs e WHERE e.id = m.id) k\n"
         "        CROSS JOIN LATERAL (\n"
-        "            SELECT o.id, COALESCE(o.idempotency_key, o.metadata ->> 'dependency_key') AS key\n"
+        "            SELECT o.id, strait_run_dependency_key(o.idempotency_key, o.metadata, o.triggered_by) AS key\n"
         "            FROM job_runs o WHERE o.job_id = dep.job_id AND o.status = 'waiting' AND o.awaits_dependencies\n"
         "            ORDER BY o.created_at LIMIT 1000) w\n"
         f"        WHERE m.to_status = ANY({_array(sorted(fsm.TERMINAL))})\n"
