@@ -311,3 +311,44 @@ def test_runs_are_counted_from_the_quota_on(strait: Server, endpoint: Endpoint) 
         marks = {str(k): v for k, v in conn.execute("SELECT id, quota_counted FROM job_runs").fetchall()}
     assert marks[before] is False and marks[other] is False
     assert marks[after] is True and marks[failed] is True and marks[replayed] is True
+
+
+def test_windowed_triggers_are_judged_on_the_runs_they_make(server: Server, endpoint: Endpoint) -> None:
+    """Debounce and batch windows: a trigger that joins its window's run costs nothing; one that makes
+    a run is judged as any trigger is, by every limit (named keys, the job's own, the project's quota),
+    counted in PostgreSQL or in Redis; a refused bulk trigger leaves nothing behind."""
+    key = [{"key": "w", "max": 2, "window_secs": 600}]
+
+    def win(c: httpx.Client, job: str, **body: Any) -> httpx.Response:
+        return c.post(f"/v1/jobs/{job}/trigger", json=body)
+
+    with server.client() as c:
+        _project(c, "p")
+        keyed = _job(c, "p", "k", endpoint.url, debounce_window_secs=600, rate_limit_keys=key)
+        answers = [win(c, keyed, debounce_key=k) for k in ("a", "a", "b", "b")]
+        assert [a.status_code for a in answers] == [201] * 4
+        ids = [a.json()["id"] for a in answers]
+        assert ids[0] == ids[1] != ids[2] == ids[3]
+        _refused(win(c, keyed, debounce_key="c"), 'rate limit key "w" exceeded', 600)
+        assert win(c, keyed, debounce_key="a").json()["id"] == ids[0]  # joins: admitted, free
+        plain = _job(c, "p", "o", endpoint.url, rate_limit_keys=key)  # the key's count is the project's
+        _refused(_trigger(c, plain), 'rate limit key "w" exceeded', 600)
+
+        limited = _job(c, "p", "l", endpoint.url, batch_window_secs=600, rate_limit_max=1)
+        items = [{"payload": {"i": i}, "batch_key": "x"} for i in range(2)]
+        assert c.post(f"/v1/jobs/{limited}/trigger/bulk", json={"items": items}).status_code == 201  # one run
+        items = [{"payload": {"i": 3}, "batch_key": "x"}, {"payload": {"i": 4}, "batch_key": "y"}]
+        _refused(c.post(f"/v1/jobs/{limited}/trigger/bulk", json={"items": items}), "job rate limit exceeded", 600)
+
+        _project(c, "q")
+        quota = _job(c, "q", "j", endpoint.url, batch_window_secs=600)
+        _quota(c, "q", max_queued_runs=1)
+        assert [win(c, quota, batch_key="a").status_code for _ in range(2)] == [201, 201]
+        _refused(win(c, quota, batch_key="b"), "project queued quota exceeded", 5)
+    db = server.env["DATABASE_URL"]
+    per_job = "SELECT count(*) FROM job_runs WHERE job_id = %s"
+    assert [_count(db, per_job, j) for j in (keyed, plain, limited, quota)] == [2, 0, 1, 1]
+    batch = "SELECT payload::text FROM job_runs WHERE job_id = %s"
+    with psycopg.connect(db, autocommit=True) as conn:
+        row = conn.execute(batch, (limited,)).fetchone()
+    assert row is not None and row[0] == '{"items":[{"i":0},{"i":1}]}', "the refused bulk trigger joined nothing"

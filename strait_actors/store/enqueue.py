@@ -12,8 +12,8 @@ they do not exist. An idempotency key already taken answers with the run
 that holds it. Only a trigger with an admission limit to check (dedup window, a rate limit counted
 in PostgreSQL, its project's queued/executing quota) takes the locks, in a transaction of its own
 (engine.md §2.5); rate limits counted in Redis (`ratelimits`) leave it on the shared INSERT.
-Runs of a debounce or batch window go their own way (`store.windows`: the job's own rate limit
-only). Driver errors come out as `store.errors`.
+Runs of a debounce or batch window go their own way (`store.windows`), judged on the runs their
+triggers made. Driver errors come out as `store.errors`.
 """
 
 from __future__ import annotations
@@ -86,18 +86,21 @@ class Enqueuer:
         """Receipts in input order. `quota` is the project's quota row as the caller last read it
         (it only decides whether the project's quotas are checked; they are read again under lock).
         Raises `RateLimited` (a rate limit or quota), `MissingReference` (the job is gone)."""
-        if runs and runs[0].window_key is not None:  # a debounce or batch window: its own path
-            with translated():
-                task = asyncio.ensure_future(windows.enqueue(self.pool, job, runs))
-                return await _answer(task, lambda: True)  # a trigger once begun is answered by its commit
-        limits = limits_of(job)
-        counted = False  # the rate limits were counted in Redis
-        if limits and self.redis_limits is not None:
-            counted = await self.redis_limits.take(limits, [r.id for r in runs])
         quotas = quota is not None and (
             quota.get("max_queued_runs") is not None or quota.get("max_executing_runs") is not None
         )
         deps = bool(job.get("has_dependencies"))
+        if runs and runs[0].window_key is not None:  # a debounce or batch window: its own path
+            with translated():
+                task = asyncio.ensure_future(self._windowed(job, runs, quotas))
+                receipts = await _answer(task, lambda: True)  # a trigger once begun is answered by its commit
+            if deps:
+                await self._look_again(runs, receipts)
+            return receipts
+        limits = limits_of(job)
+        counted = False  # the rate limits were counted in Redis
+        if limits and self.redis_limits is not None:
+            counted = await self.redis_limits.take(limits, [r.id for r in runs])
         try:
             with translated():
                 if job["dedup_window_secs"] or quotas or deps or (limits and not counted):
@@ -118,6 +121,41 @@ class Enqueuer:
             assert self.redis_limits is not None
             await self.redis_limits.give_back(limits, unused)
         return receipts
+
+    async def _windowed(self, job: Mapping[str, Any], runs: list[NewRun], quotas: bool) -> list[Receipt]:
+        """Triggers of a debounce or batch window (`store.windows`): each joins its window's run or
+        makes one, so what a trigger costs against a quota or rate limit is known only once it is
+        applied. With any to check, the items are applied in one transaction under the admission
+        locks and judged on the runs they made before it commits (a refusal rolls every item back);
+        limits counted in Redis take the runs made inside it (given back if it does not commit; Redis
+        away, PostgreSQL counts them). Without, each item commits as it is applied."""
+        limits = limits_of(job)
+        redis = self.redis_limits if limits else None
+        if not quotas and not limits:
+            async with self.pool.connection() as conn:
+                return [await windows.apply(conn, job, run) for run in runs]
+        while True:
+            taken: list[uuid.UUID] = []
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    admission = _Admission(job, _Checks(quotas=quotas, rate=bool(limits) and redis is None))
+                    await admission.lock(conn)
+                    receipts = [await windows.apply(conn, job, run) for run in runs]
+                    made = [run.id for run, got in zip(runs, receipts, strict=True) if got.id == run.id]
+                    if made:
+                        admission.judge(len(made))
+                        if redis is not None:
+                            if not await redis.take(limits, made):
+                                raise _RedisAway
+                            taken = made
+                        await admission.record(conn, len(made))
+                return receipts
+            except _RedisAway:
+                redis = None  # again, counted in PostgreSQL
+            except BaseException:
+                if taken:
+                    self._give_back(limits, taken)
+                raise
 
     async def _look_again(self, runs: list[NewRun], receipts: list[Receipt]) -> None:
         """Runs made waiting for their dependencies are looked at again once committed: an upstream
@@ -144,29 +182,12 @@ class Enqueuer:
     async def _admitted(
         self, job: Mapping[str, Any], runs: list[NewRun], sent: list[bool], check: _Checks
     ) -> list[Receipt]:
-        """Quotas, dedup window and rate limits, each serialised on its lock (project quota row,
-        job row, named keys in name order, always in that order), then the INSERT: one transaction."""
+        """Quotas, dedup window and rate limits under their locks (`_Admission`), then the INSERT:
+        one transaction."""
         async with self.pool.connection() as conn, conn.transaction():
-            if check.quotas:
-                await _check_quotas(conn, job["project_id"], len(runs))
-            keys = sorted(e["key"] for e in job.get("rate_limit_keys") or ()) if check.rate else []
-            if job["dedup_window_secs"] or (check.rate and job["rate_limit_max"]):
-                await conn.execute(q("lock_job"), {"id": job["id"]})
-            if check.rate and job["rate_limit_max"]:
-                window = job["rate_limit_window_secs"] or 60
-                row = await _one(conn, "count_recent_runs", {"job_id": job["id"], "window": window})
-                if row["n"] + len(runs) > job["rate_limit_max"]:
-                    raise RateLimited(_wait(row["wait"], window))
-            if keys:
-                windows = {e["key"]: e for e in job["rate_limit_keys"]}
-                for key in keys:
-                    entry = windows[key]
-                    params = {"project_id": job["project_id"], "key": key, "window": entry["window_secs"]}
-                    await conn.execute(q("lock_rate_key"), params)
-                    row = await _one(conn, "count_rate_hits", params)
-                    if row["n"] + len(runs) > entry["max"]:
-                        name = json.dumps(key, ensure_ascii=False)
-                        raise RateLimited(_wait(row["wait"], entry["window_secs"]), f"rate limit key {name} exceeded")
+            admission = _Admission(job, check)
+            await admission.lock(conn)
+            admission.judge(len(runs))
             if check.deps:
                 runs = await _gate_on_dependencies(conn, job["id"], runs)
             out: list[Receipt | None] = [None] * len(runs)
@@ -197,10 +218,79 @@ class Enqueuer:
             waits = [run_id for run_id, status in inserted.items() if status == fsm.S.WAITING]
             if waits:
                 await conn.execute(q("mark_dependency_waits"), {"ids": waits})
-            if keys and created:
-                hits = {"project_id": job["project_id"], "keys": keys, "n": created}
-                await conn.execute(q("insert_rate_hits"), hits)
+            if created:
+                await admission.record(conn, created)
         return [r for r in out if r is not None]
+
+
+class _RedisAway(Exception):
+    """Redis could not count a windowed trigger's runs: count them in PostgreSQL instead."""
+
+
+class _Admission:
+    """A trigger's admission checks in its transaction (engine.md §2.5): `lock` takes each lock and
+    reads the counts it guards (the project's quota row, the job row, the named keys in name order:
+    always that order, so triggers never wait on each other in a cycle), `judge` refuses `n` new
+    runs over a quota or limit (`RateLimited`), `record` counts the runs made against the named keys."""
+
+    def __init__(self, job: Mapping[str, Any], check: _Checks) -> None:
+        self.job = job
+        self.check = check
+        self.quota: Any = None  # the quota row and the project's counts
+        self.active: Any = None
+        self.recent: Any = None  # the job's runs inside its rate window
+        self.keys = sorted(e["key"] for e in job.get("rate_limit_keys") or ()) if check.rate else []
+        self.hits: dict[str, Any] = {}
+
+    async def lock(self, conn: Any) -> None:
+        job, check = self.job, self.check
+        if check.quotas:
+            cur = await conn.execute(q("lock_project_quota"), {"project_id": job["project_id"]})
+            self.quota = await cur.fetchone()
+            if self.quota is not None:
+                queued_cap, executing_cap = self.quota["max_queued_runs"], self.quota["max_executing_runs"]
+                params = {
+                    "project_id": job["project_id"],
+                    "queued_cap": queued_cap if queued_cap is not None else 0,
+                    "executing_cap": executing_cap if executing_cap is not None else 0,
+                }
+                self.active = await _one(conn, "count_active_runs", params)
+        if job["dedup_window_secs"] or (check.rate and job["rate_limit_max"]):
+            await conn.execute(q("lock_job"), {"id": job["id"]})
+        if check.rate and job["rate_limit_max"]:
+            window = job["rate_limit_window_secs"] or 60
+            self.recent = await _one(conn, "count_recent_runs", {"job_id": job["id"], "window": window})
+        windows_of = {e["key"]: e for e in job.get("rate_limit_keys") or ()}
+        for key in self.keys:
+            params = {"project_id": job["project_id"], "key": key, "window": windows_of[key]["window_secs"]}
+            await conn.execute(q("lock_rate_key"), params)
+            self.hits[key] = await _one(conn, "count_rate_hits", params)
+
+    def judge(self, n: int) -> None:
+        """Engine.md §2.5: at most `max_queued_runs` queued or delayed (these runs included); no new
+        run while `max_executing_runs` run; the job's rate limit, then each named key's."""
+        job = self.job
+        if self.quota is not None:
+            queued_cap, executing_cap = self.quota["max_queued_runs"], self.quota["max_executing_runs"]
+            if queued_cap is not None and self.active["queued"] + n > queued_cap:
+                raise RateLimited(QUOTA_RETRY_SECS, "project queued quota exceeded")
+            if executing_cap is not None and self.active["executing"] >= executing_cap:
+                raise RateLimited(QUOTA_RETRY_SECS, "project executing quota exceeded")
+        if self.recent is not None:
+            window = job["rate_limit_window_secs"] or 60
+            if self.recent["n"] + n > job["rate_limit_max"]:
+                raise RateLimited(_wait(self.recent["wait"], window))
+        windows_of = {e["key"]: e for e in job.get("rate_limit_keys") or ()}
+        for key in self.keys:
+            entry, row = windows_of[key], self.hits[key]
+            if row["n"] + n > entry["max"]:
+                name = json.dumps(key, ensure_ascii=False)
+                raise RateLimited(_wait(row["wait"], entry["window_secs"]), f"rate limit key {name} exceeded")
+
+    async def record(self, conn: Any, n: int) -> None:
+        if self.keys:
+            hits = {"project_id": self.job["project_id"], "keys": self.keys, "n": n}
+            await conn.execute(q("insert_rate_hits"), hits)
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()  # give-backs in flight (a task needs a reference)
@@ -215,13 +305,15 @@ class _Checks:
 
 def dependency_key(run: NewRun) -> str | None:
     """What matches a run to its upstream runs (engine.md §2.8): its idempotency key, else its
-    payload's `dependency_key` (in its metadata)."""
+    payload's `dependency_key` (in its metadata); as `strait_run_dependency_key` (migration 0012)."""
+    if run.triggered_by == "cron":  # a cron run's idempotency key is its tick's fire key
+        return run.metadata.get("dependency_key")
     return run.idempotency_key or run.metadata.get("dependency_key")
 
 
 async def _gate_on_dependencies(conn: Any, job_id: uuid.UUID, runs: list[NewRun]) -> list[NewRun]:
     """Runs that would be queued now wait (`waiting`) while a dependency of their job is unmet.
-    Delayed runs are not gated (README)."""
+    Delayed runs are gated when they come due (the claim's promotion, migration 0012)."""
     gated = [i for i, run in enumerate(runs) if run.status == fsm.S.QUEUED]
     if not gated:
         return runs
@@ -246,26 +338,6 @@ async def _one(conn: Any, name: str, params: Mapping[str, Any]) -> Any:
 def _wait(seconds: Any, window: int) -> int:
     """Retry-After: until the oldest counted run leaves the window (the whole window if none)."""
     return max(1, math.ceil(float(seconds))) if seconds is not None else window
-
-
-async def _check_quotas(conn: Any, project_id: str, n: int) -> None:
-    """Engine.md §2.5: at most `max_queued_runs` queued or delayed (these runs included); no new
-    run while `max_executing_runs` run. Counted under the quota row's lock."""
-    cur = await conn.execute(q("lock_project_quota"), {"project_id": project_id})
-    quota: Any = await cur.fetchone()
-    if quota is None:
-        return
-    queued_cap, executing_cap = quota["max_queued_runs"], quota["max_executing_runs"]
-    params = {
-        "project_id": project_id,
-        "queued_cap": queued_cap if queued_cap is not None else 0,
-        "executing_cap": executing_cap if executing_cap is not None else 0,
-    }
-    row = await _one(conn, "count_active_runs", params)
-    if queued_cap is not None and row["queued"] + n > queued_cap:
-        raise RateLimited(QUOTA_RETRY_SECS, "project queued quota exceeded")
-    if executing_cap is not None and row["executing"] >= executing_cap:
-        raise RateLimited(QUOTA_RETRY_SECS, "project executing quota exceeded")
 
 
 async def resolve_conflicts(conn: Any, runs: list[NewRun], inserted: dict[uuid.UUID, str]) -> list[Receipt]:

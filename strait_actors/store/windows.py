@@ -1,11 +1,11 @@
 """Triggers of jobs with a debounce or batch window (`strait_actors.windows`): each joins the delayed
 run of its (job, window key) or makes it, in one statement on the partial unique index of migration
-0008 (INSERT … ON CONFLICT … DO UPDATE). No lock is held between round trips, except the job row's for a
-job with a rate limit (as for every such job, engine.md §2.5).
+0008 (INSERT … ON CONFLICT … DO UPDATE). Admission (quotas, rate limits) is the caller's
+(`store.enqueue`): it holds its locks around the triggers of a request and judges the runs made.
 
-Items of one request (a bulk trigger) are triggers in their order, each committed as it is applied.
-A batch that fills is queued by the trigger that filled it (`flush_batch`, through the transition
-seam); a trigger that finds its batch full flushes it and opens the next one.
+Items of one request (a bulk trigger) are triggers in their order. A batch that fills is queued by
+the trigger that filled it (`flush_batch`, through the transition seam); a trigger that finds its
+batch full flushes it and opens the next one.
 """
 
 from __future__ import annotations
@@ -14,35 +14,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import fsm, windows
 from strait_actors.model import NewRun, Receipt
 from strait_actors.store import runs
-from strait_actors.store.errors import RateLimited
 from strait_actors.store.sql import q
 
 ATTEMPTS = 20  # a batch that fills under this trigger again and again is a bug, not contention
 
 
-async def enqueue(pool: AsyncConnectionPool, job: Mapping[str, Any], runs: list[NewRun]) -> list[Receipt]:
-    """Receipts in input order, each naming the run its trigger joined or made. Raises `RateLimited`."""
-    async with pool.connection() as conn:
-        if not job["rate_limit_max"]:
-            return [await _one(conn, job, run) for run in runs]
-        async with conn.transaction():  # the rate limit counts runs made: serialised on the job row
-            await conn.execute(q("lock_job"), {"id": job["id"]})
-            window = job["rate_limit_window_secs"] or 60
-            cur = await conn.execute(q("count_recent_runs"), {"job_id": job["id"], "window": window})
-            row: Any = await cur.fetchone()
-            receipts = [await _one(conn, job, run) for run in runs]
-            made = sum(1 for receipt, run in zip(receipts, runs, strict=True) if receipt.id == run.id)
-            if made and row["n"] + made > job["rate_limit_max"]:
-                raise RateLimited(retry_after=5)  # rolls the transaction back: nothing joined, nothing made
-            return receipts
-
-
-async def _one(conn: Any, job: Mapping[str, Any], run: NewRun) -> Receipt:
+async def apply(conn: Any, job: Mapping[str, Any], run: NewRun) -> Receipt:
+    """One trigger: the receipt of the run it joined or made (made: its own id)."""
     if windows.kind(job) != windows.DEBOUNCE:
         return await _batch(conn, job, run)
     params = {**_params(run), "max_delay": windows.max_delay_secs(job)}
