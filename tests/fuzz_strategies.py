@@ -1290,7 +1290,19 @@ def _jobs(w: World, *roles: str) -> list[str]:
     return [w.jobs[r] for r in roles]
 
 
-TRIGGER_TARGETS = ("worker", "worker", "worker", "dead", "dead", "admission", "disabled", "looping", "ok")
+TRIGGER_TARGETS = (
+    "worker",
+    "worker",
+    "worker",
+    "dead",
+    "dead",
+    "admission",
+    "disabled",
+    "looping",
+    "ok",
+    "debounced",
+    "batched",
+)
 
 
 def _weighted_runs(w: World) -> list[str]:

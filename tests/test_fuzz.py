@@ -716,7 +716,18 @@ def build_world(server: Server, dsn: str, ep: LocalEndpoint) -> World:
             # pq's: runs of it wait on events, runs of p1 spawn into it
             "pq_worker": _job(c, ep, "pq-worker", project="pq", execution_mode="worker"),
             "pq_dead": _job(c, ep, "pq-dead", project="pq", endpoint_url=dead, max_attempts=1),
+            # windowed triggers: a debounce, and a batch with a named rate-limit key and a dependency
+            "debounced": _job(c, ep, "debounced", debounce_window_secs=1),
+            "batched": _job(
+                c,
+                ep,
+                "batched",
+                batch_window_secs=600,
+                batch_max_size=3,
+                rate_limit_keys=[{"key": "fz", "max": 1000, "window_secs": 60}],
+            ),
         }
+        _ok(c.post(f"/v1/jobs/{jobs['batched']}/dependencies", json={"depends_on_job_id": jobs["ok"]}))
         quota = {"max_active_event_triggers": 3, "max_daily_cost_microusd": 10**9, "timezone": "Europe/Paris"}
         _ok(c.put("/v1/projects/pq/quotas", json=quota))
         disposable = [
