@@ -92,12 +92,8 @@ class RedisRateLimits:
     async def take(self, limits: Sequence[Limit], run_ids: Sequence[uuid.UUID]) -> bool:
         """True: admitted and counted. False: Redis is unavailable (count elsewhere).
         Raises RateLimited when a limit has no room for all the runs."""
-        args: list[Any] = [len(run_ids)]
-        for limit in limits:
-            args += [limit.max, limit.window_secs * 1000]
-        args += [str(r) for r in run_ids]
         try:
-            full, wait_ms = await self.script(keys=[limit.redis_key for limit in limits], args=args)
+            full, wait_ms = await self.script(keys=[limit.redis_key for limit in limits], args=_args(limits, run_ids))
         except Exception as exc:
             self._down(exc)
             return False
@@ -116,3 +112,47 @@ class RedisRateLimits:
                 await pipe.execute()
         except Exception as exc:
             self._down(exc)
+
+
+def _args(limits: Sequence[Limit], run_ids: Sequence[Any]) -> list[Any]:
+    args: list[Any] = [len(run_ids)]
+    for limit in limits:
+        args += [limit.max, limit.window_secs * 1000]
+    return args + [str(r) for r in run_ids]
+
+
+class SyncRedisRateLimits:
+    """The same windows, from a thread of its own (the Scheduler's cron ticks): a tick's run is
+    counted where the API's triggers count theirs, so each sees the other's."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self.script = redis.register_script(_SCRIPT)
+        self.quiet_until = 0.0
+
+    def _down(self, exc: Exception) -> None:
+        if time.monotonic() >= self.quiet_until:
+            self.quiet_until = time.monotonic() + 10
+            log.warning("rate limits: redis unavailable (%s); cron ticks are judged in PostgreSQL", exc)
+
+    def take(self, limits: Sequence[Limit], run_ids: Sequence[Any]) -> bool | None:
+        """True: admitted and counted; False: a limit has no room; None: Redis is unavailable."""
+        try:
+            full, _ = self.script(keys=[limit.redis_key for limit in limits], args=_args(limits, run_ids))
+        except Exception as exc:
+            self._down(exc)
+            return None
+        return not int(full)
+
+    def give_back(self, limits: Sequence[Limit], run_ids: Sequence[Any]) -> None:
+        members = [str(r) for r in run_ids]
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for limit in limits:
+                    pipe.zrem(limit.redis_key, *members)
+                pipe.execute()
+        except Exception as exc:
+            self._down(exc)
+
+    def close(self) -> None:
+        self.redis.close()

@@ -11,12 +11,15 @@ from typing import Any
 
 import httpx
 import psycopg
+import redis
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from strait_actors import cron
 from strait_actors.actors.base import TreeContext
 from strait_actors.actors.scheduler import Scheduler
 from strait_actors.messages import Tick
+from strait_actors.ratelimits import Limit, SyncRedisRateLimits, limits_of
 from strait_actors.settings import Settings
 from strait_actors.store import queue, schedules
 from tests.client_helpers import make_job as api_job
@@ -256,3 +259,42 @@ def test_version_policy_decides_which_settings_a_queued_run_dispatches_with(
     for slug, (_, _, expected) in cases.items():
         early, late = runs[slug]
         assert (query[early], query[late]) == (expected, "v=2"), slug
+
+
+def test_with_redis_ticks_are_counted_where_the_api_counts_triggers(dsn: str, redis_url: str) -> None:
+    """REDIS_URL set: the API counts rate limits in Redis, so a tick is judged there too and its run
+    joins the same windows; a tick that makes no run gives its place back; no PostgreSQL hits."""
+    client = redis.Redis.from_url(redis_url)
+    limits = SyncRedisRateLimits(client)
+    full_key = [{"key": "api", "max": 1, "window_secs": 600}]
+    room_key = [{"key": "room", "max": 5, "window_secs": 600}]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        full = due_job(conn, rate_limit_keys=Jsonb(full_key))
+        room = due_job(conn, rate_limit_keys=Jsonb(room_key))
+        # over its limit by PostgreSQL's count (a run in the window), not by Redis's: Redis judges
+        counted_in_redis = due_job(conn, rate_limit_max=1, rate_limit_window_secs=3600)
+        make_runs(conn, counted_in_redis, 1, status="completed")
+        off = due_job(conn, enabled=False, rate_limit_keys=Jsonb(room_key))
+
+        def windows(job: str, keys: Any = None, rate_max: int | None = None) -> list[Limit]:
+            row = {"id": job, "project_id": "p", "rate_limit_max": rate_max, "rate_limit_window_secs": 3600}
+            return limits_of({**row, "rate_limit_keys": keys})
+
+        assert limits.take(windows(full, full_key), ["an-api-trigger"]) is True  # the key's one place
+        fired = {f.job_id: f for f in schedules.fire_due(conn, T, limits)}
+        assert {j: f.skipped for j, f in fired.items()} == {
+            full: "rate_limit",
+            room: None,
+            counted_in_redis: None,
+            off: "job_off",
+        }
+        [room_window] = windows(room, room_key)
+        assert client.zrange(room_window.redis_key, 0, -1) == [fired[room].run_id.encode()]  # type: ignore[union-attr]
+        [job_window] = windows(counted_in_redis, rate_max=1)
+        assert client.zcard(job_window.redis_key) == 1
+        [full_window] = windows(full, full_key)
+        assert client.zrange(full_window.redis_key, 0, -1) == [b"an-api-trigger"]
+        assert conn.execute("SELECT count(*) FROM rate_limit_hits").fetchone() == (0,)
+    # the off job's tick was admitted (the room key had room) and made no run: its place is back
+    assert client.zcard(room_window.redis_key) == 1
+    client.close()

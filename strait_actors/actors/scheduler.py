@@ -18,10 +18,12 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pykka
+import redis
 
 from strait_actors.actors.base import TreeContext
 from strait_actors.actors.sweeper import SweepActor
 from strait_actors.messages import Tick
+from strait_actors.ratelimits import SyncRedisRateLimits
 from strait_actors.store import schedules
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,17 @@ class Scheduler(SweepActor):
         self.report_at = time.monotonic() + REPORT_SECS
         self.reported = (0, 0)
         self.timer: threading.Timer | None = None  # the wake-up for the earliest armed tick
+        # with REDIS_URL, ticks of rate-limited jobs count where the API's triggers count theirs
+        url = ctx.settings.redis_url
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) if url else None
+        self.redis = SyncRedisRateLimits(client) if client is not None else None
 
     def cleanup(self) -> None:
         """Drop the pending wake-up, then close the connection."""
         if self.timer is not None:
             self.timer.cancel()
+        if self.redis is not None:
+            self.redis.close()
         super().cleanup()
 
     def sweep(self) -> None:
@@ -84,7 +92,7 @@ class Scheduler(SweepActor):
         while schedules.arm(conn) >= schedules.BATCH:
             pass
         while True:
-            fired = schedules.fire_due(conn, now)
+            fired = schedules.fire_due(conn, now, self.redis)
             for f in fired:
                 if f.skipped:
                     self.skipped[f.skipped] += 1

@@ -1652,7 +1652,9 @@ WHERE j.id = v.id AND j.next_fire_at IS NULL AND j.updated_at = v.seen
 -- Jobs whose tick is due, oldest tick first. Rows another scheduler is firing are skipped: the
 -- schedulers share a burst of ticks instead of racing for the same ones (which tick fires, and
 -- that it fires once, is cron_fire's compare-and-set and the fire key's, not this lock's).
-SELECT id::text AS id, cron, timezone, next_fire_at FROM jobs
+SELECT id::text AS id, project_id, cron, timezone, next_fire_at, rate_limit_max, rate_limit_window_secs,
+       rate_limit_keys
+FROM jobs
 WHERE cron IS NOT NULL AND next_fire_at <= %(now)s
 ORDER BY next_fire_at
 LIMIT %(limit)s
@@ -1672,17 +1674,19 @@ SELECT min(next_fire_at) AS at FROM jobs WHERE cron IS NOT NULL
 -- triggers may overshoot a limit by its one run). Cron runs: no payload,
 -- priority 0, triggered_by cron, created_by system:cron, a TTL only when the job sets run_ttl_secs.
 -- the arrays go in binary (%%b): text arrays are escaped element by element, 60 ms a batch of 1,000
+-- `judge`: 0 the tick's rate limits are judged here; with REDIS_URL set, 1 Redis admitted its run, 2
+-- Redis refused it (the limits are counted where the API's triggers count theirs).
 WITH v AS (
     SELECT * FROM unnest(%(ids)b::uuid[], %(due)b::timestamptz[], %(fire_at)b::timestamptz[],
-                         %(next)b::timestamptz[], %(keys)b::text[], %(run_ids)b::uuid[])
-        AS v(id, due, fire_at, next_at, fire_key, run_id)
+                         %(next)b::timestamptz[], %(keys)b::text[], %(run_ids)b::uuid[], %(judge)b::int[])
+        AS v(id, due, fire_at, next_at, fire_key, run_id, judge)
 ), taken AS (
     UPDATE jobs j SET next_fire_at = v.next_at
     FROM v WHERE j.id = ANY(%(ids)b::uuid[]) AND j.id = v.id AND j.next_fire_at = v.due
     RETURNING j.id, j.project_id, j.enabled, j.paused, j.project_paused, j.cron_overlap_policy, j.rate_limit_max,
               j.rate_limit_window_secs, j.rate_limit_keys, j.run_ttl_secs, j.tags, j.default_run_metadata,
               j.version, j.version_id, j.has_dependencies,
-              v.fire_at, v.fire_key, v.run_id
+              v.fire_at, v.fire_key, v.run_id, v.judge
 ), judged AS (
     SELECT t.*,
         -- a run of a job with dependencies waits while one is unmet (migration 0012)
@@ -1694,11 +1698,12 @@ WITH v AS (
         WHEN t.cron_overlap_policy = 'skip' AND EXISTS (
             SELECT 1 FROM job_runs r
             WHERE r.job_id = t.id AND r.status = ANY('{queued,dequeued,executing,waiting,delayed}'::text[])) THEN 'overlap'
-        WHEN t.rate_limit_max IS NOT NULL AND (
+        WHEN t.judge = 2 THEN 'rate_limit'
+        WHEN t.judge = 0 AND t.rate_limit_max IS NOT NULL AND (
             SELECT count(*) FROM job_runs r
             WHERE r.job_id = t.id AND r.created_at >= now() - make_interval(secs => COALESCE(t.rate_limit_window_secs, 60))
         ) >= t.rate_limit_max THEN 'rate_limit'
-        WHEN EXISTS (
+        WHEN t.judge = 0 AND EXISTS (
             SELECT 1 FROM jsonb_array_elements(t.rate_limit_keys) k
             WHERE (SELECT COALESCE(sum(h.n), 0) FROM rate_limit_hits h
                    WHERE h.project_id = t.project_id AND h.key = k ->> 'key'
@@ -1733,7 +1738,8 @@ WITH v AS (
     INSERT INTO rate_limit_hits (project_id, key, n)
     SELECT j.project_id, k ->> 'key', 1
     FROM judged j CROSS JOIN LATERAL jsonb_array_elements(j.rate_limit_keys) k
-    WHERE jsonb_typeof(j.rate_limit_keys) = 'array' AND j.rate_limit_keys <> '[]' AND j.run_id IN (SELECT id FROM ins)
+    WHERE j.judge = 0 AND jsonb_typeof(j.rate_limit_keys) = 'array' AND j.rate_limit_keys <> '[]'
+      AND j.run_id IN (SELECT id FROM ins)
 ), wake AS (
     SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM ins WHERE status = 'queued' LIMIT 1) w
 )

@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 
 from strait_actors import cron, ids
 from strait_actors.payloads import canonical_payload
+from strait_actors.ratelimits import Limit, SyncRedisRateLimits, limits_of
 from strait_actors.store.errors import translated
 from strait_actors.store.sql import q
 
@@ -77,32 +78,54 @@ def next_due(conn: psycopg.Connection) -> datetime | None:
     return row[0] if row else None
 
 
-def fire_due(conn: psycopg.Connection, now: datetime) -> list[Fired]:
-    """Fire the ticks due at `now` (one batch): each job's latest due tick once, its next armed."""
-    with translated(), conn.cursor(row_factory=dict_row) as cur, conn.transaction():
-        rows = cur.execute(q("cron_due"), {"now": now, "limit": BATCH}).fetchall()
-        if not rows:
-            return []
-        ticks = list(_ticks(rows, now))
-        params: dict[str, Any] = {
-            "ids": [t[0] for t in ticks],
-            "due": [t[1] for t in ticks],
-            "fire_at": [t[2] for t in ticks],
-            "next": [t[3] for t in ticks],
-            "keys": [cron.fire_key(t[0], t[2]) for t in ticks],
-            "run_ids": [ids.uuid7() for _ in ticks],
-            "empty_hash": _EMPTY_HASH,
-        }
-        # one transaction: the rows read stay this scheduler's, and a cancel_running tick's cancels
-        # commit with its new run
-        out = cur.execute(q("cron_fire"), params).fetchall()
-        cancel = [r for r in out if r["run_id"] and r["cron_overlap_policy"] == "cancel_running"]
-        if cancel:
-            cur.execute(
-                q("cron_cancel_overlapped"),
-                {"job_ids": [r["job_id"] for r in cancel], "run_ids": [r["run_id"] for r in cancel]},
-            )
+def fire_due(conn: psycopg.Connection, now: datetime, redis: SyncRedisRateLimits | None = None) -> list[Fired]:
+    """Fire the ticks due at `now` (one batch): each job's latest due tick once, its next armed.
+    With `redis` (REDIS_URL set), a tick of a job with rate limits is counted in Redis, where the
+    API counts its triggers: admitted there before the statement, given back if it made no run."""
+    taken: list[tuple[list[Limit], str]] = []  # (limits, run id) admitted in Redis
+    made: set[str] = set()
+    try:
+        with translated(), conn.cursor(row_factory=dict_row) as cur, conn.transaction():
+            rows = cur.execute(q("cron_due"), {"now": now, "limit": BATCH}).fetchall()
+            if not rows:
+                return []
+            ticks = list(_ticks(rows, now))
+            run_ids = [ids.uuid7() for _ in ticks]
+            judge = [0] * len(ticks)  # cron_fire's `judge`: 0 here, 1 admitted by Redis, 2 refused
+            if redis is not None:
+                for i, row in enumerate(rows):
+                    limits = limits_of(row)
+                    verdict = redis.take(limits, [run_ids[i]]) if limits else None
+                    if verdict is not None:
+                        judge[i] = 1 if verdict else 2
+                        if verdict:
+                            taken.append((limits, str(run_ids[i])))
+            params: dict[str, Any] = {
+                "ids": [t[0] for t in ticks],
+                "due": [t[1] for t in ticks],
+                "fire_at": [t[2] for t in ticks],
+                "next": [t[3] for t in ticks],
+                "keys": [cron.fire_key(t[0], t[2]) for t in ticks],
+                "run_ids": run_ids,
+                "judge": judge,
+                "empty_hash": _EMPTY_HASH,
+            }
+            # one transaction: the rows read stay this scheduler's, and a cancel_running tick's cancels
+            # commit with its new run
+            out = cur.execute(q("cron_fire"), params).fetchall()
+            cancel = [r for r in out if r["run_id"] and r["cron_overlap_policy"] == "cancel_running"]
+            if cancel:
+                cur.execute(
+                    q("cron_cancel_overlapped"),
+                    {"job_ids": [r["job_id"] for r in cancel], "run_ids": [r["run_id"] for r in cancel]},
+                )
+        made = {r["run_id"] for r in out if r["run_id"]}
         return [Fired(r["job_id"], r["fire_at"], r["fire_key"], r["run_id"], r["skipped"]) for r in out]
+    finally:  # committed or not: what Redis admitted for a run that does not exist leaves its windows
+        if redis is not None:
+            for limits, run_id in taken:
+                if run_id not in made:
+                    redis.give_back(limits, [run_id])
 
 
 def _ticks(rows: list[dict[str, Any]], now: datetime) -> Iterable[tuple[str, datetime, datetime, datetime]]:
