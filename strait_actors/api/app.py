@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from strait_actors.api import environments, events, groups, health, jobs, projects, runs, sdk, triggers
+from strait_actors.api import environments, events, groups, health, jobs, openapi, projects, runs, sdk, triggers
 from strait_actors.api.auth import CALLER, KeyCache, authenticate
 from strait_actors.api.http import Handler, envelope, is_long_lived
 from strait_actors.api.limits import RateLimiter, take_request
@@ -129,4 +129,5 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         groups.routes,
     ):
         app.add_routes(table)
+    openapi.attach(app)  # last: the document describes every route added above
     return app

@@ -39,7 +39,8 @@ MAX_SCHEDULE_AHEAD: Final = timedelta(days=30)
 SCHEDULE_SLACK: Final = timedelta(seconds=1)  # client/server clock skew tolerated for "now"
 EMPTY_PAYLOAD_HASH: Final = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 
-_SLUG_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+SLUG_PATTERN: Final = "[a-z0-9][a-z0-9._-]*"  # fullmatch; the OpenAPI document anchors it
+_SLUG_RE: Final = re.compile(SLUG_PATTERN)
 _URL_BAD_CHARS_RE: Final = re.compile(r"[\x00-\x20\x7f]")
 _RFC3339_RE: Final = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)\Z")
 
@@ -170,7 +171,7 @@ def _coerce_str(spec: _Str, raw: Any) -> str | None:
         raise _Rule("max")
     if spec.choices and value not in spec.choices:
         raise _Rule("oneof")
-    if spec.slug and not _SLUG_RE.match(value):
+    if spec.slug and not _SLUG_RE.fullmatch(value):
         raise _Rule("slug")
     return value
 
@@ -231,9 +232,12 @@ def _pop_signing_secret(out: dict[str, Any]) -> tuple[bool, str | None]:
     return present, webhook or endpoint
 
 
+MAX_URL_LEN: Final = 2048
+
+
 def _url_problem(url: str) -> str | None:
-    if len(url) > 2048:
-        return "must be at most 2048 characters"
+    if len(url) > MAX_URL_LEN:
+        return f"must be at most {MAX_URL_LEN} characters"
     if _URL_BAD_CHARS_RE.search(url):
         return "must not contain spaces or control characters"
     try:
@@ -303,24 +307,32 @@ def _check_schema(name: str, schema: Any) -> None:
         raise bad_request(f"invalid {name}: {exc}") from None
 
 
+MAX_TAGS: Final = 20
+MAX_TAG_KEY: Final = 64
+MAX_TAG_VALUE: Final = 256
+
+
 def _check_tags(tags: Mapping[str, str] | None) -> None:
     if not tags:
         return
-    if len(tags) > 20:
-        raise bad_request("tags must have at most 20 keys")
+    if len(tags) > MAX_TAGS:
+        raise bad_request(f"tags must have at most {MAX_TAGS} keys")
     for key, value in tags.items():
-        if not 1 <= len(key) <= 64:
-            raise bad_request("tag keys must be 1-64 characters")
-        if len(value) > 256:
+        if not 1 <= len(key) <= MAX_TAG_KEY:
+            raise bad_request(f"tag keys must be 1-{MAX_TAG_KEY} characters")
+        if len(value) > MAX_TAG_VALUE:
             quoted = json.dumps(key, ensure_ascii=False)
-            raise bad_request(f"tag value for key {quoted} must be at most 256 characters")
+            raise bad_request(f"tag value for key {quoted} must be at most {MAX_TAG_VALUE} characters")
+
+
+MAX_RETRY_DELAYS: Final = 100
 
 
 def _check_retry_delays(delays: list[int] | None) -> None:
     if delays is None:
         return
-    if len(delays) > 100:
-        raise bad_request("retry_delays_secs must have at most 100 entries")
+    if len(delays) > MAX_RETRY_DELAYS:
+        raise bad_request(f"retry_delays_secs must have at most {MAX_RETRY_DELAYS} entries")
     if not all(0 < d <= INT32_MAX for d in delays):
         raise bad_request(f"retry_delays_secs must contain positive integers <= {INT32_MAX}")
 
@@ -427,19 +439,41 @@ def validate_job_patch(body: Any, *, url_check: UrlCheck | None = None) -> dict[
     return out
 
 
+# A trigger body (§4.3.6) and a bulk item (§4.3.7), one field per RunRequest field: the bounds
+# `_trigger` checks are these, and the OpenAPI document describes the body from this table.
+_PRIORITY: Final = _Int(0, 10)
+_TTL: Final = _Int(0, MAX_TTL_SECS)
+_TRIGGER_KEY_LEN: Final = MAX_KEY_LEN
+_TRIGGER_KEY: Final = _Str(max_len=_TRIGGER_KEY_LEN)
+TRIGGER_FIELDS: Final[dict[str, _Spec]] = {
+    "payload": "json",
+    "tags": "str_map",
+    "scheduled_at": "rfc3339",
+    "priority": _PRIORITY,
+    "dry_run": "bool",
+    "ttl_secs": _TTL,
+    "concurrency_key": _TRIGGER_KEY,
+    "debounce_key": _TRIGGER_KEY,
+    "batch_key": _TRIGGER_KEY,
+    "idempotency_key": _TRIGGER_KEY,
+    "metadata": "str_map",
+}
+
+
 def _type_error(name: str, kind: str) -> ApiError:
     return unprocessable(f"{name} must be {kind}", [f"{name}: failed on 'type'"])
 
 
-def _trigger_int(body: Mapping[str, Any], name: str, hi: int) -> int | None:
+def _trigger_int(body: Mapping[str, Any], name: str, spec: _Int) -> int | None:
     raw = body.get(name)
     if raw is None:
         return None
     if not _is_int(raw):
         raise _type_error(name, "an integer")
-    if not 0 <= raw <= hi:
-        rule = "min" if raw < 0 else "max"
-        raise unprocessable(f"{name} must be between 0 and {hi}", [f"{name}: failed on '{rule}'"])
+    hi = INT32_MAX if spec.hi is None else spec.hi
+    if not spec.lo <= raw <= hi:
+        rule = "min" if raw < spec.lo else "max"
+        raise unprocessable(f"{name} must be between {spec.lo} and {hi}", [f"{name}: failed on '{rule}'"])
     return int(raw)
 
 
@@ -450,7 +484,7 @@ def _trigger_key(body: Mapping[str, Any], name: str) -> str | None:
     if not isinstance(raw, str):
         raise _type_error(name, "a string")
     value = clean_str(raw)
-    if len(value) > MAX_KEY_LEN:
+    if len(value) > _TRIGGER_KEY_LEN:
         message = f"{name} must be at most {MAX_KEY_LEN} characters"
         raise unprocessable(message, [f"{name}: failed on 'max'"])
     return value or None
@@ -500,9 +534,9 @@ def _trigger(body: Any, now: datetime) -> RunRequest:
         payload={} if payload is None else payload,
         tags=tags,
         scheduled_at=_scheduled_at(body.get("scheduled_at"), now),
-        priority=_trigger_int(body, "priority", 10) or 0,
+        priority=_trigger_int(body, "priority", _PRIORITY) or 0,
         dry_run=bool(dry_run),
-        ttl_secs=_trigger_int(body, "ttl_secs", MAX_TTL_SECS),
+        ttl_secs=_trigger_int(body, "ttl_secs", _TTL),
         concurrency_key=_trigger_key(body, "concurrency_key"),
         debounce_key=_trigger_key(body, "debounce_key"),
         batch_key=_trigger_key(body, "batch_key"),
@@ -627,3 +661,96 @@ def _depth_over(value: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
+
+
+# ----------------------------------------------------------------- the same tables as JSON Schema
+# api/openapi.py documents the job and trigger bodies from the tables above, so a field added to
+# a table (or a bound changed) shows up in /openapi.json without a second edit. The 422 rules are
+# the specs themselves; the 400 rules checked afterwards (URL length, the timeout and window caps,
+# tags, retry delays, named rate-limit keys) are added here, from the constants the checks use.
+
+_TAGS_SCHEMA: Final = {
+    "type": "object",
+    "maxProperties": MAX_TAGS,
+    "propertyNames": {"minLength": 1, "maxLength": MAX_TAG_KEY},
+    "additionalProperties": {"type": "string", "maxLength": MAX_TAG_VALUE},
+}
+_SEMANTIC: Final[dict[str, dict[str, Any]]] = {
+    **{name: {"maxLength": MAX_URL_LEN} for name in _URL_FIELDS},
+    "timeout_secs": {"maximum": MAX_TIMEOUT_SECS},
+    **{
+        name: {"maximum": MAX_WINDOW_SECS}
+        for name in ("rate_limit_window_secs", "dedup_window_secs", "debounce_window_secs", "batch_window_secs")
+    },
+    "batch_max_size": {"maximum": MAX_BATCH_ITEMS},
+    "retry_delays_secs": {
+        "maxItems": MAX_RETRY_DELAYS,
+        "items": {"type": "integer", "minimum": 1, "maximum": INT32_MAX},
+    },
+    "rate_limit_keys": {"maxItems": MAX_RATE_KEYS},
+    "tags": _TAGS_SCHEMA,
+}
+_KIND_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "bool": {"type": "boolean"},
+    "str_map": {"type": "object", "additionalProperties": {"type": "string"}},
+    "int_list": {"type": "array", "items": {"type": "integer"}},
+    "rate_keys": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "key": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^\\x00-\\x20\\x7f]+$"},
+                "max": {"type": "integer", "minimum": 1, "maximum": INT32_MAX},
+                "window_secs": {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW_SECS},
+            },
+            "required": ["key", "max", "window_secs"],
+            "additionalProperties": False,
+        },
+    },
+    "rfc3339": {"type": "string", "format": "date-time"},
+    "json": {},
+}
+
+
+def spec_schema(name: str, spec: _Spec, *, nullable: bool = True) -> dict[str, Any]:
+    """One field of a table as JSON Schema; `nullable`: a null is read as absent (Go's pointers)."""
+    out: dict[str, Any]
+    if isinstance(spec, _Str):
+        out = {"type": "string"}
+        if spec.min_len:
+            out["minLength"] = spec.min_len
+        if spec.max_len is not None:
+            out["maxLength"] = spec.max_len
+        if spec.choices:
+            out["enum"] = sorted(spec.choices)
+        if spec.slug:
+            out["pattern"] = f"^{SLUG_PATTERN}$"
+    elif isinstance(spec, _Int):
+        out = {"type": "integer", "minimum": spec.lo}
+        if spec.hi is not None:
+            out["maximum"] = spec.hi
+    else:
+        out = dict(_KIND_SCHEMAS[spec])
+    out.update(_SEMANTIC.get(name, {}))
+    if nullable and "enum" in out:
+        out["enum"] = [*out["enum"], None]
+    elif nullable and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def job_body_schema(*, patch: bool) -> dict[str, Any]:
+    """POST /v1/jobs (patch=False) or PATCH /v1/jobs/{id} body. An empty string clears a field (or
+    means unset), so only the required fields of a create must be non-empty."""
+    table = _PATCH_FIELDS if patch else _JOB_FIELDS
+    props = {name: spec_schema(name, spec) for name, spec in table.items()}
+    if patch:
+        return {"type": "object", "properties": props}
+    for name in _REQUIRED:
+        props[name] = {**spec_schema(name, table[name], nullable=False), "minLength": 1}
+    return {"type": "object", "properties": props, "required": list(_REQUIRED)}
+
+
+def trigger_body_schema() -> dict[str, Any]:
+    """A trigger body or bulk item: every field optional, unknown ones ignored (api.md §0.3)."""
+    return {"type": "object", "properties": {name: spec_schema(name, spec) for name, spec in TRIGGER_FIELDS.items()}}
