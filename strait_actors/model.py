@@ -153,6 +153,7 @@ class ClaimedRun:
     last_checkpoint: str | None = None  # newest checkpoint's state (JSON), for retried and resumed runs
     checkpoint_at: datetime | None = None
     fallback_endpoint_url: str | None = None  # engine.md §3.5: where a transient failure is sent again
+    created_at: datetime | None = None  # when the run was made (end-to-end latency, /metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,3 +169,4 @@ class Outcome:
     error_class: str | None
     retry_delay: float
     priority_boost: int
+    http_status: int = 0  # the endpoint's answer (0: none), for /metrics

@@ -6,6 +6,7 @@ connections all come back as an `Outcome` value carrying the retry decision.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -170,13 +171,15 @@ async def call(
         client, run.endpoint_url, run, payload, jwt_key, timeout, max_response_bytes
     )
     if status and not error:
-        return Outcome(run.id, run.attempt, run.lease_id, S.COMPLETED, result_json(body), None, None, 0.0, 0)
+        return Outcome(run.id, run.attempt, run.lease_id, S.COMPLETED, result_json(body), None, None, 0.0, 0, status)
     left = deadline - time.monotonic()
     if run.fallback_endpoint_url and error_class in FALLBACK_CLASSES and left > 0:
         f_status, f_body, f_error, _, f_timed_out = await _post(
             client, run.fallback_endpoint_url, run, payload, jwt_key, left, max_response_bytes
         )
         if f_status and not f_error:
-            return Outcome(run.id, run.attempt, run.lease_id, S.COMPLETED, result_json(f_body), None, None, 0.0, 0)
+            body_json = result_json(f_body)
+            return Outcome(run.id, run.attempt, run.lease_id, S.COMPLETED, body_json, None, None, 0.0, 0, f_status)
         error, timed_out = f"{error}; fallback: {f_error}", f_timed_out
-    return decide_failure(run, error, error_class, timed_out=timed_out)
+    outcome = decide_failure(run, error, error_class, timed_out=timed_out)
+    return dataclasses.replace(outcome, http_status=status) if status else outcome

@@ -54,6 +54,7 @@ class ProcessSupervisor:
                 self.failures[i] += 1
                 delay = min(0.5 * 2 ** min(self.failures[i] - 1, 6), 30.0) * random.uniform(0.8, 1.2)
                 log.warning("worker process %d (pid %d) exited with %s; restart in %.1f s", i, proc.pid, code, delay)
+                _metrics_gone(proc.pid)
                 self.procs[i] = None
                 self.next_start[i] = time.monotonic() + delay
 
@@ -79,3 +80,10 @@ class ProcessSupervisor:
 def worker_child_argv() -> list[str]:
     """The command line of one worker process: this interpreter, running its own actor tree."""
     return [sys.executable, "-m", "strait_actors.cli", "--worker-child"]
+
+
+def _metrics_gone(pid: int) -> None:
+    """Its live gauges leave the sums (imported here: metrics must load after runtime.metrics_dir)."""
+    from strait_actors import metrics
+
+    metrics.process_gone(pid)

@@ -7,8 +7,10 @@ A worker process's actor tree is wired in one place, `actors/tree.py`, and only
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -114,8 +116,36 @@ def _stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
     return stop
 
 
+def metrics_dir(settings: Settings) -> None:
+    """Every process of this program writes its metrics under one directory (`strait_actors.metrics`,
+    multiprocess mode), made fresh for this program (`<data dir>/metrics/<pid>`; directories left by
+    programs no longer running go). Before any metric exists: set here, inherited by the workers."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return  # the operator chose one
+    root = settings.data_dir / "metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        if old.name.isdigit() and not _alive(int(old.name)):
+            shutil.rmtree(old, ignore_errors=True)
+    mine = root / str(os.getpid())
+    shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mine)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run(mode: str, settings: Settings, processes: int | None = None) -> int:
     """`strait --mode all|api|worker`: exit 0 after a clean SIGTERM/SIGINT shutdown."""
+    metrics_dir(settings)
     p = prepare(settings)
     count = processes or p.settings.worker_processes
     print(banner(p, mode, count), flush=True)
@@ -147,11 +177,28 @@ async def _main(mode: str, p: Prepared) -> None:
 
 
 def _worker_app(p: Prepared) -> web.Application:
+    """The worker host's small port: `/health`, and `/metrics` for its processes (internal secret)."""
+    from strait_actors import metrics
+    from strait_actors.metrics_sampler import MetricsSampler, metrics_response
+
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__, "mode": "worker"})
 
+    async def scrape(request: web.Request) -> web.Response:
+        return metrics_response(request, p.settings.internal_secret)
+
+    async def sampler(app: web.Application) -> Any:
+        sampled = MetricsSampler(p.dsn, metrics)
+        task = asyncio.ensure_future(sampled.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app = web.Application()
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", scrape)
+    app.cleanup_ctx.append(sampler)
     return app
 
 

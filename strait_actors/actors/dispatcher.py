@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import psycopg
 
-from strait_actors import outbound
+from strait_actors import metrics, outbound
 from strait_actors.actors.base import TreeContext
 from strait_actors.actors.loop import LoopActor
 from strait_actors.breaker import REFRESH_SECS, Breakers
@@ -44,6 +45,8 @@ class DispatcherPool(LoopActor):
         self.inflight: dict[str, ClaimedRun] = {}
         self.calls: set[asyncio.Task[None]] = set()  # the endpoint calls among the tracked tasks
         self.pending: list[Outcome] = []
+        self.took: list[float] = []  # HTTP call durations not yet counted (/metrics)
+        self.began: dict[str, float] = {}  # run id -> when its call began, until its outcome is written
         self.flushing = False
         self.flush_task: asyncio.Task[None] | None = None
         self.draining = False
@@ -98,6 +101,7 @@ class DispatcherPool(LoopActor):
 
     async def _call(self, run: ClaimedRun) -> None:
         s = self.ctx.settings
+        started = time.perf_counter()
         wait = self.breakers.hold_for(run.project_id, run.endpoint_url) if self.breakers.watching else 0.0
         if wait:  # the circuit is open: back to the queue until it half-opens, no attempt spent
             error = f"circuit open for this endpoint: waits {wait:.0f} s"
@@ -112,6 +116,8 @@ class DispatcherPool(LoopActor):
             )
             if self.breakers.record(run.project_id, run.endpoint_url, outcome):
                 log.warning("circuit opened for %s: %s", run.endpoint_url, outcome.error)
+            self.took.append(time.perf_counter() - started)
+        self.began[run.id] = started
         self.pending.append(outcome)
         if not self.flushing:
             self.flushing = True
@@ -124,6 +130,7 @@ class DispatcherPool(LoopActor):
                 batch = self.pending[:FLUSH_MAX]
                 del self.pending[:FLUSH_MAX]
                 await self._write(batch)
+                self._count(batch)
                 for o in batch:
                     self.inflight.pop(o.run_id, None)
                 self.ctx.registry.tell("poller", SlotsFreed(len(batch), time.monotonic()))
@@ -131,6 +138,34 @@ class DispatcherPool(LoopActor):
                     await self._write_circuits()
         finally:
             self.flushing = False
+
+    def _count(self, batch: list[Outcome]) -> None:
+        """The batch's figures for /metrics, added once per batch (`metrics.observe_many`)."""
+        now, wall = time.perf_counter(), time.time()
+        took, self.took = self.took, []
+        metrics.observe_many(metrics.DISPATCH_DURATION, took)
+        lived, ages, statuses, errors, retries = [], [], Counter[str](), Counter[str](), 0
+        for o in batch:
+            started = self.began.pop(o.run_id, None)
+            if started is not None:
+                lived.append(now - started)
+            run = self.inflight.get(o.run_id)
+            if run is not None and run.created_at is not None:
+                ages.append(wall - run.created_at.timestamp())
+            if o.error_class == "circuit_open":
+                continue
+            statuses[str(o.http_status) if o.http_status else "error"] += 1
+            if o.error_class:
+                errors[o.error_class] += 1
+                retries += o.to_status == S.QUEUED
+        metrics.observe_many(metrics.RUN_DURATION, lived)
+        metrics.observe_many(metrics.RUN_END_TO_END, ages)
+        for status, n in statuses.items():
+            metrics.DISPATCH_STATUS.labels(status).inc(n)
+        for error_class, n in errors.items():
+            metrics.DISPATCH_ERRORS.labels(error_class).inc(n)
+        if retries:
+            metrics.RETRIES.inc(retries)
 
     async def _write(self, batch: list[Outcome]) -> None:
         """Write until the fence decides, retrying a lost database once a second.

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from strait_actors import metrics
 from strait_actors.actors.base import SupervisedActor, TreeContext
 from strait_actors.messages import Dispatch, DispatcherReady, ReportCapacity, SlotsFreed, Tick, Wake
 from strait_actors.store import queue
@@ -157,6 +158,8 @@ class Poller(SupervisedActor):
             want = min(free, self.batch)
             started = time.monotonic()
             result = self._claims().claim(want)
+            metrics.CLAIM_DURATION.observe(time.monotonic() - started)
+            metrics.CLAIM_BATCH.observe(len(result.runs))
             if self.down:
                 log.info("database answers again: claiming")
                 self.down = False

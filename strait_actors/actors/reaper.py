@@ -22,6 +22,7 @@ import time
 
 import psycopg
 
+from strait_actors import metrics
 from strait_actors.actors.base import TreeContext
 from strait_actors.actors.sweeper import SweepActor
 from strait_actors.store import dependencies, events, queue, retention
@@ -59,6 +60,7 @@ class Reaper(SweepActor):
             reaped = queue.reap_lost_leases(conn)
             if reaped:
                 log.warning("lost leases: %s", reaped)
+                metrics.LEASE_RESCUES.inc(sum(reaped.values()))
         expired = queue.expire_runs(conn)
         if expired:
             log.info("expired %d run(s)", expired)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pykka
 
+from strait_actors import metrics
 from strait_actors.actors.base import TreeContext
 from strait_actors.actors.clock import Clock
 from strait_actors.messages import ChildFailed, RestartChild
@@ -86,6 +87,7 @@ class Supervisor(pykka.ThreadingActor):
             self._child_failed(message)
         elif isinstance(message, RestartChild) and not self.stopping and not self.failed.is_set():
             log.info("restarting %s", message.name)
+            metrics.ACTOR_RESTARTS.labels(message.name).inc()
             self._start_child(message.name)
 
     def _child_failed(self, message: ChildFailed) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from strait_actors import metrics
 from strait_actors.api import environments, events, groups, health, jobs, openapi, projects, runs, sdk, triggers
 from strait_actors.api.auth import CALLER, KeyCache, authenticate
 from strait_actors.api.http import Handler, envelope, is_long_lived
@@ -28,6 +30,7 @@ from strait_actors.api.state import (
 )
 from strait_actors.api.streams import StreamHub
 from strait_actors.errors import ApiError
+from strait_actors.metrics_sampler import MetricsSampler
 from strait_actors.ratelimits import RedisRateLimits
 from strait_actors.settings import Settings
 from strait_actors.store.budgets import Budgets
@@ -98,7 +101,11 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     app[LIMITER] = RateLimiter(
         settings.rate_limit_requests, settings.trigger_rate_limit_requests, redis, settings.auth_failure_limit
     )
+    sampler = asyncio.ensure_future(MetricsSampler(app[DSN], metrics, pool).run())
     yield
+    sampler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sampler
     await hub.stop()
     if redis is not None:
         await redis.aclose()

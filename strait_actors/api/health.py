@@ -1,7 +1,9 @@
-"""Health (api.md §4.1): `/health` and `/health/ready`, never rate-limited, no auth."""
+"""Health and metrics (api.md §4.1): `/health` and `/health/ready`, never rate-limited, no auth;
+`/metrics`, the internal secret's."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -12,6 +14,7 @@ from strait_actors.api.auth import internal_secret_ok
 from strait_actors.api.http import json_response
 from strait_actors.api.render import now_ts
 from strait_actors.api.state import POOL, STARTED
+from strait_actors.errors import unauthorized
 from strait_actors.store.sql import ping
 
 routes = web.RouteTableDef()
@@ -45,3 +48,17 @@ async def ready(request: web.Request) -> web.Response:
     if await _db_ok(request):
         return json_response({"status": "ready"})
     return json_response({"status": "not_ready"}, 503)
+
+
+@routes.get("/metrics")
+async def scrape(request: web.Request) -> web.Response:
+    """Every process of this program's series (`strait_actors.metrics`); Accept exactly
+    `application/json` gets `{"content_type", "text"}` (the official client's `list_metrics`)."""
+    from strait_actors import metrics  # after runtime.metrics_dir chose the multiprocess directory
+
+    if not internal_secret_ok(request):
+        raise unauthorized("invalid or missing internal secret")
+    text = await asyncio.to_thread(metrics.exposition)  # files of every process: off the event loop
+    if request.headers.get("Accept", "").strip() == "application/json":
+        return json_response({"content_type": metrics.CONTENT_TYPE, "text": text.decode()})
+    return web.Response(body=text, headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from strait_actors import payloads, schemas
+from strait_actors import metrics, payloads, schemas
 from strait_actors.api.state import REQUEST_ID, SETTINGS
 from strait_actors.api.validation import parse_json_body
 from strait_actors.errors import ApiError, bad_request
@@ -130,9 +130,30 @@ def error_body(request: web.Request, err: ApiError) -> dict[str, Any]:
 
 @web.middleware
 async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id in, error envelope out; nothing escapes as a bare 500."""
+    """Request id in, error envelope out; nothing escapes as a bare 500. Timed for /metrics."""
     rid = _request_id(request)
     request[REQUEST_ID] = rid
+    started = time.perf_counter()
+    metrics.HTTP_INFLIGHT.inc()
+    try:
+        resp = await _answer(request, handler)
+    finally:
+        metrics.HTTP_INFLIGHT.dec()
+    resp.headers["X-Request-Id"] = rid
+    resp.headers["X-API-Version"] = "v1"
+    route = request.match_info.route.resource
+    key = (route.canonical if route is not None else "unmatched", resp.status)
+    timer = _HTTP_TIMERS.get(key)
+    if timer is None:
+        timer = _HTTP_TIMERS[key] = metrics.HTTP_DURATION.labels(key[0], str(key[1]))
+    timer.observe(time.perf_counter() - started)
+    return resp
+
+
+_HTTP_TIMERS: dict[tuple[str, int], Any] = {}  # (route, status) -> its histogram: one lookup a request
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         resp = await handler(request)
     except Unavailable as exc:
@@ -158,6 +179,4 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = json_response(error_body(request, ApiError(500, "internal server error", code="internal_error")), 500)
-    resp.headers["X-Request-Id"] = rid
-    resp.headers["X-API-Version"] = "v1"
     return resp

@@ -294,6 +294,13 @@ OPERATIONS: Final[dict[tuple[str, str], Op]] = {
     ("GET", "/health"): Op("Liveness", "health", _ok("Health")),
     ("GET", "/health/ready"): Op("Readiness (the database answers)", "health", {200: ref("Ready"), 503: ref("Ready")}),
     ("GET", PATH): Op("This document", "health", {200: {"type": "object"}}),
+    ("GET", "/metrics"): Op(
+        "Prometheus metrics of every process (the internal secret; Accept: application/json gets them wrapped)",
+        "health",
+        {200: {"type": "string"}},
+        errors=_codes(401),
+        media="text/plain",
+    ),
     **_jobs(),
     **_runs(),
     **_tenancy(),
@@ -310,6 +317,7 @@ _BODY_ERRORS: Final = _codes(413, 415)
 _SECURITY: Final[dict[str, list[dict[str, list[str]]]]] = {
     "/v1/": [{"bearer": []}, {"internalSecret": []}],
     "/sdk/": [{"runToken": []}],
+    "/metrics": [{"bearer": []}, {"internalSecret": []}],
 }
 _SCHEMES: Final = {
     "bearer": {

@@ -1648,6 +1648,33 @@ UPDATE jobs j SET next_fire_at = v.next_at
 FROM unnest(%(ids)s::uuid[], %(next)s::timestamptz[], %(seen)s::timestamptz[]) AS v(id, next_at, seen)
 WHERE j.id = v.id AND j.next_fire_at IS NULL AND j.updated_at = v.seen
 
+-- name: drain_transition_tally
+-- Run transitions written since the last drain (migration 0014), summed, and gone from the table.
+WITH d AS (DELETE FROM run_transition_tally RETURNING from_status, to_status, n)
+SELECT from_status, to_status, sum(n)::bigint FROM d GROUP BY 1, 2
+
+-- name: queue_depth
+-- Runs by non-terminal status and the dead-letter queue, each from its own partial index, and the
+-- age of the oldest claimable queued run (status, n, age): for /metrics, every few seconds.
+SELECT 'delayed' AS status, count(*) AS n, NULL::float8 AS age FROM job_runs WHERE status = 'delayed'
+UNION ALL
+SELECT 'queued', sum(n), NULL FROM (
+    SELECT count(*) AS n FROM job_runs WHERE status = 'queued' AND held IS NULL
+    UNION ALL SELECT count(*) FROM job_runs WHERE status = 'queued' AND held IS NOT NULL) q
+UNION ALL
+SELECT 'dequeued', count(*), NULL FROM job_runs WHERE status = 'dequeued'
+UNION ALL
+SELECT 'executing', count(*), NULL FROM job_runs WHERE status = 'executing'
+UNION ALL
+SELECT 'waiting', count(*), NULL FROM job_runs WHERE status = 'waiting'
+UNION ALL
+SELECT status, count(*), NULL FROM job_runs WHERE status IN ('paused', 'replay_staged') GROUP BY status
+UNION ALL
+SELECT 'dead_letter', count(*), NULL FROM job_runs WHERE status = 'dead_letter'
+UNION ALL
+SELECT 'oldest', 0, EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM job_runs
+WHERE status = 'queued' AND held IS NULL
+
 -- name: cron_due
 -- Jobs whose tick is due, oldest tick first. Rows another scheduler is firing are skipped: the
 -- schedulers share a burst of ticks instead of racing for the same ones (which tick fires, and

@@ -62,7 +62,7 @@ class _ClaimRow:
 
 def _claimed(promoted: int, claim_priority: int | None, claim_created_at: datetime | None, **row: Any) -> _ClaimRow:
     """A claim row by column name; the one row of an empty claim has no run, only the count."""
-    run = ClaimedRun(**row) if row["id"] is not None else None
+    run = ClaimedRun(**row, created_at=claim_created_at) if row["id"] is not None else None
     return _ClaimRow(promoted, (-(claim_priority or 0), claim_created_at or datetime.min), run)
 
 

@@ -21,7 +21,8 @@ whose RETURNING names at least `id, from_status, to_status, attempt` (and option
   it releases the waiting runs of jobs that depend on its job (engine.md §2.8). A run
   leaving `executing` gives back its concurrency slots (it returns `job_id, slots`) and a queued
   run leaving the queue while a full gate held it back leaves that gate's count (`job_id, held`);
-  a gate with a slot free and runs held wakes the pollers.
+  a gate with a slot free and runs held wakes the pollers. Every transition written (the seam's own
+  resumes and releases too) adds to `run_transition_tally`, for /metrics (migration 0014).
 - `{wake NAME}`: a CTE `NAME_wake` that NOTIFYs the pollers when runs became claimable; the final
   SELECT must read it (a SELECT CTE runs only when read).
 - `{terminal}`: the terminal statuses as a text[] literal.
@@ -181,6 +182,18 @@ def _after(t: Transition) -> str:
         + (_answer_parents(t) + _release_dependents(t) if any(fsm.is_terminal(x) for x in t.targets) else "")
         + (_gates(t) if {fsm.S.EXECUTING, fsm.S.QUEUED} & set(t.sources) else "")
         + f", {t.name}_watched AS (\n    {tell_watchers(t.name)}\n)"
+        + _tally(t.name, "from_status", "to_status")
+    )
+
+
+def _tally(cte: str, from_expr: str, to_expr: str, where: str = "") -> str:
+    """The transitions of `cte` counted for /metrics (migration 0014): a row per (from, to), in the
+    statement that writes them; none when it wrote none."""
+    return (
+        f", {cte}_tally AS (\n"
+        "    INSERT INTO run_transition_tally (from_status, to_status, n)\n"
+        f"    SELECT {from_expr}, {to_expr}, count(*) FROM {cte}{where} GROUP BY 1, 2\n"
+        ")"
     )
 
 
@@ -252,7 +265,7 @@ def _answer_parents(t: Transition) -> str:
         f"    FROM {t.name}_parents p\n"
         "    CROSS JOIN LATERAL (SELECT pg_notify('strait_queue_wake', '') WHERE p.to_status = 'queued') w\n"
         "    WHERE p.to_status = 'queued'\n"
-        ")"
+        ")" + _tally(f"{t.name}_parents", "'waiting'", "to_status", " WHERE to_status = 'queued'")
     )
 
 
@@ -293,7 +306,7 @@ def _release_dependents(t: Transition) -> str:
         "    SELECT p.id, 'state_change', 'info', 'waiting -> queued (dependencies met)',\n"
         "           jsonb_build_object('from', 'waiting', 'to', 'queued', 'attempt', p.attempt)\n"
         f"    FROM {t.name}_dependents p CROSS JOIN LATERAL (SELECT pg_notify('strait_queue_wake', '')) w\n"
-        ")"
+        ")" + _tally(f"{t.name}_dependents", "'waiting'", "'queued'")
     )
 
 

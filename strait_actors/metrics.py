@@ -1,0 +1,93 @@
+"""Prometheus metrics (engine.md §12 names where one exists), for every process of the program.
+
+Each process writes its series to files in one directory (prometheus_client's multiprocess mode,
+`PROMETHEUS_MULTIPROC_DIR`, set by `runtime.metrics_dir` before this module is imported), so one
+scrape of `/metrics` on the API port, or on a worker host's small port, sees every process the
+program started. Import this module only after that: the value class is chosen at import.
+
+Hot paths count in batches: a claim observes once, an outcome batch adds its runs' durations to a
+histogram's buckets at once (`observe_many`), never a lock per run. Run transitions are counted in
+the database by the transition seam (`run_transition_tally`, migration 0013) and drained into
+`strait_run_transitions_total` by the process that serves the scrape (`MetricsSampler`), with the
+queue's depth from one query on a timer, not per scrape.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_LONG = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+_SIZES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+# --------------------------------------------------------------------------------------- runs
+RUN_TRANSITIONS = Counter(
+    "strait_run_transitions_total", "Run state transitions (every process's, drained from the database)", ["from", "to"]
+)
+RUN_DURATION = Histogram("strait_run_duration_seconds", "Dispatch start to outcome, per attempt", buckets=_LONG)
+RUN_END_TO_END = Histogram("strait_run_end_to_end_seconds", "Run created to its outcome written", buckets=_LONG)
+RETRIES = Counter("strait_worker_retry_total", "Attempts that failed and were queued again")
+LEASE_RESCUES = Counter("strait_queue_heartbeat_reclaims_total", "Runs whose lease ran out, rescued by the reaper")
+# ------------------------------------------------------------------------------------ the queue
+QUEUE_DEPTH = Gauge("strait_queue_depth", "Runs by non-terminal status", ["status"], multiprocess_mode="mostrecent")
+OLDEST_QUEUED = Gauge(
+    "strait_queue_oldest_queued_age_seconds", "Age of the oldest claimable queued run", multiprocess_mode="mostrecent"
+)
+DLQ_DEPTH = Gauge("strait_dlq_depth", "Runs in dead_letter", multiprocess_mode="mostrecent")
+CLAIM_DURATION = Histogram("strait_queue_claim_duration_seconds", "One claim statement", buckets=_LATENCY)
+CLAIM_BATCH = Histogram("strait_queue_claim_batch_size", "Runs one claim took", buckets=_SIZES)
+# ------------------------------------------------------------------------------------ dispatch
+DISPATCH_DURATION = Histogram("strait_dispatch_duration_seconds", "The HTTP call to the endpoint", buckets=_LATENCY)
+DISPATCH_STATUS = Counter(
+    "strait_dispatch_response_status_total", "Dispatch answers by HTTP status (or `error`)", ["status"]
+)
+DISPATCH_ERRORS = Counter("strait_dispatch_errors_total", "Failed dispatches by error class", ["class"])
+# -------------------------------------------------------------------------------- the processes
+ACTOR_RESTARTS = Counter("strait_actor_restarts_total", "Actors restarted by their supervisor", ["actor"])
+DB_POOL = Gauge("strait_db_pool_conns", "API database pool connections", ["state"], multiprocess_mode="livesum")
+HTTP_DURATION = Histogram(
+    "strait_http_request_duration_seconds", "API requests by route and status", ["route", "status"], buckets=_LATENCY
+)
+HTTP_INFLIGHT = Gauge("strait_http_inflight_requests", "API requests in progress", multiprocess_mode="livesum")
+
+
+def observe_many(histogram: Any, values: Iterable[float]) -> None:
+    """Observe many values with one increment per bucket touched: what `observe` does per value,
+    summed (prometheus_client keeps per-bucket counts, not cumulative ones)."""
+    bounds = histogram._upper_bounds
+    counts: dict[int, int] = {}
+    total = 0.0
+    for v in values:
+        i = bisect.bisect_left(bounds, v)
+        counts[i] = counts.get(i, 0) + 1
+        total += v
+    if not counts:
+        return
+    histogram._sum.inc(total)
+    for i, n in counts.items():
+        histogram._buckets[i].inc(n)
+
+
+def exposition() -> bytes:
+    """Every process's series (multiprocess mode), else this process's."""
+    path = os.environ.get(ENV)
+    if not path:
+        return generate_latest(DEFAULT_REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def process_gone(pid: int) -> None:
+    """A process of the program exited: its live gauges leave the sums."""
+    if os.environ.get(ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

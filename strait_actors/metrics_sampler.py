@@ -1,0 +1,112 @@
+"""What the database knows, sampled for `/metrics` by the process that serves the scrape: run
+transitions drained from `run_transition_tally` (written by the transition seam, migration 0013)
+every second, and the queue's depth, its oldest claimable run and the dead-letter depth from one
+query every `DEPTH_SECS`. Never per scrape: a scrape reads files only (`metrics.exposition`).
+
+Many processes may drain the tally (API processes, a worker host's parent): each takes a disjoint
+set of rows (DELETE … RETURNING), so their counters add up to the cluster's transitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from types import ModuleType
+from typing import Any
+
+import psycopg
+from aiohttp import web
+
+from strait_actors.store.sql import q
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECS = 1.0
+DEPTH_SECS = 10.0
+
+
+class MetricsSampler:
+    """One connection of its own; a failed pass is logged once and tried again next time."""
+
+    def __init__(self, dsn: str, metrics: ModuleType, pool: Any = None) -> None:
+        self.dsn = dsn
+        self.metrics = metrics
+        self.pool = pool  # the API's pool: its connections in use are a gauge
+        self.depth_at = 0.0
+        self.failing = False
+
+    async def run(self) -> None:
+        conn: psycopg.AsyncConnection[Any] | None = None
+        while True:
+            try:
+                if conn is None or conn.closed:
+                    conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                await self.sample(conn)
+                self.failing = False
+            except asyncio.CancelledError:
+                if conn is not None:
+                    await conn.close()
+                raise
+            except Exception as exc:  # the database away: the next pass reconnects
+                if not self.failing:
+                    log.warning("metrics sampler: %s", exc)
+                self.failing = True
+                if conn is not None:
+                    await conn.close()
+                conn = None
+            await asyncio.sleep(DRAIN_SECS)
+
+    async def sample(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        m = self.metrics
+        cur = await conn.execute(q("drain_transition_tally"))
+        for from_status, to_status, n in await cur.fetchall():
+            m.RUN_TRANSITIONS.labels(from_status, to_status).inc(n)
+        if self.pool is not None:
+            stats = self.pool.get_stats()
+            size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+            m.DB_POOL.labels("acquired").set(size - idle)
+            m.DB_POOL.labels("idle").set(idle)
+            m.DB_POOL.labels("max").set(self.pool.max_size)
+        if time.monotonic() >= self.depth_at:
+            self.depth_at = time.monotonic() + DEPTH_SECS
+            cur = await conn.execute(q("queue_depth"))
+            depth: dict[str, int] = dict.fromkeys(QUEUE_STATUSES, 0)
+            oldest = 0.0
+            for status, n, age in await cur.fetchall():
+                if status == "dead_letter":
+                    m.DLQ_DEPTH.set(n)
+                elif status == "oldest":
+                    oldest = float(age or 0.0)
+                else:
+                    depth[status] = n
+            for status, n in depth.items():
+                m.QUEUE_DEPTH.labels(status).set(n)
+            m.OLDEST_QUEUED.set(oldest)
+
+
+QUEUE_STATUSES = ("delayed", "queued", "dequeued", "executing", "waiting", "paused", "replay_staged")
+
+
+def metrics_response(request: web.Request, secret: str) -> web.Response:
+    """`GET /metrics` (api.md §4.1): the internal secret (X-Internal-Secret or a bearer token), else
+    401; Prometheus text, or `{"content_type", "text"}` when Accept is exactly application/json
+    (the official client's `list_metrics`)."""
+    from strait_actors import metrics
+
+    given = request.headers.get("X-Internal-Secret")
+    if given is None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else ""
+    if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+        body = {"error": {"code": "unauthorized", "message": "the internal secret is required"}}
+        return web.json_response(body, status=401)
+    text = metrics.exposition()
+    if request.headers.get("Accept", "").strip() == "application/json":
+        return web.Response(
+            text=json.dumps({"content_type": metrics.CONTENT_TYPE, "text": text.decode()}),
+            content_type="application/json",
+        )
+    return web.Response(body=text, headers={"Content-Type": metrics.CONTENT_TYPE})
