@@ -17,8 +17,10 @@ WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8080
 
+# readiness: the database answers and holds this version's migrations (a 503 raises: exit 1);
+# python's urllib, so the image needs no curl. `--mode worker` answers on WORKER_PORT instead (compose)
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/health').status == 200 else 1)"
+  CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('PORT', '8080'), timeout=2)"
 
 ENTRYPOINT ["strait"]
 CMD ["--mode", "all"]

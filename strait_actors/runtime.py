@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import signal
-import sys
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from strait_actors import __version__, embedded
+from strait_actors import __version__, embedded, logs
 from strait_actors.aio import new_event_loop
 from strait_actors.processes import ProcessSupervisor, worker_child_argv
 from strait_actors.settings import SecretsFound, Settings, ensure_secrets
 from strait_actors.store import db
+from strait_actors.store import workers as worker_store
 
 log = logging.getLogger("strait")
 
@@ -38,9 +40,11 @@ class Prepared:
 
 
 def configure_logging(settings: Settings) -> None:
+    """LOG_LEVEL and LOG_FORMAT (JSON lines unless stderr is a terminal), for this process and,
+    through `child_env`, its worker processes."""
     level = settings.log_level.upper()
     level = "WARNING" if level == "WARN" else level
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.configure(level, settings.log_format, (settings.internal_secret, settings.jwt_signing_key))
     if level != "DEBUG":
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
         logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs initdb's whole output at INFO
@@ -48,6 +52,7 @@ def configure_logging(settings: Settings) -> None:
 
 def prepare(settings: Settings) -> Prepared:
     settings, found = ensure_secrets(settings)
+    logs.SCRUB.add((settings.internal_secret, settings.jwt_signing_key))  # those kept in the data dir too
     server = None
     dsn = settings.database_url
     if not dsn:
@@ -87,9 +92,15 @@ def banner(p: Prepared, mode: str, processes: int) -> str:
 
 
 def child_env(p: Prepared) -> dict[str, str]:
-    """What a worker process needs to join: the resolved database and the secrets."""
+    """What a worker process needs to join: every setting as this process resolved it (a
+    `--config` file's too, which the child is not given), the database and the secrets."""
     env = dict(os.environ)
+    for f in dataclasses.fields(Settings):
+        value = getattr(p.settings, f.name)
+        env[f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
     env.update(
+        # the parent's answer to "is stderr a terminal?": the children write to the same stderr
+        LOG_FORMAT=logs.resolve_format(p.settings.log_format),
         DATABASE_URL=p.dsn,
         INTERNAL_SECRET=p.settings.internal_secret,
         JWT_SIGNING_KEY=p.settings.jwt_signing_key,
@@ -157,32 +168,43 @@ def run(mode: str, settings: Settings, processes: int | None = None) -> int:
         workers.start()
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(_main(mode, p))
+            runner.run(_main(mode, p, workers))
     finally:
         if workers is not None:
             workers.stop()
     return 0
 
 
-async def _main(mode: str, p: Prepared) -> None:
+async def _main(mode: str, p: Prepared, workers: ProcessSupervisor | None = None) -> None:
     stop = _stop_event(asyncio.get_running_loop())
     if mode in ("all", "api"):
         from strait_actors.api.app import create_app
 
         await _serve(create_app(p.settings, p.dsn), p.settings.host, p.settings.port, stop)
     elif p.settings.worker_port:
-        await _serve(_worker_app(p), p.settings.host, p.settings.worker_port, stop)
+        await _serve(_worker_app(p, workers), p.settings.host, p.settings.worker_port, stop)
     else:
         await stop.wait()
 
 
-def _worker_app(p: Prepared) -> web.Application:
-    """The worker host's small port: `/health`, and `/metrics` for its processes (internal secret)."""
+def _worker_app(p: Prepared, workers: ProcessSupervisor | None) -> web.Application:
+    """The worker host's small port: `/health`, `/health/ready`, and `/metrics` for its processes
+    (internal secret)."""
     from strait_actors import metrics
     from strait_actors.metrics_sampler import MetricsSampler, metrics_response
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__, "mode": "worker"})
+
+    async def ready(_: web.Request) -> web.Response:
+        """Ready when every worker process of this one beat lately with all its actors alive."""
+        host = socket.gethostname()
+        ids = [f"{host}:{pid}" for pid in (workers.pids() if workers is not None else [])]
+        expected = workers.count if workers is not None else 0
+        n = await worker_store.ready_count(p.dsn, ids, p.settings.stale_threshold_secs, timeout=0.8)
+        ok = n is not None and n == expected
+        body = {"status": "ready" if ok else "not_ready", "processes": expected, "ready": n or 0}
+        return web.json_response(body, status=200 if ok else 503)
 
     async def scrape(request: web.Request) -> web.Response:
         return metrics_response(request, p.settings.internal_secret)
@@ -197,6 +219,7 @@ def _worker_app(p: Prepared) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/health", health)
+    app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", scrape)
     app.cleanup_ctx.append(sampler)
     return app

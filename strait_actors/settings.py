@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 LOG_LEVELS = {"debug", "info", "warn", "warning", "error"}
+LOG_FORMATS = {"auto", "json", "text"}
 
 
 class SettingsError(Exception):
@@ -33,6 +34,7 @@ class Settings:
     redis_url: str = ""
     strait_data_dir: str = "~/.strait"
     log_level: str = "info"
+    log_format: str = "auto"
     internal_secret: str = ""
     jwt_signing_key: str = ""
     allow_private_endpoints: bool = False
@@ -137,6 +139,8 @@ def load(config_file: str | None = None, environ: dict[str, str] | None = None) 
 def _validate(s: Settings) -> None:
     if s.log_level.lower() not in LOG_LEVELS:
         raise SettingsError(f"LOG_LEVEL: must be one of debug|info|warn|warning|error, got {s.log_level!r}")
+    if s.log_format.lower() not in LOG_FORMATS:
+        raise SettingsError(f"LOG_FORMAT: must be one of auto|json|text, got {s.log_format!r}")
     if not 0 < s.port < 65536:
         raise SettingsError(f"PORT: must be between 1 and 65535, got {s.port}")
     if s.internal_secret and len(s.internal_secret) < 16:

@@ -1943,6 +1943,9 @@ SPECS: dict[tuple[str, str], RouteSpec] = {
     ("PUT", "/v1/projects/{project_id}/quotas"): RouteSpec(
         params=lambda w: {"project_id": path_ids(["pq"], ["nope"])}, body=_quota_body, weight=0.7
     ),
+    ("GET", "/v1/runs/{run_id}/debug-bundle"): RouteSpec(
+        params=lambda w: {"run_id": path_ids(w.chain + w.all_runs(), w.other_runs)}, weight=0.4
+    ),
     ("GET", "/v1/runs/{run_id}/lineage"): RouteSpec(
         params=lambda w: {"run_id": path_ids(w.chain * 3 + w.all_runs(), w.other_runs)}, weight=0.4
     ),

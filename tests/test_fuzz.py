@@ -1397,6 +1397,22 @@ def read_sdk_data_back(fuzz: Fuzzer) -> None:
 
 
 def error_records(logs: str) -> list[str]:
-    """The log records at ERROR or above, or holding a traceback, each with its continuation lines."""
-    records = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", logs)
-    return [r for r in records if "Traceback" in r or re.match(r"\S+ \S+ (ERROR|CRITICAL) ", r)]
+    """The log records at ERROR or above, or holding a traceback. The server's stderr is a file, so
+    each record is a JSON line (its traceback a field); lines that are not JSON (a traceback printed
+    past logging) are kept in runs, and a run holding a traceback counts too."""
+    records: list[str] = []
+    loose: list[str] = []
+    for line in [*logs.splitlines(), "{}"]:  # the sentinel ends the last run of loose lines
+        try:
+            rec = json.loads(line) if line.startswith("{") else None
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            loose.append(line)
+            continue
+        if any("Traceback" in x for x in loose):
+            records.append("\n".join(loose))
+        loose = []
+        if rec.get("level") in ("ERROR", "CRITICAL") or "exception" in rec:
+            records.append(f"{rec['level']} {rec['logger']}: {rec['message']}\n{rec.get('exception', '')}")
+    return records

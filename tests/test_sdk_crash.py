@@ -101,7 +101,7 @@ def test_sigkill_of_every_worker_with_parked_and_heartbeating_runs(
                     "FROM job_runs GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
                     (killed_at, STALE + 2),
                 ).fetchall()
-                said = [ln for ln in server.logs().splitlines() if " WARNING " in ln or " ERROR " in ln]
+                said = [ln for ln in server.logs().splitlines() if '"WARNING"' in ln or '"ERROR"' in ln]
                 raise AssertionError(
                     f"{exc}; runs (status, attempt, held, n): {rows}; endpoint errors {errors[:3]}; "
                     f"server warnings {said[-20:]}"

@@ -54,6 +54,7 @@ class TreeContext:
     dsn: str
     worker_id: str
     registry: Registry = field(default_factory=Registry)
+    actors: tuple[str, ...] = ()  # the tree's children by name (the Beacon reports each)
 
 
 class SupervisedActor(pykka.ThreadingActor):

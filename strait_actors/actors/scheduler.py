@@ -22,6 +22,7 @@ import redis
 
 from strait_actors.actors.base import TreeContext
 from strait_actors.actors.sweeper import SweepActor
+from strait_actors.logs import run_fields
 from strait_actors.messages import Tick
 from strait_actors.ratelimits import SyncRedisRateLimits
 from strait_actors.store import schedules
@@ -96,7 +97,7 @@ class Scheduler(SweepActor):
             for f in fired:
                 if f.skipped:
                     self.skipped[f.skipped] += 1
-                    log.info("cron tick %s skipped: %s", f.fire_key, f.skipped)
+                    log.info("cron tick %s skipped: %s", f.fire_key, f.skipped, extra=run_fields(job_id=f.job_id))
                 elif f.run_id:
                     self.fired += 1
             if len(fired) < schedules.BATCH:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pykka
 
 from strait_actors.actors.base import TreeContext
+from strait_actors.actors.beacon import Beacon
 from strait_actors.actors.clock import Clock
 from strait_actors.actors.dispatcher import DispatcherPool
 from strait_actors.actors.poller import Poller
@@ -49,6 +50,8 @@ def children(s: Settings) -> list[Child]:
         Child(ChildSpec("poller", Poller.start), tick=s.poller_interval_ms / 1000),  # the fallback to NOTIFY
         Child(ChildSpec("reaper", Reaper.start), tick=s.reaper_interval_secs),
         Child(ChildSpec("scheduler", Scheduler.start), tick=s.scheduler_interval_secs),
+        # last: it reports the others, and stops first (a draining process is not taking work)
+        Child(ChildSpec("beacon", Beacon.start), tick=s.heartbeat_interval_secs),
     ]
 
 
@@ -63,6 +66,7 @@ class WorkerTree:
         )
         self.clock = Clock(self.ctx.registry)
         self.children = children(settings)
+        self.ctx.actors = tuple(c.spec.name for c in self.children)
         for child in self.children:
             if child.tick is not None:
                 self.clock.every(child.tick, child.spec.name, Tick())

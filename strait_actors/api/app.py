@@ -10,7 +10,19 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from strait_actors import metrics
-from strait_actors.api import environments, events, groups, health, jobs, openapi, projects, runs, sdk, triggers
+from strait_actors.api import (
+    environments,
+    events,
+    groups,
+    health,
+    jobs,
+    openapi,
+    projects,
+    run_bundle,
+    runs,
+    sdk,
+    triggers,
+)
 from strait_actors.api.auth import CALLER, KeyCache, authenticate
 from strait_actors.api.http import Handler, envelope, is_long_lived
 from strait_actors.api.limits import RateLimiter, take_request
@@ -23,6 +35,7 @@ from strait_actors.api.state import (
     KEYS,
     LIMITER,
     POOL,
+    REDIS,
     SDK,
     SENDER,
     SETTINGS,
@@ -94,6 +107,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         redis = aioredis.Redis(
             connection_pool=aioredis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=5)
         )
+    app[REDIS] = redis
     app[ENQUEUER] = Enqueuer(pool, RedisRateLimits(redis) if redis is not None else None)
     hub = StreamHub(app[DSN], pool, redis)
     await hub.start()
@@ -130,6 +144,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
         jobs.routes,
         triggers.routes,
         runs.routes,
+        run_bundle.routes,
         sdk.routes,
         events.routes,
         environments.routes,

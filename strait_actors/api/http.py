@@ -16,9 +16,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from strait_actors import metrics, payloads, schemas
-from strait_actors.api.state import REQUEST_ID, SETTINGS
+from strait_actors.api.state import REQUEST_ID, SETTINGS, TOKEN
 from strait_actors.api.validation import parse_json_body
 from strait_actors.errors import ApiError, bad_request
+from strait_actors.logs import run_fields
 from strait_actors.store.errors import Rejected, Unavailable
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,16 @@ def error_body(request: web.Request, err: ApiError) -> dict[str, Any]:
     return {"error": inner, "message": err.message, "request_id": request.get(REQUEST_ID, "")}
 
 
+def log_fields(request: web.Request) -> dict[str, Any]:
+    """`extra=` of a line about a request: its id, and the run, job and attempt it names (only
+    computed when such a line is written)."""
+    token = request.get(TOKEN)
+    run_id = token.run_id if token is not None else request.match_info.get("run_id")
+    fields = run_fields(run_id, request.match_info.get("job_id"), token.attempt if token is not None else None)
+    fields["request_id"] = request.get(REQUEST_ID, "")
+    return fields
+
+
 @web.middleware
 async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in, error envelope out; nothing escapes as a bare 500. Timed for /metrics."""
@@ -158,14 +169,14 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         resp = await handler(request)
     except Unavailable as exc:
         # the database is unreachable or saturated: a retryable 503, not a bug
-        log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, exc, extra=log_fields(request))
         err = ApiError(503, "database unavailable, retry shortly", headers={"Retry-After": "1"})
         resp = json_response(error_body(request, err), 503)
         resp.headers.update(err.headers)
     except Rejected as exc:
         # PostgreSQL refused a value the request carried (out of range, unstorable): the caller's
         # to fix. Paths that write runs translate their own; this is the net under the rest.
-        log.info("value refused on %s %s: %s", request.method, request.path, exc)
+        log.info("value refused on %s %s: %s", request.method, request.path, exc, extra=log_fields(request))
         err = ApiError(400, "a value in the request is out of range or cannot be stored")
         resp = json_response(error_body(request, err), 400)
     except ApiError as err:
@@ -177,6 +188,6 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         message = {404: "route not found", 405: "method not allowed"}.get(exc.status, exc.reason)
         resp = json_response(error_body(request, ApiError(exc.status, message)), exc.status)
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, request.path, extra=log_fields(request))
         resp = json_response(error_body(request, ApiError(500, "internal server error", code="internal_error")), 500)
     return resp

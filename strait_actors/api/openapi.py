@@ -134,6 +134,12 @@ def _runs() -> dict[tuple[str, str], Op]:
             errors=_codes(_NF),
         ),
         ("GET", r): Op("Get a run", "runs", _ok("Run")),
+        ("GET", f"{r}/debug-bundle"): Op(
+            "A run's whole story in one document: the run, its job version, attempts, events, checkpoints, "
+            "outputs, usage, tool calls and waits (each list bounded)",
+            "runs",
+            {200: {"type": "object", "required": ["run"], "properties": {"run": {"type": "object"}}}},
+        ),
         ("GET", f"{r}/dependency-status"): Op("A run's dependencies", "runs", _ok("DependencyStatus")),
         ("GET", f"{r}/dependencies"): Op("A run's dependencies (the client's path)", "runs", _ok("DependencyStatus")),
         ("DELETE", r): Op("Cancel a run", "runs", _ok("Run"), errors=_codes(_CONFLICT)),

@@ -109,7 +109,10 @@ RESPONSES: Final[dict[str, Schema]] = {
         {"status": STR, "version": STR, "timestamp": TS},
         {"edition": STR, "uptime_seconds": INT, "subsystems": MAP},
     ),
-    "Ready": obj({"status": {"type": "string", "enum": ["ready", "not_ready"]}}),
+    "Ready": obj(
+        {"status": {"type": "string", "enum": ["ready", "not_ready"]}},
+        {"components": {"type": "object"}, "version": STR, "timestamp": STR},
+    ),
     "Project": obj(
         {"id": STR, "org_id": STR, "name": STR, "paused": BOOL, "created_at": TS, "updated_at": TS},
         {"paused_at": TS, "pause_reason": STR},

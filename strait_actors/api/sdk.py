@@ -19,7 +19,7 @@ from aiohttp import web
 from strait_actors import fsm, payloads, schemas, ssrf, tokens
 from strait_actors.api import render
 from strait_actors.api.http import Handler, bounded, json_response, no_content, off_loop, read_json
-from strait_actors.api.state import BUDGETS, JOBS, POOL, SDK, SETTINGS
+from strait_actors.api.state import BUDGETS, JOBS, POOL, SDK, SETTINGS, TOKEN
 from strait_actors.api.triggers import check_budget, check_job, check_payloads
 from strait_actors.api.validation import event_key, json_value, wait_timeout
 from strait_actors.errors import ApiError, bad_request, conflict, not_found, unauthorized, unprocessable
@@ -34,7 +34,6 @@ routes = web.RouteTableDef()
 
 PREFIX = "/sdk/v1/"
 _MAJOR = re.compile(r"v?([0-9]{1,6})(?:[.\-+]|$)")
-TOKEN: web.RequestKey[Token] = web.RequestKey("run_token")
 ACTIVE = frozenset({fsm.S.EXECUTING, fsm.S.WAITING})
 LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
 MAX_STATE_KEY = 256

@@ -10,6 +10,8 @@ from psycopg_pool import AsyncConnectionPool
 from strait_actors.settings import Settings
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from strait_actors.api.auth import Caller, KeyCache
     from strait_actors.api.limits import RateLimiter
     from strait_actors.api.streams import StreamHub
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from strait_actors.store.enqueue import Enqueuer
     from strait_actors.store.events import Sender
     from strait_actors.store.jobs import JobCache
-    from strait_actors.store.sdk import SdkStore
+    from strait_actors.store.sdk import SdkStore, Token
 
 SETTINGS = web.AppKey("settings", Settings)
 DSN = web.AppKey("dsn", str)
@@ -31,6 +33,8 @@ BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
 HUB: web.AppKey[StreamHub] = web.AppKey("hub")
 SENDER: web.AppKey[Sender] = web.AppKey("sender")
 STARTED = web.AppKey("started", float)
+REDIS: web.AppKey[Redis | None] = web.AppKey("redis")  # None: no REDIS_URL
 
 CALLER: web.RequestKey[Caller] = web.RequestKey("caller")  # who is calling (auth.py)
 REQUEST_ID = web.RequestKey("request_id", str)
+TOKEN: web.RequestKey[Token] = web.RequestKey("run_token")  # the SDK plane's verified run token (sdk.py)

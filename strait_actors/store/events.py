@@ -100,6 +100,11 @@ async def list_triggers(pool: AsyncConnectionPool, params: dict[str, Any]) -> li
     return await fetch_all(pool, "list_event_triggers", params)
 
 
+async def of_run(pool: AsyncConnectionPool, run_id: uuid.UUID, limit: int) -> list[Row]:
+    """The event triggers a run waited on, oldest first (the debug bundle)."""
+    return await fetch_all(pool, "run_event_triggers", {"run_id": run_id, "limit": limit})
+
+
 # ----------------------------------------------------------------- the reaper's passes (sync)
 
 

@@ -1946,3 +1946,47 @@ ORDER BY e.id
 -- name: listen_run_events
 -- The API process's one stream listener.
 LISTEN strait_run_events
+
+-- ===================================================================== worker liveness (migration 0013)
+
+-- name: worker_beat
+-- One worker process is alive, with the state of each of its actors (its Beacon's tick).
+INSERT INTO worker_heartbeats (worker_id, hostname, pid, started_at, seen_at, actors)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(started_at)s, now(), %(actors)s)
+ON CONFLICT (worker_id) DO UPDATE
+SET started_at = EXCLUDED.started_at, seen_at = EXCLUDED.seen_at, actors = EXCLUDED.actors
+
+-- name: worker_gone
+-- A worker process stops cleanly: its row goes with it.
+DELETE FROM worker_heartbeats WHERE worker_id = %(worker_id)s
+
+-- name: purge_worker_beats
+-- Rows of processes silent for a day (killed, or their host gone): at each Beacon's start.
+WITH gone AS (
+    DELETE FROM worker_heartbeats WHERE seen_at < now() - interval '1 day' RETURNING 1
+)
+SELECT count(*) AS n FROM gone
+
+-- name: worker_beats
+-- Every worker process's latest beat, newest first; `alive` when seen within the stale threshold.
+SELECT worker_id, hostname, pid, started_at, seen_at, actors,
+       seen_at > now() - make_interval(secs => %(stale_secs)s) AS alive
+FROM worker_heartbeats
+ORDER BY seen_at DESC, worker_id
+LIMIT %(limit)s
+
+-- ===================================================================== debug bundle (GET /v1/runs/{id}/debug-bundle)
+
+-- name: run_event_triggers
+-- The waits a run made (event, sleep, spawn-await), oldest first.
+SELECT * FROM event_triggers WHERE job_run_id = %(run_id)s
+ORDER BY requested_at, id
+LIMIT %(limit)s
+
+-- name: workers_ready
+-- How many of these worker processes beat within the stale threshold with every actor alive
+-- (a `--mode worker` process's own readiness, on its health port).
+SELECT count(*) AS n FROM worker_heartbeats
+WHERE worker_id = ANY(%(ids)s)
+  AND seen_at > now() - make_interval(secs => %(stale_secs)s)
+  AND NOT EXISTS (SELECT 1 FROM jsonb_each_text(actors) a WHERE a.value <> 'alive')
