@@ -60,6 +60,23 @@ HTTP_DURATION = Histogram(
 HTTP_INFLIGHT = Gauge("strait_http_inflight_requests", "API requests in progress", multiprocess_mode="livesum")
 
 
+# every error class's series from the start, at 0 (a rate over a series that appears late misses its first
+# increments); engine.md §4.1's classes, and the ones strait adds
+for _error_class in (
+    "budget",
+    "timeout",
+    "oom",
+    "rate_limited",
+    "auth",
+    "client",
+    "server",
+    "connection",
+    "transient",
+    "unknown",
+):
+    DISPATCH_ERRORS.labels(_error_class)
+
+
 def observe_many(histogram: Any, values: Iterable[float]) -> None:
     """Observe many values with one increment per bucket touched: what `observe` does per value,
     summed (prometheus_client keeps per-bucket counts, not cumulative ones)."""

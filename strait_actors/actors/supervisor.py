@@ -74,6 +74,7 @@ class Supervisor(pykka.ThreadingActor):
         """Start the children in order, then the clock that ticks them."""
         self.ctx.registry.put("supervisor", self.actor_ref)
         for name in self.order:
+            metrics.ACTOR_RESTARTS.labels(name)  # every actor's series from the start, at 0
             self._start_child(name)
         self.clock.start()
 
