@@ -551,6 +551,7 @@ async def bench(
         t = time.monotonic()  # one run end to end first: the workers are up and dispatch works
         await b.wait_seen("warm-up", [await b.trigger(-1)], 0, t, t + 60)
         summary = []
+        scraper = asyncio.ensure_future(scrape_metrics(s, base, args.scrape_every)) if args.scrape_every else None
         for sc in ("bulk", "single", "latency", "sdk", "waits", "limits", "cron"):
             if args.scenario == sc or (args.scenario == "all" and sc in ALL):
                 mem.mark(sc)
@@ -568,9 +569,35 @@ async def bench(
                     summary.append(await b.throughput(sc))
                 mem.mark(sc)
         await asyncio.sleep(1.0)  # late duplicates show in the final count
+        if scraper is not None:
+            scraper.cancel()
+            took = await scraper
+            took.sort()
+            summary.append(
+                f"metrics: {len(took)} scrapes every {args.scrape_every:g} s, p50 {1000 * took[len(took) // 2]:.1f} ms,"
+                f" max {1000 * took[-1]:.1f} ms"
+                if took
+                else "metrics: no scrape answered"
+            )
         c = await b.count()
         print(f"endpoint total: {c['hits']} hits for {c['count']} distinct runs (duplicates {c['hits'] - c['count']})")
         return summary
+
+
+async def scrape_metrics(s: aiohttp.ClientSession, base: str, every: float) -> list[float]:
+    """GET /metrics every `every` s while the scenarios run (as Prometheus would): how long each took.
+    Cancelled at the end, it returns what it measured."""
+    took: list[float] = []
+    try:
+        while True:
+            t = time.monotonic()
+            async with s.get(f"{base}/metrics", headers={"X-Internal-Secret": SECRET}) as r:
+                await r.read()
+                if r.status == 200:
+                    took.append(time.monotonic() - t)
+            await asyncio.sleep(max(0.0, every - (time.monotonic() - t)))
+    except asyncio.CancelledError:
+        return took
 
 
 def stop_group(p: subprocess.Popen[bytes], grace: float) -> None:
@@ -598,6 +625,7 @@ def main() -> int:
     ap.add_argument("--processes", type=int, help="passed to strait --processes")
     ap.add_argument("--strait", default=os.path.join(os.path.dirname(sys.executable), "strait"))
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir (server.log, database)")
+    ap.add_argument("--scrape-every", type=float, default=0, help="GET /metrics this often (s) during the run")
     args = ap.parse_args()
     port, eport = free_port(), free_port()
     data = Path(tempfile.mkdtemp(prefix="strait-bench-"))
