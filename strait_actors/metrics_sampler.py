@@ -40,24 +40,25 @@ class MetricsSampler:
 
     async def run(self) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
-        while True:
-            try:
-                if conn is None or conn.closed:
-                    conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
-                await self.sample(conn)
-                self.failing = False
-            except asyncio.CancelledError:
-                if conn is not None:
-                    await conn.close()
-                raise
-            except Exception as exc:  # the database away: the next pass reconnects
-                if not self.failing:
-                    log.warning("metrics sampler: %s", exc)
-                self.failing = True
-                if conn is not None:
-                    await conn.close()
-                conn = None
-            await asyncio.sleep(DRAIN_SECS)
+        try:
+            while True:
+                try:
+                    if conn is None or conn.closed:
+                        conn = None
+                        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                    await self.sample(conn)
+                    self.failing = False
+                except Exception as exc:  # the database away (or a bug): logged once, the next pass reconnects
+                    if not self.failing:
+                        log.warning("metrics sampler: %s", exc)
+                    self.failing = True
+                    if conn is not None:
+                        await conn.close()
+                    conn = None
+                await asyncio.sleep(DRAIN_SECS)
+        finally:  # cancelled with the app: the connection goes with it
+            if conn is not None:
+                await conn.close()
 
     async def sample(self, conn: psycopg.AsyncConnection[Any]) -> None:
         m = self.metrics

@@ -1795,6 +1795,7 @@ SPECS: dict[tuple[str, str], RouteSpec] = {
     ("GET", "/health"): RouteSpec(weight=0.3),
     ("GET", "/health/ready"): RouteSpec(weight=0.3),
     ("GET", "/openapi.json"): RouteSpec(weight=0.3),
+    ("GET", "/metrics"): RouteSpec(weight=0.3),
     ("POST", "/v1/projects"): RouteSpec(body=_project_body, weight=1.3),
     ("GET", "/v1/projects"): RouteSpec(query=lambda w: query({"org_id": st.one_of(st.just("o1"), odd_text)})),
     ("GET", "/v1/projects/{project_id}"): RouteSpec(

@@ -42,6 +42,7 @@ import httpx
 import psycopg
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg.types.json import Jsonb
 
 from strait_actors import fsm, payloads
@@ -481,6 +482,22 @@ def sse_problems(r: Answer) -> list[str]:
     return []
 
 
+def metrics_problems(r: Answer) -> list[str]:
+    """A scrape: Prometheus text that parses (or, asked for exactly application/json, it wrapped)."""
+    try:
+        doc = r.json()
+        text = doc["text"] if isinstance(doc, dict) else None
+    except ValueError:
+        text = r.body.decode("utf-8", "replace")
+    if not isinstance(text, str):
+        return ["200 /metrics JSON without its text"]
+    try:
+        names = [f.name for f in text_string_to_metric_families(text)]
+    except ValueError as exc:
+        return [f"200 /metrics does not parse: {exc}"]
+    return [] if "strait_run_transitions" in names or "strait_worker_retry" in names else ["/metrics without strait_"]
+
+
 def answer_problems(req: Req, r: Answer) -> list[str]:
     """What is wrong with an answer (empty: nothing): a 5xx, a broken envelope, an unreadable body."""
     status = r.status
@@ -490,6 +507,8 @@ def answer_problems(req: Req, r: Answer) -> list[str]:
         return [] if not r.body else [f"{status} with a body"]
     if status == 200 and req.method == "GET" and _STREAM.fullmatch(req.path):
         return sse_problems(r)
+    if status == 200 and req.method == "GET" and req.path.split("?")[0] == "/metrics":
+        return metrics_problems(r)
     try:
         body = r.json()
     except ValueError:

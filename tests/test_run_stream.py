@@ -194,3 +194,34 @@ def test_a_head_of_a_stream_answers_headers_only_on_a_keep_alive_connection(
         c.close()
         admin.close()
         stop_strait(server)
+
+
+def test_an_event_no_notification_announced_still_reaches_the_stream(
+    endpoint: Endpoint, dsn: str, tmp_path: Path
+) -> None:
+    """A transition that began before a stream's watch was visible notifies no one (found by the CLI's
+    stress runs: a dead-lettered run's stream kept sending keep-alives). Here an event is written with no
+    notification at all; the stream reads it anyway, within a second, and ends on it."""
+    server = start_strait({"DATABASE_URL": dsn}, tmp_path, processes=1)  # keep-alive every 15 s
+    admin, c, _ = setup(server)
+    try:
+        job = make_job(c, endpoint, execution_mode="worker")  # no worker calls it: the run stays queued
+        run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
+        out: list[tuple[str | None, Any]] = []
+        reader = threading.Thread(target=read_stream, args=(server, run_id, out), daemon=True)
+        reader.start()
+        wait_for(lambda: (None, ": connected") in out, what="the stream connected")
+        with psycopg.connect(dsn, autocommit=True) as conn:  # as a transition would, minus its NOTIFY
+            conn.execute("UPDATE job_runs SET status = 'canceled', finished_at = now() WHERE id = %s", (run_id,))
+            conn.execute(
+                "INSERT INTO run_events (run_id, type, level, message, data) VALUES (%s, 'state_change', 'info',"
+                ' \'queued -> canceled\', \'{"from": "queued", "to": "canceled", "attempt": 1}\')',
+                (run_id,),
+            )
+        reader.join(timeout=5)
+        assert not reader.is_alive(), f"the stream never saw the event: {out}"
+        assert [m["to"] for _, m in out if isinstance(m, dict) and m.get("type") == "status_change"] == ["canceled"]
+    finally:
+        c.close()
+        admin.close()
+        stop_strait(server)

@@ -46,6 +46,7 @@ BRIDGE_RETRY_SECS = 2.0
 WATCH_TTL_SECS = 120.0  # a watch not refreshed for this long belongs to a process that is gone
 REFRESH_SECS = 30.0
 RECONNECT_SECS = 1.0
+RECHECK_SECS = 1.0  # a new stream reads its run's events again this long after connecting
 
 
 def rfc3339_nano(when: datetime) -> str:
@@ -142,6 +143,10 @@ class StreamHub:
             del self.subs[sub.run_id]
             with contextlib.suppress(StoreError):
                 await execute(self.pool, "unwatch_run", {"run_id": sub.run_id, "watcher": self.watcher})
+
+    def recheck(self, run_id: uuid.UUID) -> None:
+        """Read the run's new events again, notified or not."""
+        self._mark(run_id)
 
     def _mark(self, run_id: uuid.UUID) -> None:
         if run_id in self.subs:
@@ -323,14 +328,25 @@ async def serve(
             # body, so on a keep-alive connection they would read as the next answer
             return resp
         await resp.write(b": connected\n\n")
-        async for event in events(hub, sub, settings.sse_keepalive_interval_secs, settings.sse_max_conn_duration_secs):
-            if event is None:
-                await resp.write(b": keepalive\n\n")
-                continue
-            msg, last = frame(run, event)
-            await resp.write(b"id: %d\ndata: %s\n\n" % (event["id"], payloads.dumps(msg)))
-            if last:
-                break
+        # the race below is closed within a second of connecting, then each quiet interval
+        early = asyncio.get_running_loop().call_later(RECHECK_SECS, hub.recheck, run["id"])
+        try:
+            keepalive, longest = settings.sse_keepalive_interval_secs, settings.sse_max_conn_duration_secs
+            async for event in events(hub, sub, keepalive, longest):
+                if event is None:
+                    # a transition that began before this stream's watch was visible NOTIFYs no one:
+                    # each quiet interval the run's events are read again, so none is missed for long
+                    hub.recheck(run["id"])
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                msg, last = frame(run, event)
+                await resp.write(b"id: %d\ndata: %s\n\n" % (event["id"], payloads.dumps(msg)))
+                if last:
+                    break
+        except ConnectionResetError:  # the client left: the end of its stream, not an error
+            log.debug("run stream %s: client gone", run["id"])
+        finally:
+            early.cancel()
         return resp
     finally:
         await hub.unsubscribe(sub)

@@ -29,8 +29,12 @@ def parse(text: str) -> dict[str, str]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
             raise ValueError(f"query {name!r} defined twice")
-        queries[name] = body.strip().rstrip(";")
+        queries[name] = _TRAILING_COMMENTS.sub("", body.strip()).rstrip(";")
     return queries
+
+
+# comment lines after a statement (the next section's heading) are not part of it
+_TRAILING_COMMENTS = re.compile(r"(?:\n[ \t]*(?:--[^\n]*)?[ \t]*)+\Z")
 
 
 def load(text: str) -> dict[str, str]:
