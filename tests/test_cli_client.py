@@ -107,6 +107,12 @@ def behave_by_mode(server: Server, gates: dict[str, Gate]) -> Any:
     return behave
 
 
+def newest_run(admin: httpx.Client) -> Any:
+    """What the server says of the newest run (in an assertion's message)."""
+    run = admin.get("/v1/runs", params={"limit": 1}).json()["data"][0]
+    return {k: run.get(k) for k in ("id", "status", "attempt", "error", "finished_at")}
+
+
 def read_lines(proc: subprocess.Popen[str], into: list[str]) -> threading.Thread:
     def pump() -> None:
         assert proc.stdout is not None
@@ -158,12 +164,14 @@ def test_end_to_end_flow_through_the_cli(
     assert "echo" in run.ok("jobs", "list")  # the table
 
     # trigger --wait: 0 when the run completes, non-zero when it dead-letters
-    done = run("jobs", "trigger", job["id"], "--payload", '{"x": 1}', "--wait")
-    assert done.returncode == 0, done.stderr
+    done = run("jobs", "trigger", job["id"], "--payload", '{"x": 1}', "--wait", "--timeout", "40")
+    assert done.returncode == 0, (done.stderr, newest_run(admin), len(endpoint.requests))
     assert "completed" in done.stdout
     assert json.loads(endpoint.requests[-1]["body"]) == {"x": 1}
-    done = run("jobs", "trigger", job["id"], "--payload", '{"mode": "http500"}', "--wait", "-o", "json")
-    assert done.returncode == 1, done.stderr
+    done = run(
+        "jobs", "trigger", job["id"], "--payload", '{"mode": "http500"}', "--wait", "--timeout", "40", "-o", "json"
+    )
+    assert done.returncode == 1 and done.stdout, (done.stderr, newest_run(admin), len(endpoint.requests))
     dead = json.loads(done.stdout)
     assert (dead["status"], dead["error"]) == ("dead_letter", "endpoint returned 500")
 
@@ -182,7 +190,7 @@ def test_end_to_end_flow_through_the_cli(
         wait_for(lambda: any("-> executing" in line for line in lines), what="watch shows executing")
         assert watcher.poll() is None, "watch ended before the run did"
         gates["hold"].open()
-        assert watcher.wait(20) == 0, watcher.stderr.read() if watcher.stderr else ""
+        assert watcher.wait(40) == 0, watcher.stderr.read() if watcher.stderr else ""
         pump.join(5)
     assert any("executing -> completed" in line for line in lines), lines
     assert any(f"run {held} completed" in line for line in lines), lines
@@ -196,7 +204,7 @@ def test_end_to_end_flow_through_the_cli(
     canceled = run.json("runs", "cancel", held2, here=False)
     assert (canceled["id"], canceled["status"]) == (held2, "canceled")
     gates["hold2"].open()
-    done = run("jobs", "trigger", job["id"], "--payload", '{"mode": "fail"}', "--wait", "-o", "json")
+    done = run("jobs", "trigger", job["id"], "--payload", '{"mode": "fail"}', "--wait", "--timeout", "40", "-o", "json")
     failed = json.loads(done.stdout)
     assert (done.returncode, failed["status"], failed["error"]) == (1, "failed", "nope")
     again = run.json("runs", "replay", failed["id"], here=False)

@@ -30,6 +30,7 @@ from strait_actors.client.output import Output, cell, status_text
 STREAM_READ_SECS = 45.0  # the server sends a keep-alive every 15 s by default: silence this long is a dead line
 RECONNECTS = 5  # attempts in a row to get a lost stream back before giving up
 RECONNECT_PAUSE_SECS = 1.0
+QUIET_CHECK_SECS = 10.0  # keep-alives alone this long: read the run once (see `follow`)
 
 
 class WaitTimeout(ClientError):
@@ -86,21 +87,32 @@ class RunView:
 
 def follow(api: Api, run_id: str, on_frame: Callable[[dict[str, Any]], None], timeout: float | None) -> None:
     """Read the run's stream until its terminal status change (or a 410: it has nothing more to
-    tell); raise WaitTimeout past `timeout` seconds."""
+    tell); raise WaitTimeout past `timeout` seconds.
+
+    A stream that stays quiet (keep-alives only) for QUIET_CHECK_SECS is double-checked with one
+    read of the run: a run that has ended meanwhile ends the wait even if its last frame never
+    came (a transition that began before the stream's watch was registered and committed after
+    the stream's first read is not told to the stream)."""
     deadline = time.monotonic() + timeout if timeout is not None else None
     last_id = "0"
     failures = 0
+    heard = time.monotonic()
     while True:
-        read_secs = (
-            STREAM_READ_SECS if deadline is None else max(0.1, min(STREAM_READ_SECS, deadline - time.monotonic()))
-        )
+        left = STREAM_READ_SECS if deadline is None else deadline - time.monotonic()
         try:
-            for frame_id, msg in api.stream(f"/v1/runs/{seg(run_id)}/stream", last_id, read_secs):
+            for frame_id, msg in api.stream(
+                f"/v1/runs/{seg(run_id)}/stream", last_id, max(0.1, min(STREAM_READ_SECS, left))
+            ):
                 failures = 0
                 if msg is not None:
+                    heard = time.monotonic()
                     last_id = frame_id or last_id
                     on_frame(msg)
                     if msg.get("type") == "status_change" and fsm.is_terminal(str(msg.get("to"))):
+                        return
+                elif time.monotonic() - heard >= QUIET_CHECK_SECS:
+                    heard = time.monotonic()
+                    if fsm.is_terminal(str(api.call("GET", f"/v1/runs/{seg(run_id)}").data.get("status"))):
                         return
                 _check(deadline, run_id)
         except ServerError as exc:
