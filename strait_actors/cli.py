@@ -1,18 +1,30 @@
-"""`strait`: the one program. `strait --mode all|api|worker`, `strait migrate`."""
+"""`strait`: the one program. The server: `strait [serve] --mode all|api|worker`, `strait migrate`.
+The client (`strait_actors/client/`): `strait login|health|stats|projects|keys|jobs|runs|dlq|events …`.
+
+The first word that is not an option decides which: a client command goes to the client's parser,
+anything else to the server's, unchanged. Each side imports only its own code, so a client command
+does not pay for loading the server (psycopg, aiohttp, the runtime) and the server never loads rich.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
-import psycopg
-
-from strait_actors import runtime
-from strait_actors.settings import SettingsError, load
+SERVER_COMMANDS = ("serve", "migrate")
+CLIENT_COMMANDS = ("login", "health", "stats", "projects", "keys", "jobs", "runs", "dlq", "events")
+# options that take a value, on either side: skipped when looking for the command word
+_VALUE_OPTIONS = frozenset({"--mode", "--config", "--processes", "--url", "--api-key", "--project", "--output", "-o"})
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="strait", description="strait: a job orchestrator on PostgreSQL")
+    ap = argparse.ArgumentParser(
+        prog="strait",
+        description="strait: a job orchestrator on PostgreSQL",
+        epilog=f"client commands (they talk to a running server): {', '.join(CLIENT_COMMANDS)}; "
+        "see 'strait COMMAND --help'",
+    )
     ap.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
     ap.add_argument("--mode", choices=["all", "api", "worker"], default="all")
     ap.add_argument("--config", help="a TOML file of settings (environment variables still win)")
@@ -21,7 +33,40 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def command_word(argv: Sequence[str]) -> str | None:
+    """The first argument that is neither an option nor an option's value."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if arg.startswith("-") and arg != "-":
+            i += 2 if arg in _VALUE_OPTIONS else 1
+            continue
+        return arg
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    word = command_word(args_list)
+    if word in CLIENT_COMMANDS:
+        from strait_actors.client.commands import run
+
+        return run(args_list)
+    if word is not None and word not in SERVER_COMMANDS:
+        known = ", ".join((*SERVER_COMMANDS, *CLIENT_COMMANDS))
+        print(f"strait: unknown command {word!r} (commands: {known}; see 'strait --help')", file=sys.stderr)
+        return 2
+    return serve(argv)
+
+
+def serve(argv: list[str] | None) -> int:
+    import psycopg
+
+    from strait_actors import runtime
+    from strait_actors.settings import SettingsError, load
+
     args = parse(argv)
     try:
         settings = load(args.config)

@@ -63,6 +63,11 @@ def test_wheel_starts_on_embedded_defaults(tmp_path: Path, endpoint: Endpoint) -
             ).json()
             run = c.post(f"/v1/jobs/{job['id']}/trigger", json={"payload": {"hello": "world"}}).json()
             wait_for(lambda: c.get(f"/v1/runs/{run['id']}").json()["status"] == "completed", what="completed")
+        # the same program is the client: its health check answers from the installed wheel
+        health = subprocess.run(
+            [str(venv / "bin/strait"), "health", "--url", server.base], cwd=outside, capture_output=True, text=True
+        )
+        assert health.returncode == 0 and "ready" in health.stdout, health.stderr
     finally:
         assert stop_strait(server) == 0
     assert endpoint.requests[0]["body"] == b'{"hello":"world"}'
