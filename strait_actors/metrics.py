@@ -57,7 +57,9 @@ DB_POOL = Gauge("strait_db_pool_conns", "API database pool connections", ["state
 HTTP_DURATION = Histogram(
     "strait_http_request_duration_seconds", "API requests by route and status", ["route", "status"], buckets=_LATENCY
 )
-HTTP_INFLIGHT = Gauge("strait_http_inflight_requests", "API requests in progress", multiprocess_mode="livesum")
+HTTP_INFLIGHT = Gauge(
+    "strait_http_inflight_requests", "API requests in progress (sampled each second)", multiprocess_mode="livesum"
+)
 
 
 # every error class's series from the start, at 0 (a rate over a series that appears late misses its first

@@ -31,10 +31,11 @@ DEPTH_SECS = 10.0
 class MetricsSampler:
     """One connection of its own; a failed pass is logged once and tried again next time."""
 
-    def __init__(self, dsn: str, metrics: ModuleType, pool: Any = None) -> None:
+    def __init__(self, dsn: str, metrics: ModuleType, pool: Any = None, flush: Any = None) -> None:
         self.dsn = dsn
         self.metrics = metrics
         self.pool = pool  # the API's pool: its connections in use are a gauge
+        self.flush = flush  # the API's request figures, handed to the metrics each pass
         self.depth_at = 0.0
         self.failing = False
 
@@ -42,6 +43,8 @@ class MetricsSampler:
         conn: psycopg.AsyncConnection[Any] | None = None
         try:
             while True:
+                if self.flush is not None:  # first: it needs no database
+                    self.flush()
                 try:
                     if conn is None or conn.closed:
                         conn = None

@@ -24,7 +24,7 @@ from strait_actors.api import (
     triggers,
 )
 from strait_actors.api.auth import CALLER, KeyCache, authenticate
-from strait_actors.api.http import Handler, envelope, is_long_lived
+from strait_actors.api.http import Handler, envelope, flush_http_metrics, is_long_lived
 from strait_actors.api.limits import RateLimiter, take_request
 from strait_actors.api.state import (
     BUDGETS,
@@ -115,7 +115,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     app[LIMITER] = RateLimiter(
         settings.rate_limit_requests, settings.trigger_rate_limit_requests, redis, settings.auth_failure_limit
     )
-    sampler = asyncio.ensure_future(MetricsSampler(app[DSN], metrics, pool).run())
+    sampler = asyncio.ensure_future(MetricsSampler(app[DSN], metrics, pool, flush_http_metrics).run())
     yield
     sampler.cancel()
     with contextlib.suppress(asyncio.CancelledError):

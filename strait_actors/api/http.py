@@ -145,23 +145,44 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
     rid = _request_id(request)
     request[REQUEST_ID] = rid
     started = time.perf_counter()
-    metrics.HTTP_INFLIGHT.inc()
+    _HTTP.inflight += 1
     try:
         resp = await _answer(request, handler)
     finally:
-        metrics.HTTP_INFLIGHT.dec()
+        _HTTP.inflight -= 1
     resp.headers["X-Request-Id"] = rid
     resp.headers["X-API-Version"] = "v1"
     route = request.match_info.route.resource
     key = (route.canonical if route is not None else "unmatched", resp.status)
-    timer = _HTTP_TIMERS.get(key)
-    if timer is None:
-        timer = _HTTP_TIMERS[key] = metrics.HTTP_DURATION.labels(key[0], str(key[1]))
-    timer.observe(time.perf_counter() - started)
+    took = _HTTP.took.get(key)
+    if took is None:
+        took = _HTTP.took[key] = []
+    took.append(time.perf_counter() - started)
     return resp
 
 
-_HTTP_TIMERS: dict[tuple[str, int], Any] = {}  # (route, status) -> its histogram: one lookup a request
+class _HttpFigures:
+    """Requests in flight and the durations not yet counted, kept in plain Python per request and
+    handed to the metrics once a second (`flush_http_metrics`): a metric write takes a lock and
+    touches a file in multiprocess mode, too dear for every request of the trigger path."""
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.took: dict[tuple[str, int], list[float]] = {}
+        self.timers: dict[tuple[str, int], Any] = {}
+
+
+_HTTP = _HttpFigures()
+
+
+def flush_http_metrics() -> None:
+    metrics.HTTP_INFLIGHT.set(_HTTP.inflight)
+    took, _HTTP.took = _HTTP.took, {}
+    for key, values in took.items():
+        timer = _HTTP.timers.get(key)
+        if timer is None:
+            timer = _HTTP.timers[key] = metrics.HTTP_DURATION.labels(key[0], str(key[1]))
+        metrics.observe_many(timer, values)
 
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
