@@ -278,20 +278,19 @@ def test_every_way_into_the_queue_passes_the_gate(dsn: str) -> None:
             return str(row[0])
 
         token = {"parent_id": parent, "attempt": 1, "lease_id": lease, "actor": None}
-        spawned = made(
-            "sdk_spawn",
-            {
-                **token,
-                "child_id": uuid.uuid4(),
-                "job_id": down,
-                "payload": "{}",
-                "payload_hash": "h",
-                "priority": 0,
-                "await": False,
-                "trigger_id": uuid.uuid4(),
-                "timeout_secs": 60,
-            },
-        )
+        spawn = {
+            "job_id": down,
+            "payload": "{}",
+            "payload_hash": "h",
+            "priority": 0,
+            "await": False,
+            "timeout_secs": 60,
+        }
+
+        def spawned_child() -> str:
+            return made("sdk_spawn", {**token, **spawn, "child_id": uuid.uuid4(), "trigger_id": uuid.uuid4()})
+
+        spawned = spawned_child()
         continued = made(
             "sdk_continue", {**token, "new_id": uuid.uuid4(), "payload": None, "payload_hash": None, "max_depth": 10}
         )
@@ -312,20 +311,7 @@ def test_every_way_into_the_queue_passes_the_gate(dsn: str) -> None:
         assert now_state[other_key] == ("waiting", True)  # another key: still waits
         assert [now_state[r] for r in gated if r != other_key] == [("queued", False)] * 5
         # met now: the same paths queue at once
-        again = made(
-            "sdk_spawn",
-            {
-                **token,
-                "child_id": uuid.uuid4(),
-                "job_id": down,
-                "payload": "{}",
-                "payload_hash": "h",
-                "priority": 0,
-                "await": False,
-                "trigger_id": uuid.uuid4(),
-                "timeout_secs": 60,
-            },
-        )
+        again = spawned_child()
         assert state()[again] == ("queued", False)
 
 

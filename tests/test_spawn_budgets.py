@@ -20,6 +20,9 @@ def test_spawn_with_await_resumes_the_parent_once_after_the_last_child(
 ) -> None:
     _, c, _ = clients
     gate = Gate()
+    # the fast child ends only once both are spawned: ending before the second spawn, it would be the
+    # parent's only awaited child then, and resume it (a loaded CI machine made that happen)
+    both_spawned = asyncio.Event()
 
     async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
         headers = seen["headers"]
@@ -27,6 +30,8 @@ def test_spawn_with_await_resumes_the_parent_once_after_the_last_child(
         if b'"child"' in body:
             if b'"slow"' in body:
                 await gate.wait()
+            else:
+                await both_spawned.wait()
             return {"child_done": True}
         if headers.get("X-Resume-Event-Key"):
             return {"parent_resumed": headers["X-Resume-Event-Key"]}
@@ -37,6 +42,7 @@ def test_spawn_with_await_resumes_the_parent_once_after_the_last_child(
             )
             assert spawned["await_completion"] is True and spawned["await_event_key"] == f"spawn-await:{spawned['id']}"
             assert spawned["parent_run_id"] == run_id and spawned["triggered_by"] == "spawn"
+        both_spawned.set()
         return {"parked": True}
 
     errors = sdk_endpoint(strait, endpoint, handler)
