@@ -551,7 +551,7 @@ async def bench(
         t = time.monotonic()  # one run end to end first: the workers are up and dispatch works
         await b.wait_seen("warm-up", [await b.trigger(-1)], 0, t, t + 60)
         summary = []
-        scraper = asyncio.ensure_future(scrape_metrics(s, base, args.scrape_every)) if args.scrape_every else None
+        scraper = asyncio.ensure_future(scrape_metrics(base, args.scrape_every)) if args.scrape_every else None
         for sc in ("bulk", "single", "latency", "sdk", "waits", "limits", "cron"):
             if args.scenario == sc or (args.scenario == "all" and sc in ALL):
                 mem.mark(sc)
@@ -584,20 +584,22 @@ async def bench(
         return summary
 
 
-async def scrape_metrics(s: aiohttp.ClientSession, base: str, every: float) -> list[float]:
-    """GET /metrics every `every` s while the scenarios run (as Prometheus would): how long each took.
-    Cancelled at the end, it returns what it measured."""
+async def scrape_metrics(base: str, every: float) -> list[float]:
+    """GET /metrics every `every` s while the scenarios run (as Prometheus would): how long each took,
+    on a connection of its own (the load's pool is busy with triggers). Cancelled at the end, it
+    returns what it measured."""
     took: list[float] = []
-    try:
-        while True:
-            t = time.monotonic()
-            async with s.get(f"{base}/metrics", headers={"X-Internal-Secret": SECRET}) as r:
-                await r.read()
-                if r.status == 200:
-                    took.append(time.monotonic() - t)
-            await asyncio.sleep(max(0.0, every - (time.monotonic() - t)))
-    except asyncio.CancelledError:
-        return took
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        try:
+            while True:
+                t = time.monotonic()
+                async with s.get(f"{base}/metrics", headers={"X-Internal-Secret": SECRET}) as r:
+                    await r.read()
+                    if r.status == 200:
+                        took.append(time.monotonic() - t)
+                await asyncio.sleep(max(0.0, every - (time.monotonic() - t)))
+        except asyncio.CancelledError:
+            return took
 
 
 def stop_group(p: subprocess.Popen[bytes], grace: float) -> None:
