@@ -23,6 +23,12 @@ X-Project-Id) it creates project "bench" and a job (max_attempts 1) pointing at 
   from the database: every tick of every job fired once (no tick missed, none twice), the drift of
   each run's insert from its tick (p50/p99/max), and the Scheduler's own CPU (its log line).
 
+Each scenario also prints the CPU it cost per run, by role, read from /proc (utime + stime): the
+API, the workers and PostgreSQL (their sum: server CPU per run), and the harness's own load generator
+and endpoint. This moves far less between machines than runs/s. --lean makes the single and latency
+triggers come from a lean load generator (raw keep-alive HTTP, no JSON parse), so that single-trigger
+figures measure strait rather than the client.
+
 A sampler thread reads VmRSS of the strait parent (api), its worker children and the endpoint from
 /proc every 0.25 s; peak RSS, VmHWM and RSS at the start/end of each scenario are printed. The
 script reports and exits 0; it does not judge. Example: python scripts/bench_e2e.py --runs 2000
@@ -34,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +52,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -219,6 +227,90 @@ class MemSampler(threading.Thread):
         return lines
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_secs(pid: int, *, reaped: bool = False) -> float | None:
+    """utime + stime of a process in seconds (with `reaped`, also of its children it has waited
+    for: a PostgreSQL backend that exits moves into its postmaster's cutime); None once gone."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if reaped else 0)) / TICK
+
+
+class CpuMeter:
+    """CPU seconds used by each role between two marks, read from /proc: the API (strait's parent and
+    any child that is not a worker), the workers (`--worker-child` processes), PostgreSQL (postmaster
+    with its reaped children plus every live backend), and the harness's own two parts: the load
+    generator (this process) and the endpoint. Divided by the runs a scenario made, this moves far
+    less between machines than runs/s does."""
+
+    def __init__(self, strait_pid: int, endpoint_pid: int) -> None:
+        self.strait_pid, self.endpoint_pid = strait_pid, endpoint_pid
+        self.postmaster: int | None = None
+        self.start: dict[str, float] = {}
+        self.per_pid: dict[int, float] = {}
+
+    def find_postgres(self, dsn: str) -> None:
+        import psycopg  # strait's own dependency
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        stat = Path(f"/proc/{backend}/stat").read_text().rpartition(")")[2].split()
+        self.postmaster = int(stat[1])  # a backend's parent is the postmaster
+
+    def _pids(self) -> dict[int, str]:
+        roles = {self.strait_pid: "api", self.endpoint_pid: "endpoint"}
+        for c in children(self.strait_pid):
+            with contextlib.suppress(OSError):
+                roles[c] = "workers" if b"--worker-child" in Path(f"/proc/{c}/cmdline").read_bytes() else "api"
+        return roles
+
+    def read(self) -> tuple[dict[str, float], dict[int, float]]:
+        """Per role: postgres as one sum (exited backends live on in the postmaster's cutime); the
+        rest per process, so a process that ends between marks takes nothing back."""
+        totals: dict[str, float] = {"postgres": 0.0}
+        per_pid: dict[int, float] = {}
+        for pid, role in self._pids().items():
+            if (t := cpu_secs(pid)) is not None:
+                per_pid[pid] = t
+                totals.setdefault(role, 0.0)
+        if self.postmaster is not None:
+            totals["postgres"] = cpu_secs(self.postmaster, reaped=True) or 0.0
+            totals["postgres"] += sum(cpu_secs(c) or 0.0 for c in children(self.postmaster))
+        totals["load"] = cpu_secs(os.getpid()) or 0.0
+        return totals, per_pid
+
+    def mark(self) -> None:
+        self.start, self.per_pid = self.read()
+        self.t0 = time.monotonic()
+
+    def since(self, label: str, runs: int) -> str:
+        """Print and return the microseconds of CPU per run of each role since the last mark."""
+        end, per_pid = self.read()
+        roles = self._pids()
+        used = {"api": 0.0, "workers": 0.0, "endpoint": 0.0}
+        for pid, t in per_pid.items():
+            if pid in roles:
+                used[roles[pid]] += t - self.per_pid.get(pid, 0.0)
+        used["postgres"] = end["postgres"] - self.start.get("postgres", 0.0)
+        used["load"] = end["load"] - self.start.get("load", 0.0)
+        us = {k: 1e6 * v / max(runs, 1) for k, v in used.items()}
+        server = us["api"] + us["workers"] + us["postgres"]
+        print(
+            f"cpu: {label}: {runs} runs in {time.monotonic() - self.t0:.1f} s; per run: server {server:.0f} us "
+            f"(api {us['api']:.0f}, workers {us['workers']:.0f}, postgres {us['postgres']:.0f}); harness: load "
+            f"generator {us['load']:.0f} us, endpoint {us['endpoint']:.0f} us",
+            flush=True,
+        )
+        return (
+            f"cpu_us_per_run={server:.0f} (api={us['api']:.0f} workers={us['workers']:.0f} "
+            f"pg={us['postgres']:.0f} load={us['load']:.0f} endpoint={us['endpoint']:.0f})"
+        )
+
+
 async def check(r: aiohttp.ClientResponse) -> Any:
     body = await r.json(content_type=None)
     if r.status >= 300:
@@ -234,9 +326,57 @@ async def answers(s: aiohttp.ClientSession, url: str) -> bool:
         return False
 
 
+class LeanTrigger:
+    """The --lean load generator: single triggers over raw keep-alive HTTP/1.1 connections (one per
+    concurrent client, reused), a request prebuilt but for its body, and the answer read by its
+    Content-Length with the run id cut from the bytes (no JSON parse): it costs the harness a
+    fraction of what an aiohttp client does, so single-trigger figures measure strait."""
+
+    ID = re.compile(rb'"id":\s*"([^"]+)"')
+
+    def __init__(self, base: str, job: str) -> None:
+        url = urlsplit(base)
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        head = [f"POST /v1/jobs/{job}/trigger HTTP/1.1", f"Host: {url.netloc}", "Content-Type: application/json"]
+        head += [f"{k}: {v}" for k, v in HEADERS.items()]
+        self.head = ("\r\n".join(head) + "\r\nContent-Length: ").encode()
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def __call__(self, i: int) -> str:
+        conn = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        reader, writer = conn
+        body = b'{"payload":{"i":%d}}' % i
+        writer.write(self.head + b"%d\r\n\r\n" % len(body) + body)
+        status = int((await reader.readline())[9:12])
+        length, close = -1, False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and b"close" in value.lower():
+                close = True
+        if length < 0:
+            raise SystemExit(f"lean trigger: no Content-Length in the answer (status {status})")
+        answer = await reader.readexactly(length)
+        if status >= 300 or not (m := self.ID.search(answer)):
+            raise SystemExit(f"POST trigger answered {status}: {answer[:300]!r}")
+        if close:
+            writer.close()
+        else:
+            self.idle.append(conn)
+        return m.group(1).decode()
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+
+
 class Bench:
     def __init__(self, s: aiohttp.ClientSession, base: str, ep: str, job: str, args: argparse.Namespace) -> None:
         self.s, self.base, self.ep, self.job, self.args = s, base, ep, job, args
+        self.made = 0  # runs the last scenario made (the divisor of its CPU figures)
+        self.lean = LeanTrigger(base, job) if args.lean else None
 
     async def count(self) -> dict[str, Any]:
         async with self.s.get(f"{self.ep}/count") as r:
@@ -290,6 +430,8 @@ class Bench:
             await asyncio.sleep(0.02)
 
     async def trigger(self, i: int) -> str:
+        if self.lean is not None:
+            return await self.lean(i)
         async with self.s.post(f"{self.base}/v1/jobs/{self.job}/trigger", json={"payload": {"i": i}}) as r:
             return str((await check(r))["id"])
 
@@ -332,6 +474,7 @@ class Bench:
                 f"{mode}: first half {h} runs in {first:.2f} s ({r1:.0f}/s), second half {len(ts) - h} in "
                 f"{second:.2f} s ({r2:.0f}/s): second half rate {(r2 / r1 - 1) * 100:+.1f} % vs the first"
             )
+        self.made = n
         return f"{mode}: runs_per_s={n / total:.0f} (N={n}, delay={self.args.endpoint_delay_ms}ms)"
 
     async def sdk(self) -> str:
@@ -350,6 +493,7 @@ class Bench:
             f"SDK calls/s; SDK errors {after['n_errors']} {after['errors']}",
             flush=True,
         )
+        self.made = n
         return f"sdk: runs_per_s={n / total:.0f} sdk_calls_per_s={calls / total:.0f} (N={n})"
 
     async def waits(self, mem: MemSampler) -> str:
@@ -394,6 +538,7 @@ class Bench:
             f"(dispatched again) after {t_resumed:.2f} s: {n / t_resumed:.0f} resumes/s; RSS MiB after: {rss_after}",
             flush=True,
         )
+        self.made = n
         return f"waits: sends_per_s={n / t_sent:.0f} resumes_per_s={n / t_resumed:.0f} (N={n})"
 
     async def make_job(self, slug: str, endpoint: str, **extra: Any) -> str:
@@ -412,6 +557,7 @@ class Bench:
     async def limits(self) -> str:
         """max_concurrency=50 on a 100 ms endpoint; then 1,000 keys at max_concurrency_per_key=1."""
         n, out = self.args.runs, []
+        self.made = 0
         phases = (
             ("capped", f"{self.ep}/job?delay_ms=100", {"max_concurrency": 50}, 0),
             ("per-key", f"{self.ep}/job?delay_ms=0&keyed=1", {"max_concurrency_per_key": 1}, 1000),
@@ -440,6 +586,7 @@ class Bench:
                 flush=True,
             )
             out.append(f"{slug}_runs_per_s={n / total:.0f} {slug}_peak={peak}")
+            self.made += n
         return f"limits: {' '.join(out)} (N={n})"
 
     async def cron(self, log: Path) -> str:
@@ -491,6 +638,7 @@ class Bench:
         )
         for ln in cpu[-(minutes + 1) * 4 :]:
             print(f"cron: {ln.strip()[:200]}")
+        self.made = len(rows)
         return f"cron: ticks={distinct}/{expected} doubled={len(rows) - distinct} drift_p99_s={p99:.3f} (jobs={jobs})"
 
     async def latency(self) -> str:
@@ -514,11 +662,18 @@ class Bench:
             f"max {lat[-1]:.1f} ms",
             flush=True,
         )
+        self.made = n
         return f"latency: p50_ms={p50:.1f} p99_ms={p99:.1f}"
 
 
 async def bench(
-    args: argparse.Namespace, port: int, eport: int, strait: subprocess.Popen[bytes], mem: MemSampler, log: Path
+    args: argparse.Namespace,
+    port: int,
+    eport: int,
+    strait: subprocess.Popen[bytes],
+    mem: MemSampler,
+    cpu: CpuMeter,
+    log: Path,
 ) -> list[str]:
     base, ep = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{eport}"
     async with aiohttp.ClientSession(
@@ -550,11 +705,13 @@ async def bench(
         b = Bench(s, base, ep, str(job["id"]), args)
         t = time.monotonic()  # one run end to end first: the workers are up and dispatch works
         await b.wait_seen("warm-up", [await b.trigger(-1)], 0, t, t + 60)
+        cpu.find_postgres(args.dsn)
         summary = []
         scraper = asyncio.ensure_future(scrape_metrics(base, args.scrape_every)) if args.scrape_every else None
         for sc in ("bulk", "single", "latency", "sdk", "waits", "limits", "cron"):
             if args.scenario == sc or (args.scenario == "all" and sc in ALL):
                 mem.mark(sc)
+                cpu.mark()
                 if sc == "latency":
                     summary.append(await b.latency())
                 elif sc == "sdk":
@@ -567,6 +724,7 @@ async def bench(
                     summary.append(await b.limits())
                 else:
                     summary.append(await b.throughput(sc))
+                summary[-1] += " " + cpu.since(sc, b.made)
                 mem.mark(sc)
         await asyncio.sleep(1.0)  # late duplicates show in the final count
         if scraper is not None:
@@ -579,6 +737,8 @@ async def bench(
                 if took
                 else "metrics: no scrape answered"
             )
+        if b.lean is not None:
+            b.lean.close()
         c = await b.count()
         print(f"endpoint total: {c['hits']} hits for {c['count']} distinct runs (duplicates {c['hits'] - c['count']})")
         return summary
@@ -627,6 +787,9 @@ def main() -> int:
     ap.add_argument("--processes", type=int, help="passed to strait --processes")
     ap.add_argument("--strait", default=os.path.join(os.path.dirname(sys.executable), "strait"))
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir (server.log, database)")
+    ap.add_argument(
+        "--lean", action="store_true", help="single triggers from the lean load generator (raw keep-alive HTTP)"
+    )
     ap.add_argument("--scrape-every", type=float, default=0, help="GET /metrics this often (s) during the run")
     args = ap.parse_args()
     port, eport = free_port(), free_port()
@@ -663,7 +826,7 @@ def main() -> int:
             )
         mem = MemSampler(procs[1].pid, procs[0].pid)
         mem.start()
-        summary = asyncio.run(bench(args, port, eport, procs[1], mem, log))
+        summary = asyncio.run(bench(args, port, eport, procs[1], mem, CpuMeter(procs[1].pid, procs[0].pid), log))
         ok = True
     finally:
         try:
