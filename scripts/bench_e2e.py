@@ -50,6 +50,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -247,8 +248,8 @@ class CpuMeter:
     generator (this process) and the endpoint. Divided by the runs a scenario made, this moves far
     less between machines than runs/s does."""
 
-    def __init__(self, strait_pid: int, endpoint_pid: int) -> None:
-        self.strait_pid, self.endpoint_pid = strait_pid, endpoint_pid
+    def __init__(self, strait_pid: int, endpoint_pid: int, base: str) -> None:
+        self.strait_pid, self.endpoint_pid, self.base = strait_pid, endpoint_pid, base
         self.postmaster: int | None = None
         self.start: dict[str, float] = {}
         self.per_pid: dict[int, float] = {}
@@ -256,10 +257,29 @@ class CpuMeter:
     def find_postgres(self, dsn: str) -> None:
         import psycopg  # strait's own dependency
 
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        self.db = psycopg.connect(dsn, autocommit=True)
+        backend = self.db.execute("SELECT pg_backend_pid()").fetchone()[0]
         stat = Path(f"/proc/{backend}/stat").read_text().rpartition(")")[2].split()
         self.postmaster = int(stat[1])  # a backend's parent is the postmaster
+
+    def commits(self) -> int:
+        """Transactions committed in strait's database so far (statements, near enough: strait's
+        hot-path statements are each a transaction of their own)."""
+        self.db.execute("SELECT pg_stat_clear_snapshot()")
+        row = self.db.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        return int(row.fetchone()[0])
+
+    def claims(self) -> tuple[float, float]:
+        """(claims, runs claimed) so far, from strait's /metrics."""
+        req = urllib.request.Request(f"{self.base}/metrics", headers={"X-Internal-Secret": SECRET})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read().decode()
+        got = dict.fromkeys(("count", "sum"), 0.0)
+        for line in text.splitlines():
+            for k in got:
+                if line.startswith(f"strait_queue_claim_batch_size_{k} "):
+                    got[k] = float(line.split()[1])
+        return got["count"], got["sum"]
 
     def _pids(self) -> dict[int, str]:
         roles = {self.strait_pid: "api", self.endpoint_pid: "endpoint"}
@@ -285,7 +305,7 @@ class CpuMeter:
 
     def mark(self) -> None:
         self.start, self.per_pid = self.read()
-        self.t0 = time.monotonic()
+        self.t0, self.commits0, self.claims0 = time.monotonic(), self.commits(), self.claims()
 
     def since(self, label: str, runs: int) -> str:
         """Print and return the microseconds of CPU per run of each role since the last mark."""
@@ -299,15 +319,21 @@ class CpuMeter:
         used["load"] = end["load"] - self.start.get("load", 0.0)
         us = {k: 1e6 * v / max(runs, 1) for k, v in used.items()}
         server = us["api"] + us["workers"] + us["postgres"]
+        time.sleep(1.1)  # busy backends report their commits once a second
+        commits = 1000 * (self.commits() - self.commits0) / max(runs, 1)
+        claims, claimed = (a - b for a, b in zip(self.claims(), self.claims0, strict=True))
+        per_claim, claims_1k = claimed / max(claims, 1), 1000 * claims / max(runs, 1)
         print(
             f"cpu: {label}: {runs} runs in {time.monotonic() - self.t0:.1f} s; per run: server {server:.0f} us "
             f"(api {us['api']:.0f}, workers {us['workers']:.0f}, postgres {us['postgres']:.0f}); harness: load "
-            f"generator {us['load']:.0f} us, endpoint {us['endpoint']:.0f} us",
+            f"generator {us['load']:.0f} us, endpoint {us['endpoint']:.0f} us; {commits:.0f} commits and "
+            f"{claims_1k:.0f} claims per 1,000 runs ({per_claim:.1f} runs per claim)",
             flush=True,
         )
         return (
             f"cpu_us_per_run={server:.0f} (api={us['api']:.0f} workers={us['workers']:.0f} "
-            f"pg={us['postgres']:.0f} load={us['load']:.0f} endpoint={us['endpoint']:.0f})"
+            f"pg={us['postgres']:.0f} load={us['load']:.0f} endpoint={us['endpoint']:.0f}) "
+            f"commits_per_1k={commits:.0f} runs_per_claim={per_claim:.1f}"
         )
 
 
@@ -826,7 +852,8 @@ def main() -> int:
             )
         mem = MemSampler(procs[1].pid, procs[0].pid)
         mem.start()
-        summary = asyncio.run(bench(args, port, eport, procs[1], mem, CpuMeter(procs[1].pid, procs[0].pid), log))
+        cpu = CpuMeter(procs[1].pid, procs[0].pid, f"http://127.0.0.1:{port}")
+        summary = asyncio.run(bench(args, port, eport, procs[1], mem, cpu, log))
         ok = True
     finally:
         try:
