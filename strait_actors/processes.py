@@ -18,6 +18,9 @@ from collections.abc import Sequence
 log = logging.getLogger(__name__)
 
 
+SLOT_ENV = "STRAIT_PROCESS_SLOT"
+
+
 class ProcessSupervisor:
     """Keeps N worker processes alive: a process that dies is restarted with jittered backoff."""
 
@@ -38,7 +41,8 @@ class ProcessSupervisor:
         self.thread.start()
 
     def _spawn(self, i: int) -> None:
-        self.procs[i] = subprocess.Popen(self.argv, env=self.env)
+        # which of the N it is (its poller takes its share of the small wake-ups: actors/poller.py)
+        self.procs[i] = subprocess.Popen(self.argv, env={**self.env, SLOT_ENV: f"{i}/{self.count}"})
         log.info("worker process %d started (pid %d)", i, self.procs[i].pid)  # type: ignore[union-attr]
 
     def _run(self) -> None:

@@ -857,7 +857,7 @@ SELECT count(*) AS n FROM gave_up
 
 -- name: insert_runs
 -- Enqueue many runs in one statement; an idempotency key already taken skips that row only.
--- One NOTIFY per statement (PostgreSQL also folds duplicates within a transaction).
+-- One NOTIFY per statement, saying how many runs it queued: one poller takes a few (actors/poller.py).
 WITH ins AS (
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                           triggered_by, scheduled_at, expires_at, idempotency_key, concurrency_key, batch_id,
@@ -879,7 +879,8 @@ WITH ins AS (
     ON CONFLICT (job_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, status
 ), wake AS (
-    SELECT pg_notify('strait_queue_wake', '') FROM (SELECT 1 FROM ins WHERE status = 'queued' LIMIT 1) q
+    SELECT pg_notify('strait_queue_wake', q.n::text)
+    FROM (SELECT count(*) AS n FROM ins WHERE status = 'queued' HAVING count(*) > 0) q
 )
 SELECT ins.id, ins.status, (SELECT count(*) FROM wake) AS woke FROM ins
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -210,13 +210,13 @@ class WakeListener:
             self.conn = psycopg.connect(dsn, autocommit=True)
             self.conn.execute(q("listen_wake"))
 
-    def wait(self, timeout: float) -> bool:
-        """True as soon as a wake arrives; False after `timeout` seconds of silence."""
-        got = False
+    def wait(self, timeout: float, wanted: Callable[[str, int], bool]) -> bool:
+        """True as soon as a wake arrives that `wanted(payload, notifying backend pid)` accepts;
+        False after one that it declines or after `timeout` seconds of silence."""
         with translated():
-            for _ in self.conn.notifies(timeout=timeout, stop_after=1):
-                got = True
-        return got
+            for n in self.conn.notifies(timeout=timeout, stop_after=1):
+                return wanted(n.payload, n.pid)
+        return False
 
     def close(self) -> None:
         self.conn.close()
