@@ -227,11 +227,12 @@ LEFT JOIN (claimed c JOIN jobs j ON j.id = c.job_id
 -- name: record_outcomes
 -- Write many dispatch outcomes at once, each fenced on (id, executing, attempt, lease); a run whose
 -- fence fails is skipped without touching the others. Retries go back to queued with attempt + 1.
+-- The arrays go in binary (%%b), as insert_runs' do.
 -- transition moved: executing -> completed failed timed_out dead_letter queued
 WITH v AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(leases)s::uuid[], %(statuses)s::text[],
-                         %(results)s::jsonb[], %(errors)s::text[], %(classes)s::text[],
-                         %(delays)s::float8[], %(boosts)s::int[])
+    SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(leases)b::uuid[], %(statuses)b::text[],
+                         %(results)b::jsonb[], %(errors)b::text[], %(classes)b::text[],
+                         %(delays)b::float8[], %(boosts)b::int[])
         AS v(id, attempt, lease_id, to_status, result, error, error_class, delay, boost)
 ), moved AS (
     UPDATE job_runs r SET status = v.to_status,
@@ -858,6 +859,7 @@ SELECT count(*) AS n FROM gave_up
 -- name: insert_runs
 -- Enqueue many runs in one statement; an idempotency key already taken skips that row only.
 -- One NOTIFY per statement, saying how many runs it queued: one poller takes a few (actors/poller.py).
+-- The arrays go in binary (%%b): a text array is escaped element by element (dumping: 20 -> 9 us a run).
 WITH ins AS (
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                           triggered_by, scheduled_at, expires_at, idempotency_key, concurrency_key, batch_id,
@@ -867,12 +869,12 @@ WITH ins AS (
            GREATEST(now(), COALESCE(u.scheduled_at, now())) + make_interval(secs => u.ttl),
            u.idempotency_key, u.concurrency_key, u.batch_id, u.job_version, u.job_version_id, u.created_by,
            u.debug_mode, strait_quota_counted(u.project_id)
-    FROM unnest(%(id)s::uuid[], %(job_id)s::uuid[], %(project_id)s::text[], %(status)s::text[],
-                %(priority)s::smallint[], %(payload)s::json[], %(payload_hash)s::text[], %(tags)s::jsonb[],
-                %(metadata)s::jsonb[], %(triggered_by)s::text[], %(scheduled_at)s::timestamptz[],
-                %(ttl)s::float8[], %(idempotency_key)s::text[], %(concurrency_key)s::text[],
-                %(batch_id)s::uuid[], %(job_version)s::int[], %(job_version_id)s::text[],
-                %(created_by)s::text[], %(debug_mode)s::bool[])
+    FROM unnest(%(id)b::uuid[], %(job_id)b::uuid[], %(project_id)b::text[], %(status)b::text[],
+                %(priority)b::smallint[], %(payload)b::json[], %(payload_hash)b::text[], %(tags)b::jsonb[],
+                %(metadata)b::jsonb[], %(triggered_by)b::text[], %(scheduled_at)b::timestamptz[],
+                %(ttl)b::float8[], %(idempotency_key)b::text[], %(concurrency_key)b::text[],
+                %(batch_id)b::uuid[], %(job_version)b::int[], %(job_version_id)b::text[],
+                %(created_by)b::text[], %(debug_mode)b::bool[])
         AS u(id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata, triggered_by,
              scheduled_at, ttl, idempotency_key, concurrency_key, batch_id, job_version, job_version_id,
              created_by, debug_mode)
