@@ -12,13 +12,18 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
+from strait import AsyncClient
 
-from tests.conftest import SECRET, Server, start_strait, stop_strait, wait_for
+from tests.client_helpers import Gate, make_job, setup
+from tests.conftest import SECRET, Endpoint, Server, start_strait, stop_strait, wait_for
 from tests.test_metrics import samples_of, scrape, value
 from tests.test_processes import child_pids
+from tests.test_run_stream import _listeners, read_stream
+from tests.test_sdk_plane import sdk_endpoint
 
 ADMIN = {"Authorization": f"Bearer {SECRET}"}
 
@@ -181,4 +186,41 @@ def test_metrics_from_either_api_process_cover_both(dsn: str, tmp_path: Path) ->
             assert value(samples, count, **ready) == 40
             assert value(samples, "strait_db_pool_conns", state="max") == 6, "both pools (3 each)"
     finally:
+        stop_strait(server)
+
+
+def test_run_streams_through_every_api_process_without_redis(endpoint: Endpoint, dsn: str, tmp_path: Path) -> None:
+    """Each API process listens for run events itself: streams opened on fresh connections (the
+    kernel spreads them over both) all see the run through to its end."""
+    env = {"DATABASE_URL": dsn, "API_PROCESSES": "2", "SSE_KEEPALIVE_INTERVAL_SECS": "0.3"}
+    server = start_strait(env, tmp_path, processes=1)
+    admin, c, _ = setup(server)
+    gate = Gate()
+
+    async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
+        await gate.wait()
+        await rc.sdk_runs.log_run(run_id, {"level": "info", "message": "hello"})
+        await rc.sdk_runs.complete_run(run_id, {"result": {"ok": 1}})
+        return {"http": True}
+
+    try:
+        wait_for(lambda: len(_listeners(dsn)) == 2, what="a listener in each API process")
+        sdk_endpoint(server, endpoint, handler)
+        run_id = c.jobs.trigger(make_job(c, endpoint)["id"], {"payload": {}})["id"]
+        wait_for(lambda: gate.bound, what="the run executing")
+        streams: list[list[tuple[str | None, Any]]] = [[] for _ in range(8)]
+        readers = [threading.Thread(target=read_stream, args=(server, run_id, s)) for s in streams]
+        for t in readers:
+            t.start()
+        wait_for(lambda: all(any(x[1] == ": keepalive" for x in s) for s in streams), what="keep-alives")
+        gate.open()
+        for t in readers:
+            t.join(20)
+            assert not t.is_alive(), "the stream did not close after the terminal status"
+        for s in streams:
+            kinds = [(m["type"], m.get("message") or m.get("to")) for i, m in s if i is not None]
+            assert kinds == [("event", "hello"), ("status_change", "completed")], s
+    finally:
+        admin.close()
+        c.close()
         stop_strait(server)
