@@ -15,7 +15,9 @@ from collections.abc import Sequence
 SERVER_COMMANDS = ("serve", "migrate")
 CLIENT_COMMANDS = ("login", "health", "stats", "projects", "keys", "jobs", "runs", "dlq", "events")
 # options that take a value, on either side: skipped when looking for the command word
-_VALUE_OPTIONS = frozenset({"--mode", "--config", "--processes", "--url", "--api-key", "--project", "--output", "-o"})
+_VALUE_OPTIONS = frozenset(
+    {"--mode", "--config", "--processes", "--api-processes", "--url", "--api-key", "--project", "--output", "-o"}
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -29,7 +31,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--mode", choices=["all", "api", "worker"], default="all")
     ap.add_argument("--config", help="a TOML file of settings (environment variables still win)")
     ap.add_argument("--processes", type=int, help="worker processes (default: CPU count)")
+    ap.add_argument("--api-processes", type=int, help="API processes sharing the port (default: API_PROCESSES, 1)")
     ap.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--api-child", action="store_true", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -76,15 +80,18 @@ def serve(argv: list[str] | None) -> int:
     runtime.configure_logging(settings)
     if args.worker_child:
         return runtime.run_worker_child(settings)
-    if args.processes is not None and args.processes < 1:
-        print("strait: --processes: must be at least 1", file=sys.stderr)
-        return 2
+    if args.api_child:
+        return runtime.run_api_child(settings)
+    for flag, value in (("--processes", args.processes), ("--api-processes", args.api_processes)):
+        if value is not None and value < 1:
+            print(f"strait: {flag}: must be at least 1", file=sys.stderr)
+            return 2
     try:
         if args.command == "migrate":
             p = runtime.prepare(settings)
             print(f"migrations applied; database ready ({'embedded' if p.embedded_pg else 'DATABASE_URL'})")
             return 0
-        return runtime.run(args.mode, settings, args.processes)
+        return runtime.run(args.mode, settings, args.processes, args.api_processes)
     except psycopg.OperationalError as exc:
         reason = " ".join(str(exc).split())
         print(f"strait: cannot use the database: {reason}", file=sys.stderr)

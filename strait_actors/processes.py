@@ -1,4 +1,5 @@
-"""The process supervisor: keeps N worker OS processes alive, restarting one that dies with backoff.
+"""The process supervisor: keeps N child OS processes alive (worker processes, or the API processes
+beside the parent's), restarting one that dies with backoff.
 
 It knows processes, not actors: each worker process builds its own actor tree
 (`actors/tree.py`), so this module imports no actor code and `--mode api` stays actor-free.
@@ -22,10 +23,13 @@ SLOT_ENV = "STRAIT_PROCESS_SLOT"
 
 
 class ProcessSupervisor:
-    """Keeps N worker processes alive: a process that dies is restarted with jittered backoff."""
+    """Keeps N processes alive: a process that dies is restarted with jittered backoff."""
 
-    def __init__(self, count: int, argv: Sequence[str], env: dict[str, str], grace: float) -> None:
+    def __init__(
+        self, count: int, argv: Sequence[str], env: dict[str, str], grace: float, role: str = "worker"
+    ) -> None:
         self.count = count
+        self.role = role
         self.argv = list(argv)
         self.env = env
         self.grace = grace
@@ -41,9 +45,9 @@ class ProcessSupervisor:
         self.thread.start()
 
     def _spawn(self, i: int) -> None:
-        # which of the N it is (its poller takes its share of the small wake-ups: actors/poller.py)
+        # which of the N it is (a worker's poller takes its share of the small wake-ups: actors/poller.py)
         self.procs[i] = subprocess.Popen(self.argv, env={**self.env, SLOT_ENV: f"{i}/{self.count}"})
-        log.info("worker process %d started (pid %d)", i, self.procs[i].pid)  # type: ignore[union-attr]
+        log.info("%s process %d started (pid %d)", self.role, i, self.procs[i].pid)  # type: ignore[union-attr]
 
     def _run(self) -> None:
         while not self.stopping.wait(0.2):
@@ -57,7 +61,9 @@ class ProcessSupervisor:
                     continue
                 self.failures[i] += 1
                 delay = min(0.5 * 2 ** min(self.failures[i] - 1, 6), 30.0) * random.uniform(0.8, 1.2)
-                log.warning("worker process %d (pid %d) exited with %s; restart in %.1f s", i, proc.pid, code, delay)
+                log.warning(
+                    "%s process %d (pid %d) exited with %s; restart in %.1f s", self.role, i, proc.pid, code, delay
+                )
                 _metrics_gone(proc.pid)
                 self.procs[i] = None
                 self.next_start[i] = time.monotonic() + delay
@@ -65,15 +71,24 @@ class ProcessSupervisor:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p is not None]
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Restart nothing more and SIGTERM every live process, once, without waiting (`stop` waits)."""
+        if self.stopping.is_set():
+            return
         self.stopping.set()
         if self.thread.is_alive():
             self.thread.join(timeout=5)
-        live = [p for p in self.procs if p is not None and p.poll() is None]
-        for p in live:
-            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        """SIGTERM every process (unless `terminate` did) and wait for them, up to `grace`, then kill."""
+        self.terminate()
         deadline = time.monotonic() + self.grace
-        for p in live:
+        for p in self.procs:
+            if p is None:
+                continue
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -84,6 +99,11 @@ class ProcessSupervisor:
 def worker_child_argv() -> list[str]:
     """The command line of one worker process: this interpreter, running its own actor tree."""
     return [sys.executable, "-m", "strait_actors.cli", "--worker-child"]
+
+
+def api_child_argv() -> list[str]:
+    """The command line of one more API process, sharing the parent's port."""
+    return [sys.executable, "-m", "strait_actors.cli", "--api-child"]
 
 
 def _metrics_gone(pid: int) -> None:

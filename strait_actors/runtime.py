@@ -22,12 +22,14 @@ from aiohttp import web
 
 from strait_actors import __version__, embedded, logs
 from strait_actors.aio import new_event_loop
-from strait_actors.processes import ProcessSupervisor, worker_child_argv
+from strait_actors.processes import ProcessSupervisor, api_child_argv, worker_child_argv
 from strait_actors.settings import SecretsFound, Settings, ensure_secrets
 from strait_actors.store import db
 from strait_actors.store import workers as worker_store
 
 log = logging.getLogger("strait")
+
+API_SHUTDOWN_SECS = 60.0  # requests in flight at shutdown get this long to finish (aiohttp's default)
 
 
 @dataclass
@@ -71,9 +73,10 @@ def prepare(settings: Settings) -> Prepared:
 
 def banner(p: Prepared, mode: str, processes: int) -> str:
     s = p.settings
+    api_count = f" ({s.api_processes} processes)" if s.api_processes > 1 else ""
     lines = [
         f"strait {__version__} --mode {mode}",
-        f"  API:         http://{'127.0.0.1' if s.host in ('0.0.0.0', '') else s.host}:{s.port}"
+        f"  API:         http://{'127.0.0.1' if s.host in ('0.0.0.0', '') else s.host}:{s.port}{api_count}"
         if mode != "worker"
         else f"  health:      port {s.worker_port}",
         f"  workers:     {processes} process(es) x {s.worker_concurrency} calls in flight"
@@ -110,15 +113,29 @@ def child_env(p: Prepared) -> dict[str, str]:
     return env
 
 
-async def _serve(app: web.Application, host: str, port: int, stop: asyncio.Event) -> None:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+async def _serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    reuse_port: bool = False,
+    peers: ProcessSupervisor | None = None,
+) -> None:
+    """Serve `app` until `stop`. With several API processes each binds the port with SO_REUSEPORT
+    (the kernel spreads new connections over them); `peers`, the other API processes, start once
+    this one is bound and are told to stop when it is."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=API_SHUTDOWN_SECS)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port)
     await site.start()
     gc.freeze()  # what start-up made lives as long as the process: no collection walks it again
+    if peers is not None:
+        peers.start()
     try:
         await stop.wait()
     finally:
+        if peers is not None:  # they finish their requests in flight while this one does
+            await asyncio.to_thread(peers.terminate)
         await runner.cleanup()
 
 
@@ -156,33 +173,46 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def run(mode: str, settings: Settings, processes: int | None = None) -> int:
-    """`strait --mode all|api|worker`: exit 0 after a clean SIGTERM/SIGINT shutdown."""
+def run(mode: str, settings: Settings, processes: int | None = None, api_processes: int | None = None) -> int:
+    """`strait --mode all|api|worker`: exit 0 after a clean SIGTERM/SIGINT shutdown.
+
+    The database is migrated here, once, before any child process starts. With N API processes
+    this one serves the API too, and N - 1 children (`--api-child`) share its port."""
     metrics_dir(settings)
+    settings = settings.replace(api_processes=api_processes or settings.api_process_count)  # children get N
     p = prepare(settings)
     count = processes or p.settings.worker_processes
     print(banner(p, mode, count), flush=True)
-    workers = None
+    workers = peers = None
     if mode in ("all", "worker"):
         workers = ProcessSupervisor(
             count, worker_child_argv(), child_env(p), grace=p.settings.worker_drain_timeout_secs + 15
         )
         workers.start()
+    if mode in ("all", "api") and p.settings.api_processes > 1:
+        peers = ProcessSupervisor(
+            p.settings.api_processes - 1, api_child_argv(), child_env(p), grace=API_SHUTDOWN_SECS + 15, role="API"
+        )
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(_main(mode, p, workers))
+            runner.run(_main(mode, p, workers, peers))
     finally:
+        if peers is not None:
+            peers.stop()
         if workers is not None:
             workers.stop()
     return 0
 
 
-async def _main(mode: str, p: Prepared, workers: ProcessSupervisor | None = None) -> None:
+async def _main(
+    mode: str, p: Prepared, workers: ProcessSupervisor | None = None, peers: ProcessSupervisor | None = None
+) -> None:
     stop = _stop_event(asyncio.get_running_loop())
     if mode in ("all", "api"):
         from strait_actors.api.app import create_app
 
-        await _serve(create_app(p.settings, p.dsn), p.settings.host, p.settings.port, stop)
+        app = create_app(p.settings, p.dsn)
+        await _serve(app, p.settings.host, p.settings.port, stop, reuse_port=peers is not None, peers=peers)
     elif p.settings.worker_port:
         await _serve(_worker_app(p, workers), p.settings.host, p.settings.worker_port, stop)
     else:
@@ -232,3 +262,18 @@ def run_worker_child(settings: Settings) -> int:
     from strait_actors.actors.tree import run_worker  # here, not at the top: the API imports no actor
 
     return run_worker(settings, settings.database_url)
+
+
+def run_api_child(settings: Settings) -> int:
+    """One more API process (spawned by `run` when API_PROCESSES > 1): the parent migrated the
+    database and handed it every setting; it shares the parent's port (SO_REUSEPORT)."""
+    from strait_actors.api.app import create_app
+
+    async def main() -> None:
+        stop = _stop_event(asyncio.get_running_loop())
+        app = create_app(settings, settings.database_url)
+        await _serve(app, settings.host, settings.port, stop, reuse_port=True)
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
+    return 0

@@ -71,6 +71,7 @@ class Settings:
     sse_max_conn_duration_secs: float = 1800
     db_pool_size: int = 10
     worker_port: int = 9091
+    api_processes: int = 1
 
     @property
     def data_dir(self) -> Path:
@@ -79,6 +80,11 @@ class Settings:
     @property
     def worker_processes(self) -> int:
         return self.processes if self.processes > 0 else (os.cpu_count() or 1)
+
+    @property
+    def api_process_count(self) -> int:
+        """API_PROCESSES, or with 0 one per four CPUs (at least one)."""
+        return self.api_processes if self.api_processes > 0 else max(1, (os.cpu_count() or 1) // 4)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -32,6 +32,9 @@ def test_bad_settings_stop_startup_with_one_line(tmp_path: Path) -> None:
         assert done.returncode == 2
         assert done.stderr.strip() == line
     assert not (tmp_path / "data" / "pg").exists(), "nothing was started"
+    for flag in ("--processes", "--api-processes"):
+        done = _strait(["--mode", "all", flag, "0"], {}, tmp_path)
+        assert done.returncode == 2 and done.stderr.strip() == f"strait: {flag}: must be at least 1"
 
 
 def test_migrate_command_applies_the_schema(pg_dsn: str, tmp_path: Path) -> None:

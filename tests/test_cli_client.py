@@ -316,4 +316,5 @@ def test_the_router_knows_every_client_command() -> None:
     assert tuple(sub.choices) == cli.CLIENT_COMMANDS
     assert cli.command_word(["--url", "jobs", "runs", "list"]) == "runs"
     assert cli.command_word(["--mode", "all", "--processes", "2"]) is None
+    assert cli.command_word(["--api-processes", "2", "migrate"]) == "migrate"
     assert cli.command_word(["--config", "x.toml", "migrate"]) == "migrate"

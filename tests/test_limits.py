@@ -50,6 +50,23 @@ def test_in_memory_limit_counts_requests() -> None:
     asyncio.run(go())
 
 
+def test_in_memory_limits_divide_over_api_processes(redis_url: str) -> None:
+    """Each of N processes enforces its share, rounded up (0 stays off); through Redis, the whole."""
+    limiter = RateLimiter(11, 0, None, 5, processes=2)
+    assert limiter.limits == {"request": 6, "trigger": 0, "auth_failure": 3}
+    assert RateLimiter(11, 0, None, 5, processes=1).limits == {"request": 11, "trigger": 0, "auth_failure": 5}
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            shared = RateLimiter(11, 0, client, 5, processes=2)
+            assert shared.limits == {"request": 11, "trigger": 0, "auth_failure": 5}
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
 def test_trigger_limit_counts_bulk_items_over_http(
     dsn: str, redis_url: str, tmp_path: Path, endpoint: Endpoint
 ) -> None:

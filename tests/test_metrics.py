@@ -14,7 +14,10 @@ from tests.conftest import SECRET, Endpoint, Server, free_port, start_strait, st
 
 def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of a scrape: (name, sorted labels) -> value."""
-    r = httpx.get(f"{base}/metrics", headers={"X-Internal-Secret": SECRET}, timeout=10)
+    return samples_of(httpx.get(f"{base}/metrics", headers={"X-Internal-Secret": SECRET}, timeout=10))
+
+
+def samples_of(r: httpx.Response) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     out = {}

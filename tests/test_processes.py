@@ -14,13 +14,25 @@ from strait_actors.settings import load
 from tests.conftest import Endpoint, Server, start_strait, stop_strait, wait_for
 
 
-def worker_pids(server: Server) -> list[int]:
-    """The worker processes: children of the strait process running --worker-child."""
+def child_pids(server: Server, flag: str) -> list[int]:
+    """Children of the strait process whose command line has `flag` (--worker-child, --api-child)."""
     pids = []
     for task in Path(f"/proc/{server.proc.pid}/task").iterdir():
         children = (task / "children").read_text().split()
         pids.extend(int(c) for c in children)
-    return [p for p in pids if b"--worker-child" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    found = []
+    for p in pids:
+        try:
+            if flag.encode() in Path(f"/proc/{p}/cmdline").read_bytes():
+                found.append(p)
+        except FileNotFoundError:  # reaped meanwhile
+            continue
+    return found
+
+
+def worker_pids(server: Server) -> list[int]:
+    """The worker processes: children of the strait process running --worker-child."""
+    return child_pids(server, "--worker-child")
 
 
 def _setup_job(server: Server, endpoint: Endpoint, **job: Any) -> str:

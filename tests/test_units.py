@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import stat
 from pathlib import Path
@@ -74,9 +75,13 @@ def test_settings_env_overrides_and_rules() -> None:
         ({"PORT": "abc"}, "PORT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY"),
+        ({"API_PROCESSES": "-1"}, "API_PROCESSES"),
     ]:
         with pytest.raises(SettingsError, match=needle):
             load(environ=env)
+    assert load(environ={}).api_process_count == 1, "one API process unless asked"
+    assert load(environ={"API_PROCESSES": "3"}).api_process_count == 3
+    assert load(environ={"API_PROCESSES": "0"}).api_process_count == max(1, (os.cpu_count() or 1) // 4)
 
 
 def test_config_file_and_unknown_keys(tmp_path: Path) -> None:

@@ -113,7 +113,11 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await hub.start()
     app[HUB] = hub
     app[LIMITER] = RateLimiter(
-        settings.rate_limit_requests, settings.trigger_rate_limit_requests, redis, settings.auth_failure_limit
+        settings.rate_limit_requests,
+        settings.trigger_rate_limit_requests,
+        redis,
+        settings.auth_failure_limit,
+        settings.api_process_count,
     )
     sampler = asyncio.ensure_future(MetricsSampler(app[DSN], metrics, pool, flush_http_metrics).run())
     yield

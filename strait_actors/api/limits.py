@@ -1,10 +1,12 @@
 """API rate limits: per caller per minute, fixed windows.
 
-Counted in memory per API process, or in Redis when REDIS_URL is set (then every API
-process shares the count). Triggered runs are counted against TRIGGER_RATE_LIMIT_REQUESTS
-(a bulk trigger counts its items; dry runs and refused triggers count too: each costs the
-API its validation); every other request against RATE_LIMIT_REQUESTS. Which routes count
-runs is decided by the matched route (`counts_runs`), never by the text of the path.
+Counted in Redis when REDIS_URL is set (every API process shares the count), else in memory per
+API process: with API_PROCESSES = N each of the program's N processes enforces its share of every
+limit (limit / N, rounded up), since the kernel spreads connections over them (SO_REUSEPORT).
+Triggered runs are counted against TRIGGER_RATE_LIMIT_REQUESTS (a bulk trigger counts its items;
+dry runs and refused triggers count too: each costs the API its validation); every other request
+against RATE_LIMIT_REQUESTS. Which routes count runs is decided by the matched route
+(`counts_runs`), never by the text of the path.
 
 Credentials are limited before they cost a lookup: a client address with more than
 AUTH_FAILURE_LIMIT failed authentications in the current minute is answered 429 for any
@@ -53,9 +55,16 @@ class RateLimiter:
     """Counts per (kind, caller) in the current minute."""
 
     def __init__(
-        self, requests_per_min: int, triggers_per_min: int, redis: Any = None, auth_failures_per_min: int = 0
+        self,
+        requests_per_min: int,
+        triggers_per_min: int,
+        redis: Any = None,
+        auth_failures_per_min: int = 0,
+        processes: int = 1,
     ) -> None:
         self.limits = {"request": requests_per_min, "trigger": triggers_per_min, "auth_failure": auth_failures_per_min}
+        if redis is None and processes > 1:  # in memory: this process's share (limits divide)
+            self.limits = {kind: -(-limit // processes) for kind, limit in self.limits.items()}
         self.redis = redis
         self.window = 0
         self.counts: dict[tuple[str, str], int] = {}
