@@ -8,6 +8,7 @@ It knows processes, not actors: each worker process builds its own actor tree
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import subprocess
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 
 SLOT_ENV = "STRAIT_PROCESS_SLOT"
+PARENT_ENV = "STRAIT_PARENT_PID"
 
 
 class ProcessSupervisor:
@@ -46,7 +48,8 @@ class ProcessSupervisor:
 
     def _spawn(self, i: int) -> None:
         # which of the N it is (a worker's poller takes its share of the small wake-ups: actors/poller.py)
-        self.procs[i] = subprocess.Popen(self.argv, env={**self.env, SLOT_ENV: f"{i}/{self.count}"})
+        env = {**self.env, SLOT_ENV: f"{i}/{self.count}", PARENT_ENV: str(os.getpid())}
+        self.procs[i] = subprocess.Popen(self.argv, env=env)
         log.info("%s process %d started (pid %d)", self.role, i, self.procs[i].pid)  # type: ignore[union-attr]
 
     def _run(self) -> None:
@@ -104,6 +107,22 @@ def worker_child_argv() -> list[str]:
 def api_child_argv() -> list[str]:
     """The command line of one more API process, sharing the parent's port."""
     return [sys.executable, "-m", "strait_actors.cli", "--api-child"]
+
+
+def exit_with_parent(interval: float = 1.0) -> None:
+    """In a child: stop (SIGTERM to itself: the usual graceful drain) once the parent that started it
+    is gone, so a program killed with SIGKILL leaves no worker claiming runs and no API process
+    holding its port. Checked once a second by a daemon thread. The parent's pid comes from the
+    supervisor: a parent gone before this call would otherwise read as init."""
+    parent = int(os.environ.get(PARENT_ENV) or os.getppid())
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        log.warning("parent process %d is gone: stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="strait-parent-watch", daemon=True).start()
 
 
 def _metrics_gone(pid: int) -> None:

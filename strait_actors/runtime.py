@@ -22,7 +22,7 @@ from aiohttp import web
 
 from strait_actors import __version__, embedded, logs
 from strait_actors.aio import new_event_loop
-from strait_actors.processes import ProcessSupervisor, api_child_argv, worker_child_argv
+from strait_actors.processes import ProcessSupervisor, api_child_argv, exit_with_parent, worker_child_argv
 from strait_actors.settings import SecretsFound, Settings, ensure_secrets
 from strait_actors.store import db
 from strait_actors.store import workers as worker_store
@@ -261,6 +261,7 @@ def run_worker_child(settings: Settings) -> int:
     """One worker process (spawned by the process supervisor): its own actor tree."""
     from strait_actors.actors.tree import run_worker  # here, not at the top: the API imports no actor
 
+    exit_with_parent()
     return run_worker(settings, settings.database_url)
 
 
@@ -274,6 +275,7 @@ def run_api_child(settings: Settings) -> int:
         app = create_app(settings, settings.database_url)
         await _serve(app, settings.host, settings.port, stop, reuse_port=True)
 
+    exit_with_parent()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(main())
     return 0

@@ -224,3 +224,16 @@ def test_run_streams_through_every_api_process_without_redis(endpoint: Endpoint,
         admin.close()
         c.close()
         stop_strait(server)
+
+
+def test_children_stop_when_the_program_is_killed(dsn: str, tmp_path: Path) -> None:
+    """SIGKILL of the program (no drain, no SIGTERM to its children): its API and worker processes
+    notice their parent is gone and stop, so none keeps the port or claims runs."""
+    argv = [sys.executable, "-m", "strait_actors.cli", "--api-processes", "2"]
+    server = start_strait({"DATABASE_URL": dsn}, tmp_path, processes=1, argv=argv)
+    (api,) = wait_for(lambda: child_pids(server, "--api-child"), what="the second API process")
+    (worker,) = child_pids(server, "--worker-child")
+    server.proc.kill()
+    server.proc.wait()
+    wait_for(lambda: gone(api) and gone(worker), timeout=30, what="the orphaned children stopping")
+    assert "parent process" in server.logs()
