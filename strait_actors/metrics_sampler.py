@@ -104,7 +104,7 @@ def metrics_response(request: web.Request, secret: str) -> web.Response:
     if given is None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         given = token.strip() if scheme.lower() == "bearer" else ""
-    if not given or not hmac.compare_digest(given.encode(), secret.encode()):
+    if not given or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode()):
         body = {"error": {"code": "unauthorized", "message": "the internal secret is required"}}
         return web.json_response(body, status=401)
     text = metrics.exposition()
