@@ -10,16 +10,16 @@ set of rows (DELETE … RETURNING), so their counters add up to the cluster's tr
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import psycopg
 from aiohttp import web
 
+from strait_actors import internal_secret
 from strait_actors.store.sql import q
 
 log = logging.getLogger(__name__)
@@ -94,23 +94,19 @@ class MetricsSampler:
 QUEUE_STATUSES = ("delayed", "queued", "dequeued", "executing", "waiting", "paused", "replay_staged")
 
 
-def metrics_response(request: web.Request, secret: str) -> web.Response:
-    """`GET /metrics` (api.md §4.1): the internal secret (X-Internal-Secret or a bearer token), else
-    401; Prometheus text, or `{"content_type", "text"}` when Accept is exactly application/json
-    (the official client's `list_metrics`)."""
-    from strait_actors import metrics
+async def metrics_response(
+    request: web.Request, secret: str, json: Callable[[Any], web.Response], refuse: Callable[[], web.Response]
+) -> web.Response:
+    """`GET /metrics` (api.md §4.1), the API's and a worker host's small port's: every process of this
+    program's series (`strait_actors.metrics`) for the internal secret (X-Internal-Secret or a bearer
+    token), else `refuse()`; Prometheus text, or `{"content_type", "text"}` rendered by `json` when
+    Accept is exactly application/json (the official client's `list_metrics`). Each app answers JSON
+    and the refusal as its other routes do (the API in its error envelope)."""
+    from strait_actors import metrics  # after runtime.metrics_dir chose the multiprocess directory
 
-    given = request.headers.get("X-Internal-Secret")
-    if given is None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else ""
-    if not given or not hmac.compare_digest(given.encode(), secret.encode()):
-        body = {"error": {"code": "unauthorized", "message": "the internal secret is required"}}
-        return web.json_response(body, status=401)
-    text = metrics.exposition()
+    if not internal_secret.shown(request, secret):
+        return refuse()
+    text = await asyncio.to_thread(metrics.exposition)  # files of every process: off the event loop
     if request.headers.get("Accept", "").strip() == "application/json":
-        return web.Response(
-            text=json.dumps({"content_type": metrics.CONTENT_TYPE, "text": text.decode()}),
-            content_type="application/json",
-        )
+        return json({"content_type": metrics.CONTENT_TYPE, "text": text.decode()})
     return web.Response(body=text, headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -239,7 +239,11 @@ def _worker_app(p: Prepared, workers: ProcessSupervisor | None) -> web.Applicati
         return web.json_response(body, status=200 if ok else 503)
 
     async def scrape(request: web.Request) -> web.Response:
-        return metrics_response(request, p.settings.internal_secret)
+        return await metrics_response(request, p.settings.internal_secret, web.json_response, refused)
+
+    def refused() -> web.Response:
+        body = {"error": {"code": "unauthorized", "message": "the internal secret is required"}}
+        return web.json_response(body, status=401)
 
     async def sampler(app: web.Application) -> Any:
         sampled = MetricsSampler(p.dsn, metrics)

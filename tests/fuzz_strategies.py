@@ -30,6 +30,7 @@ from hypothesis.strategies import SearchStrategy
 
 from strait_actors import fsm, tokens
 from strait_actors.api import validation
+from strait_actors.api.run_filters import RUN_FILTERS
 from strait_actors.model import RunRequest
 from tests.conftest import SECRET
 
@@ -1037,7 +1038,12 @@ def list_query(world: World, kind: str = "uuid", **extra: Strategy) -> Strategy:
     return query({"limit": st.sampled_from(LIMITS), "cursor": _cursor(world, kind), **extra})
 
 
+# values of GET /v1/runs's text filters this world's runs have (any other text is drawn too)
+_FILTER_TEXTS = {"execution_mode": ["http", "worker"], "tag_key": ["env"], "tag_value": ["fuzz"], "metadata_key": ["m"]}
+
+
 def run_filters(world: World) -> dict[str, Strategy]:
+    """GET /v1/runs's query, from the handler's own table (`run_filters.RUN_FILTERS`)."""
     statuses = st.one_of(st.sampled_from(sorted(fsm.ALL)), st.sampled_from(["", ",", "queued,nope", "a" * 300]))
     uuids = st.one_of(st.sampled_from(list(world.jobs.values()) + world.batch_ids), st.uuids().map(str), odd_text)
     contains = st.one_of(
@@ -1045,21 +1051,21 @@ def run_filters(world: World) -> dict[str, Strategy]:
         st.sampled_from(['{"a":' * 300 + "1" + "}" * 300, "[" * 2000 + "]" * 2000, '{"n":' + "9" * 500 + "}"]),
         odd_text,
     )
-    return {
-        "status": statuses,
-        "statuses": statuses,
-        "statuses[]": statuses,
-        "job_id": uuids,
-        "batch_id": uuids,
-        "triggered_by": odd_text,
-        "execution_mode": st.sampled_from(["http", "worker", "x"]),
-        "error_class": odd_text,
-        "tag_key": st.one_of(st.just("env"), odd_text),
-        "tag_value": st.one_of(st.just("fuzz"), odd_text),
-        "metadata_key": st.one_of(st.just("m"), odd_text),
-        "metadata_value": odd_text,
-        "payload_contains": contains,
-    }
+    out: dict[str, Strategy] = {}
+    for name, f in RUN_FILTERS.items():
+        if f.kind in ("status", "statuses"):
+            out[name] = statuses
+            if f.kind == "statuses":
+                out[f"{name}[]"] = statuses
+        elif f.kind == "uuid":
+            out[name] = uuids
+        elif f.kind == "text":
+            out[name] = st.one_of(st.sampled_from(_FILTER_TEXTS.get(name, ["x"])), odd_text)
+        elif f.kind == "json":
+            out[name] = contains
+        else:
+            raise AssertionError(f"run filter {name!r} has kind {f.kind!r}: teach the fuzzer a strategy for it")
+    return out
 
 
 # An unknown method ("FUZZ") is refused by aiohttp's HTTP parser before the app sees it: a bare text

@@ -90,6 +90,9 @@ def test_a_worker_host_serves_its_processes_metrics_on_its_small_port(dsn: str, 
     try:
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/metrics").status_code == 401
+        # a header that is not UTF-8 is a wrong secret, not a 500
+        for odd in ({"X-Internal-Secret": b"\xff\xfe"}, {"Authorization": b"Bearer \xff"}):
+            assert httpx.get(f"{base}/metrics", headers=odd).status_code == 401
 
         def claimed() -> bool:
             return value(scrape(base), "strait_queue_claim_duration_seconds_count") >= 2

@@ -108,8 +108,8 @@ def test_only_the_seam_writes_state_change_events_and_creations_start_in_an_init
                 assert m.group(2) in fsm.INITIAL, name
             elif m.group(2).startswith("u."):  # the caller's (a NewRun's: test_model)
                 continue
-            else:  # or the dependency gate's choice (migration 0012)
-                assert "strait_dependencies_unmet" in text and "THEN 'waiting' ELSE " in text, name
+            else:  # or the dependency gate's choice (strait_entry_status, migration 0015)
+                assert "strait_entry_status(" in text, name
             literal_creations.append(name)
     assert literal_creations == ["replay_run", "batch_trigger", "sdk_spawn", "sdk_continue", "cron_fire"]
 

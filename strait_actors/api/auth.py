@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,17 +16,13 @@ from strait_actors.api.limits import client_address
 from strait_actors.api.state import CALLER, KEYS, LIMITER, POOL, SETTINGS
 from strait_actors.errors import ApiError, forbidden, unauthorized
 from strait_actors.ids import hash_key
+from strait_actors.internal_secret import bearer_token, same_secret, shown
 from strait_actors.store import projects as store
 
 __all__ = ["CALLER", "Caller", "KeyCache", "authenticate"]
 
 KEY_CACHE_SECS = 5.0
 KEY_CACHE_SIZE = 10000
-
-
-def same_secret(given: str, secret: str) -> bool:
-    """Constant-time comparison of a header value (any bytes, decoded with surrogateescape)."""
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +143,7 @@ async def authenticate(request: web.Request) -> Caller:
 
 
 async def _authenticate(request: web.Request) -> Caller:
-    auth = request.headers.get("Authorization", "")
-    scheme, _, token = auth.partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else ""
+    token = bearer_token(request)
     if token.startswith("strait_"):
         return await _api_key_caller(request, token)
     secret = request.headers.get("X-Internal-Secret")
@@ -158,10 +151,5 @@ async def _authenticate(request: web.Request) -> Caller:
 
 
 def internal_secret_ok(request: web.Request) -> bool:
-    """For /metrics and detailed health: the secret in X-Internal-Secret or as a bearer token."""
-    secret = request.app[SETTINGS].internal_secret
-    given = request.headers.get("X-Internal-Secret")
-    if given is None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else ""
-    return bool(given) and same_secret(given, secret)
+    """For detailed health: the secret in X-Internal-Secret or as a bearer token."""
+    return shown(request, request.app[SETTINGS].internal_secret)

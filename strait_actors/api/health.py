@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -25,6 +25,7 @@ from strait_actors.api.http import json_response
 from strait_actors.api.render import now_ts, ts
 from strait_actors.api.state import POOL, REDIS, SETTINGS, STARTED
 from strait_actors.errors import unauthorized
+from strait_actors.metrics_sampler import metrics_response
 from strait_actors.store import db, workers
 from strait_actors.store.errors import StoreError
 from strait_actors.store.sql import Row, ping
@@ -137,13 +138,8 @@ async def _workers(request: web.Request) -> dict[str, Any]:
 
 @routes.get("/metrics")
 async def scrape(request: web.Request) -> web.Response:
-    """Every process of this program's series (`strait_actors.metrics`); Accept exactly
-    `application/json` gets `{"content_type", "text"}` (the official client's `list_metrics`)."""
-    from strait_actors import metrics  # after runtime.metrics_dir chose the multiprocess directory
+    return await metrics_response(request, request.app[SETTINGS].internal_secret, json_response, _refused)
 
-    if not internal_secret_ok(request):
-        raise unauthorized("invalid or missing internal secret")
-    text = await asyncio.to_thread(metrics.exposition)  # files of every process: off the event loop
-    if request.headers.get("Accept", "").strip() == "application/json":
-        return json_response({"content_type": metrics.CONTENT_TYPE, "text": text.decode()})
-    return web.Response(body=text, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+def _refused() -> NoReturn:
+    raise unauthorized("invalid or missing internal secret")

@@ -5,8 +5,9 @@ Generated from the live router: every route `create_app` registers is walked, it
 read from the route itself, and described by its entry in OPERATIONS (summary, query, body, answers);
 HEAD routes are documented from their GET. A route without an entry is left out of the document,
 and tests/test_openapi.py fails until it has one. Request bodies come from the validators' tables
-(`validation.job_body_schema`, `trigger_body_schema`) and the constants the handlers check
-(openapi_schemas.py). Built once per application, when `create_app` has added every route.
+(`validation.job_body_schema`, `trigger_body_schema`), the run list's filters from the table its
+handler reads (`run_filters.RUN_FILTERS`), and the constants the handlers check (openapi_schemas.py).
+Built once per application, when `create_app` has added every route.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from strait_actors import __version__, fsm, payloads
-from strait_actors.api import events, openapi_schemas
+from strait_actors import __version__, payloads
+from strait_actors.api import events, openapi_schemas, run_filters
 from strait_actors.api.openapi_schemas import INT, STR, Schema, obj, ref
 from strait_actors.api.state import SETTINGS
 
@@ -59,20 +60,7 @@ _IDEMPOTENCY = _q(
         "X-Idempotency-Key": {"type": "string", "maxLength": 256},
     }
 )
-_RUN_FILTERS = _q(
-    status={"type": "string", "enum": sorted(fsm.ALL)},
-    statuses={"type": "array", "items": {"type": "string", "enum": sorted(fsm.ALL)}},
-    job_id=STR,
-    batch_id=STR,
-    triggered_by=STR,
-    execution_mode=STR,
-    error_class=STR,
-    tag_key=STR,
-    tag_value=STR,
-    metadata_key=STR,
-    metadata_value=STR,
-    payload_contains={"type": "string", "description": "a JSON value the run's payload contains (jsonb @>)"},
-)
+_RUN_FILTERS = run_filters.query_schemas()
 _NF, _CONFLICT, _UNPROC, _LIMITED = 404, 409, 422, 429
 
 

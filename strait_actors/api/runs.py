@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from strait_actors import fsm
-from strait_actors.api import render, streams
+from strait_actors.api import render, run_filters, streams
 from strait_actors.api.auth import check_project, project_scope, require
 from strait_actors.api.http import json_response, long_lived, read_object
 from strait_actors.api.pagination import page_of, respond
@@ -35,63 +34,12 @@ async def load_run(request: web.Request) -> Row:
     return row
 
 
-def _uuid_filter(request: web.Request, name: str) -> Any:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    value = parse_uuid(raw)
-    if value is None:
-        raise bad_request(f"{name} is invalid")
-    return value
-
-
-def _statuses(request: web.Request) -> list[str] | None:
-    wanted = request.query.getall("statuses", []) + request.query.getall("statuses[]", [])
-    single = request.query.get("status")
-    if single is not None:
-        wanted.append(single)
-    wanted = [s for part in wanted for s in part.split(",") if s]
-    for s in wanted:
-        if s not in fsm.ALL:
-            raise bad_request("status is invalid")
-    return wanted or None
-
-
-def _filters(request: web.Request) -> dict[str, Any]:
-    qs = request.query
-    if qs.get("tag_key") and qs.get("metadata_key"):
-        raise bad_request("tag and metadata filters cannot be combined")
-    if qs.get("tag_value") is not None and not qs.get("tag_key"):
-        raise bad_request("tag_value requires tag_key")
-    contains = qs.get("payload_contains")
-    if contains is not None:
-        try:
-            contains = orjson.dumps(orjson.loads(contains)).decode()
-        except orjson.JSONDecodeError:
-            raise bad_request("payload_contains must be valid JSON") from None
-        except orjson.JSONEncodeError:
-            raise bad_request("payload_contains is too large or nested too deeply") from None
-    return {
-        "statuses": _statuses(request),
-        "job_id": _uuid_filter(request, "job_id"),
-        "batch_id": _uuid_filter(request, "batch_id"),
-        "triggered_by": qs.get("triggered_by"),
-        "execution_mode": qs.get("execution_mode"),
-        "error_class": qs.get("error_class"),
-        "tag_key": qs.get("tag_key"),
-        "tag_value": qs.get("tag_value"),
-        "meta_key": qs.get("metadata_key"),
-        "meta_value": qs.get("metadata_value"),
-        "payload_contains": contains,
-    }
-
-
 @routes.get("/v1/runs")
 async def list_runs(request: web.Request) -> web.Response:
     require(request, "runs:read")
     project = project_scope(request)
     page = page_of(request)
-    filters = _filters(request) | {
+    filters = run_filters.filters(request.query) | {
         "project_id": project,
         "limit": page.limit + 1,
         "after_ts": page.after_ts,

@@ -49,8 +49,7 @@ WITH due AS (
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
 ), entering AS (
-    SELECT due.id, CASE WHEN j.has_dependencies AND strait_dependencies_unmet(due.job_id, due.dkey)
-                        THEN 'waiting' ELSE 'queued' END AS to_status
+    SELECT due.id, strait_entry_status(j.has_dependencies, due.job_id, due.dkey) AS to_status
     FROM due JOIN jobs j ON j.id = due.job_id
 ), promoted AS (
     UPDATE job_runs r SET status = e.to_status, awaits_dependencies = e.to_status = 'waiting'
@@ -1005,8 +1004,7 @@ SELECT * FROM moved WHERE id = %(id)s
 -- A run of a job with dependencies waits while one is unmet (migration 0012): its key is its metadata's.
 WITH src AS (
     SELECT r.*, j.effective_run_ttl_secs AS ttl,
-           CASE WHEN j.has_dependencies AND strait_dependencies_unmet(j.id, r.metadata ->> 'dependency_key')
-                THEN 'waiting' ELSE 'queued' END AS entry
+           strait_entry_status(j.has_dependencies, j.id, r.metadata ->> 'dependency_key') AS entry
     FROM job_runs r JOIN jobs j ON j.id = r.job_id
     WHERE r.id = %(id)s
 ), ins AS (
@@ -1093,9 +1091,10 @@ RETURNING r.id, r.status
 -- hash is that text's SHA-256, as for every payload. No row back: the run is full, flush it and try again.
 -- A run queued at once of a job with dependencies waits instead while one is unmet (migration 0012).
 WITH entering AS (
-    SELECT CASE WHEN %(status)s = 'queued' AND j.has_dependencies
-                     AND strait_dependencies_unmet(j.id, strait_run_dependency_key(NULL, %(metadata)s, %(triggered_by)s))
-                THEN 'waiting' ELSE %(status)s END AS status
+    SELECT CASE WHEN %(status)s = 'queued'
+                THEN strait_entry_status(j.has_dependencies, j.id,
+                                         strait_run_dependency_key(NULL, %(metadata)s, %(triggered_by)s))
+                ELSE %(status)s END AS status
     FROM (SELECT 1) one LEFT JOIN jobs j ON j.id = %(job_id)s
 ), up AS (
     INSERT INTO job_runs AS r (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
@@ -1132,8 +1131,7 @@ WITH filled AS (
       AND (window_items >= %(max_items)s OR octet_length(payload::text) + %(item_bytes)s + 1 > %(max_bytes)s)
     FOR UPDATE
 ), entering AS (
-    SELECT f.id, CASE WHEN j.has_dependencies AND strait_dependencies_unmet(j.id, f.dkey)
-                      THEN 'waiting' ELSE 'queued' END AS to_status
+    SELECT f.id, strait_entry_status(j.has_dependencies, j.id, f.dkey) AS to_status
     FROM filled f JOIN jobs j ON j.id = %(job_id)s
 ), flushed AS (
     UPDATE job_runs r SET status = e.to_status, awaits_dependencies = e.to_status = 'waiting'
@@ -1532,9 +1530,8 @@ WITH cur AS (
            j.default_run_metadata, 'spawn', now() + make_interval(secs => j.effective_run_ttl_secs), j.version,
            j.version_id, %(actor)s, cur.id, strait_quota_counted(j.project_id), e.status = 'waiting'
     FROM cur, jobs j
-    CROSS JOIN LATERAL (SELECT CASE WHEN j.has_dependencies
-                                         AND strait_dependencies_unmet(j.id, j.default_run_metadata ->> 'dependency_key')
-                                    THEN 'waiting' ELSE 'queued' END AS status) e
+    CROSS JOIN LATERAL (SELECT strait_entry_status(j.has_dependencies, j.id,
+                                                   j.default_run_metadata ->> 'dependency_key') AS status) e
     WHERE j.id = %(job_id)s
     RETURNING *
 ), parked AS (
@@ -1577,9 +1574,8 @@ WITH cur AS (
            now() + make_interval(secs => j.effective_run_ttl_secs), j.version, j.version_id, %(actor)s, cur.id,
            cur.lineage_depth + 1, strait_quota_counted(cur.project_id), e.status = 'waiting'
     FROM cur JOIN jobs j ON j.id = cur.job_id
-    CROSS JOIN LATERAL (SELECT CASE WHEN j.has_dependencies
-                                         AND strait_dependencies_unmet(j.id, cur.metadata ->> 'dependency_key')
-                                    THEN 'waiting' ELSE 'queued' END AS status) e
+    CROSS JOIN LATERAL (SELECT strait_entry_status(j.has_dependencies, j.id, cur.metadata ->> 'dependency_key')
+                               AS status) e
     WHERE cur.lineage_depth < %(max_depth)s
     RETURNING *
 ), wake AS (
@@ -1720,8 +1716,7 @@ WITH v AS (
 ), judged AS (
     SELECT t.*,
         -- a run of a job with dependencies waits while one is unmet (migration 0012)
-        CASE WHEN t.has_dependencies AND strait_dependencies_unmet(t.id, t.default_run_metadata ->> 'dependency_key')
-             THEN 'waiting' ELSE 'queued' END AS entry,
+        strait_entry_status(t.has_dependencies, t.id, t.default_run_metadata ->> 'dependency_key') AS entry,
         CASE
         WHEN NOT t.enabled OR t.paused THEN 'job_off'
         WHEN t.project_paused THEN 'project_paused'
