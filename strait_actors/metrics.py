@@ -7,7 +7,7 @@ program started. Import this module only after that: the value class is chosen a
 
 Hot paths count in batches: a claim observes once, an outcome batch adds its runs' durations to a
 histogram's buckets at once (`observe_many`), never a lock per run. Run transitions are counted in
-the database by the transition seam (`run_transition_tally`, migration 0013) and drained into
+the database by the transition seam (`run_transition_tally`, migration 0014) and drained into
 `strait_run_transitions_total` by the process that serves the scrape (`MetricsSampler`), with the
 queue's depth from one query on a timer, not per scrape.
 """

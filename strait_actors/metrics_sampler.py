@@ -1,5 +1,5 @@
 """What the database knows, sampled for `/metrics` by the process that serves the scrape: run
-transitions drained from `run_transition_tally` (written by the transition seam, migration 0013)
+transitions drained from `run_transition_tally` (written by the transition seam, migration 0014)
 every second, and the queue's depth, its oldest claimable run and the dead-letter depth from one
 query every `DEPTH_SECS`. Never per scrape: a scrape reads files only (`metrics.exposition`).
 
