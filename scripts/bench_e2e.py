@@ -19,6 +19,9 @@ X-Project-Id) it creates project "bench" and a job (max_attempts 1) pointing at 
 - limits (on its own): N runs of a job with max_concurrency=50 on a 100 ms endpoint (runs/s against
   the limit's ceiling of 500/s, and the peak concurrency the endpoint saw), then N runs over 1,000
   concurrency keys at max_concurrency_per_key=1 on the no-op endpoint (runs/s, peak per key);
+- backlog (on its own): --backlog runs queued for an `execution_mode: worker` job and as many delayed a
+  day ahead, then as many claimable ones: idle latency and the drain rate against the empty queue,
+  claim p99 (/metrics) and the claim's plan (rows written straight into job_runs);
 - cron (on its own): --cron-jobs jobs firing every minute; over --cron-minutes whole minutes, read
   from the database: every tick of every job fired once (no tick missed, none twice), the drift of
   each run's insert from its tick (p50/p99/max), and the Scheduler's own CPU (its log line).
@@ -51,6 +54,7 @@ import textwrap
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -338,6 +342,57 @@ class CpuMeter:
             f"pg={us['postgres']:.0f} load={us['load']:.0f} endpoint={us['endpoint']:.0f}) "
             f"commits_per_1k={commits:.0f} runs_per_claim={per_claim:.1f}"
         )
+
+
+# backlog scenario: runs as a trigger writes them, `n` at a time (delayed a day ahead, or queued)
+BACKLOG_INSERT = """
+INSERT INTO job_runs (id, job_id, project_id, status, payload, payload_hash, triggered_by, scheduled_at,
+                      job_version, job_version_id, quota_counted)
+SELECT gen_random_uuid(), j.id, j.project_id, CASE WHEN %(delayed)s THEN 'delayed' ELSE 'queued' END,
+       json_build_object('i', g), md5(g::text), 'api', CASE WHEN %(delayed)s THEN now() + interval '1 day' END,
+       j.version, j.version_id, false
+FROM jobs j CROSS JOIN generate_series(1, %(n)s) g WHERE j.id = %(job)s
+"""
+# queued runs of the job that the claims have not yet set aside (held 'job')
+BACKLOG_UNSET = "SELECT EXISTS (SELECT 1 FROM job_runs WHERE job_id = %(job)s AND status = 'queued' AND held IS NULL)"
+
+
+def claim_histogram(base: str) -> dict[float, float]:
+    """Cumulative counts of strait_queue_claim_duration_seconds by upper bound, from /metrics."""
+    req = urllib.request.Request(f"{base}/metrics", headers={"X-Internal-Secret": SECRET})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        text = r.read().decode()
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("strait_queue_claim_duration_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def histogram_p99(after: dict[float, float], before: dict[float, float]) -> str:
+    """The bucket the 99th percentile of the claims between two reads falls in."""
+    delta = {le: after[le] - before.get(le, 0.0) for le in after}
+    total = delta.get(float("inf"), 0.0)
+    for le in sorted(delta):
+        if total and delta[le] >= 0.99 * total:
+            return f"<= {le * 1000:g} ms ({total:.0f} claims)"
+    return "n/a"
+
+
+def claim_plan(conn: Any) -> list[str]:
+    """The claim statement's plan (EXPLAIN, not run), on a claim connection's settings: how it reads
+    each table (a Seq Scan here would walk the backlog)."""
+    from strait_actors.store.queue import CLAIM_OPTIONS
+    from strait_actors.store.sql import q
+
+    for opt in CLAIM_OPTIONS.split():
+        if "=" in opt:  # "-c name=value" pairs
+            conn.execute("SELECT set_config(%s, %s, false)", opt.split("=", 1))
+    params = {"limit": 100, "lease_id": uuid.uuid4(), "lease_secs": 20, "worker_id": "bench"}
+    rows = conn.execute("EXPLAIN (COSTS OFF) " + q("claim_runs"), params).fetchall()
+    scans = [r[0].strip().removeprefix("->  ") for r in rows if "Scan" in r[0]]
+    return [x for x in scans if not x.startswith(("CTE Scan", "Subquery Scan", "Function Scan"))]
 
 
 async def check(r: aiohttp.ClientResponse) -> Any:
@@ -670,6 +725,64 @@ class Bench:
         self.made = len(rows)
         return f"cron: ticks={distinct}/{expected} doubled={len(rows) - distinct} drift_p99_s={p99:.3f} (jobs={jobs})"
 
+    async def backlog(self, mem: MemSampler) -> str:
+        """A million-run backlog (issue 16). Runs are written straight into job_runs (as a trigger
+        writes them; the API would take minutes for millions): first the empty-queue figures (idle
+        latency; the drain of 20,000 pre-queued runs), then --backlog runs queued for an
+        `execution_mode: worker` job (no HTTP worker may take them) and as many delayed a day ahead,
+        idle latency again, then --backlog claimable runs drained. Claim p99 from /metrics."""
+        import psycopg  # strait's own dependency
+
+        n = self.args.backlog
+        conn = psycopg.connect(self.args.dsn, autocommit=True)
+        parked = await self.make_job("parked", f"{self.ep}/job", execution_mode="worker")
+
+        def fill(job: str, count: int, delayed: bool = False) -> float:
+            t = time.monotonic()
+            for done in range(0, count, 100000):
+                conn.execute(BACKLOG_INSERT, {"job": job, "n": min(100000, count - done), "delayed": delayed})
+            conn.execute("SELECT pg_notify('strait_queue_wake', '')")
+            return time.monotonic() - t
+
+        async def drain(label: str, count: int) -> float:
+            before, claims = int((await self.count())["count"]), claim_histogram(self.base)
+            took = fill(self.job, count)
+            t0 = time.monotonic()
+            while int((await self.count())["count"]) - before < count:
+                if time.monotonic() - t0 > 120 + count / 200:
+                    raise SystemExit(f"backlog: {label}: timed out")
+                await asyncio.sleep(0.2)
+            rate = count / (time.monotonic() - t0)
+            p99 = histogram_p99(claim_histogram(self.base), claims)
+            print(
+                f"backlog: {label}: {count} runs written in {took:.1f} s, drained at {rate:.0f} runs/s; claim p99 {p99}"
+            )
+            return rate
+
+        lat0 = await self.latency()
+        base_rate = await drain("empty queue", 20000)
+        t = fill(parked, n) + fill(self.job, n, delayed=True)
+        t0 = time.monotonic()
+        while conn.execute(BACKLOG_UNSET, {"job": parked}).fetchone()[0]:
+            await asyncio.sleep(0.5)
+        print(
+            f"backlog: {n} unclaimable and {n} delayed runs written in {t:.1f} s; the claims set the "
+            f"unclaimable aside in {time.monotonic() - t0:.1f} s",
+            flush=True,
+        )
+        plan = claim_plan(conn)
+        print("backlog: claim plan with the backlog: " + "; ".join(plan), flush=True)
+        lat1 = await self.latency()
+        mem.mark("backlog-drain")
+        big_rate = await drain(f"{n} claimable behind the backlog", n)
+        mem.mark("backlog-drain")
+        conn.close()
+        self.made = n + 20000 + 400
+        return (
+            f"backlog: empty_drain={base_rate:.0f}/s backlog_drain={big_rate:.0f}/s "
+            f"({(big_rate / base_rate - 1) * 100:+.1f} %) idle latency before [{lat0}] with backlog [{lat1}]"
+        )
+
     async def latency(self) -> str:
         n, before = 200, await self.count()
         sent: dict[str, float] = {}
@@ -737,7 +850,7 @@ async def bench(
         cpu.find_postgres(args.dsn)
         summary = []
         scraper = asyncio.ensure_future(scrape_metrics(base, args.scrape_every)) if args.scrape_every else None
-        for sc in ("bulk", "single", "latency", "sdk", "waits", "limits", "cron"):
+        for sc in ("bulk", "single", "latency", "sdk", "waits", "limits", "cron", "backlog"):
             if args.scenario == sc or (args.scenario == "all" and sc in ALL):
                 mem.mark(sc)
                 cpu.mark()
@@ -747,6 +860,8 @@ async def bench(
                     summary.append(await b.sdk())
                 elif sc == "waits":
                     summary.append(await b.waits(mem))
+                elif sc == "backlog":
+                    summary.append(await b.backlog(mem))
                 elif sc == "cron":
                     summary.append(await b.cron(log))
                 elif sc == "limits":
@@ -807,8 +922,11 @@ def main() -> int:
     ap.add_argument("--database-url", default="", help="default: embedded PostgreSQL in a temp data dir")
     ap.add_argument("--endpoint-delay-ms", type=int, default=0)
     ap.add_argument(
-        "--scenario", choices=["bulk", "single", "latency", "sdk", "waits", "limits", "cron", "all"], default="all"
+        "--scenario",
+        choices=["bulk", "single", "latency", "sdk", "waits", "limits", "cron", "backlog", "all"],
+        default="all",
     )
+    ap.add_argument("--backlog", type=int, default=1000000, help="backlog scenario: runs of each kind")
     ap.add_argument("--cron-jobs", type=int, default=10000, help="cron scenario: jobs firing every minute")
     ap.add_argument("--cron-minutes", type=int, default=2, help="cron scenario: whole minutes measured")
     ap.add_argument("--limits-phase", choices=["both", "capped", "per-key"], default="both", help="limits scenario")
