@@ -22,7 +22,7 @@ from tests.client_helpers import Gate, make_job, setup
 from tests.conftest import SECRET, Endpoint, Server, start_strait, stop_strait, wait_for
 from tests.test_metrics import samples_of, scrape, value
 from tests.test_processes import child_pids
-from tests.test_run_stream import _listeners, read_stream
+from tests.test_run_stream import _listeners, streams_to_the_end
 from tests.test_sdk_plane import sdk_endpoint
 
 ADMIN = {"Authorization": f"Bearer {SECRET}"}
@@ -208,15 +208,7 @@ def test_run_streams_through_every_api_process_without_redis(endpoint: Endpoint,
         sdk_endpoint(server, endpoint, handler)
         run_id = c.jobs.trigger(make_job(c, endpoint)["id"], {"payload": {}})["id"]
         wait_for(lambda: gate.bound, what="the run executing")
-        streams: list[list[tuple[str | None, Any]]] = [[] for _ in range(8)]
-        readers = [threading.Thread(target=read_stream, args=(server, run_id, s)) for s in streams]
-        for t in readers:
-            t.start()
-        wait_for(lambda: all(any(x[1] == ": keepalive" for x in s) for s in streams), what="keep-alives")
-        gate.open()
-        for t in readers:
-            t.join(20)
-            assert not t.is_alive(), "the stream did not close after the terminal status"
+        streams = streams_to_the_end([server] * 8, run_id, gate)
         for s in streams:
             kinds = [(m["type"], m.get("message") or m.get("to")) for i, m in s if i is not None]
             assert kinds == [("event", "hello"), ("status_change", "completed")], s

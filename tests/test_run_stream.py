@@ -36,6 +36,24 @@ def read_stream(server: Server, run_id: str, out: list[tuple[str | None, Any]], 
                 out.append((None, line))
 
 
+def streams_to_the_end(servers: list[Server], run_id: str, gate: Gate) -> list[list[tuple[str | None, Any]]]:
+    """A stream of the run from each server; once every one has had a keep-alive the gate opens (the
+    run goes on) and each must close after the terminal status. Their frames, one list per stream."""
+    streams: list[list[tuple[str | None, Any]]] = [[] for _ in servers]
+    readers = [
+        threading.Thread(target=read_stream, args=(server, run_id, s))
+        for server, s in zip(servers, streams, strict=True)
+    ]
+    for t in readers:
+        t.start()
+    wait_for(lambda: all(any(x[1] == ": keepalive" for x in s) for s in streams), what="keep-alives")
+    gate.open()
+    for t in readers:
+        t.join(20)
+        assert not t.is_alive(), "the stream did not close after the terminal status"
+    return streams
+
+
 def test_stream_frames_live_in_order_to_two_clients_then_resume(endpoint: Endpoint, dsn: str, tmp_path: Path) -> None:
     server = start_strait({"DATABASE_URL": dsn, "SSE_KEEPALIVE_INTERVAL_SECS": "0.3"}, tmp_path)
     admin, c, _ = setup(server)
@@ -53,15 +71,7 @@ def test_stream_frames_live_in_order_to_two_clients_then_resume(endpoint: Endpoi
         job = make_job(c, endpoint)
         run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
         wait_for(lambda: gate.bound, what="the run executing")
-        streams: list[list[tuple[str | None, Any]]] = [[], []]
-        readers = [threading.Thread(target=read_stream, args=(server, run_id, s)) for s in streams]
-        for t in readers:
-            t.start()
-        wait_for(lambda: all(any(x[1] == ": keepalive" for x in s) for s in streams), what="keep-alives")
-        gate.open()
-        for t in readers:
-            t.join(20)
-            assert not t.is_alive(), "the stream did not close after the terminal status"
+        streams = streams_to_the_end([server, server], run_id, gate)
         wait_terminal(c, run_id)
         for s in streams:
             frames = [(i, m) for i, m in s if i is not None]
@@ -130,18 +140,7 @@ def test_streams_over_redis_one_bridge_for_two_api_processes(
         run_id = c.jobs.trigger(job_id, {"payload": {"n": n}})["id"]
         wait_for(lambda: gates[n].bound, what="the run executing")
         assert len(_listeners(dsn)) == 1, "one LISTEN connection for both API processes"
-        streams: list[list[tuple[str | None, Any]]] = [[], []]
-        readers = [
-            threading.Thread(target=read_stream, args=(server, run_id, s))
-            for server, s in zip(servers, streams, strict=True)
-        ]
-        for t in readers:
-            t.start()
-        wait_for(lambda: all(any(x[1] == ": keepalive" for x in s) for s in streams), what="keep-alives")
-        gates[n].open()
-        for t in readers:
-            t.join(20)
-            assert not t.is_alive(), "the stream did not close after the terminal status"
+        streams = streams_to_the_end(list(servers), run_id, gates[n])
         for s in streams:
             kinds = [(m["type"], m.get("message") or m.get("to")) for i, m in s if i is not None]
             assert kinds == [("event", "hello"), ("status_change", "completed")], s
