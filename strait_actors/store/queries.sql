@@ -112,6 +112,9 @@ WITH due AS (
     INSERT INTO run_gates (job_id, ckey, cap)
     SELECT w.job_id, w.ckey, w.cap FROM wanted w
     WHERE w.cap IS NOT NULL AND NOT EXISTS (SELECT 1 FROM gates g WHERE g.job_id = w.job_id AND g.ckey = w.ckey)
+    -- in key order: two claims making the same gates wait on each other's inserts in one order,
+    -- never in a cycle (unordered, racing claimers deadlocked on run_gates' key index)
+    ORDER BY w.job_id, w.ckey
     ON CONFLICT DO NOTHING
     RETURNING job_id
 ), by_key AS (
