@@ -379,8 +379,9 @@ def test_claims_and_outcomes_read_only_the_gates_they_need(dsn: str) -> None:
 def test_the_claim_probes_the_runs_it_takes_however_big_the_table(dsn: str) -> None:
     """The claim's estimates of its own CTEs are far off (hundreds of millions of rows), so on a table
     of some size the planner liked hashing all of job_runs to update the few runs claimed: 23 s a
-    claim behind a backlog of 2,000,000 runs (bench_e2e --scenario backlog). The claim connection
-    plans joins as index probes; every read of job_runs by its primary key has an index condition."""
+    claim behind a backlog of 2,000,000 runs (bench_e2e --scenario backlog). Its UPDATEs join
+    job_runs by a condition only an index probe can take: every read of job_runs by its primary key
+    has an index condition."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         job = make_job(conn, "http://127.0.0.1:9/x")
         conn.execute(

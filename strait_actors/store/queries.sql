@@ -40,6 +40,10 @@ INSERT INTO schema_migrations (name) VALUES (%(name)s)
 -- migration 0007), disabled or non-HTTP job is held as 'job' (its job's update releases it); a run whose gate does not exist yet is left
 -- queued and the gate made: the caller claims again at once (`promoted` counts it).
 -- A due run of a job with dependencies waits instead while one is unmet (migration 0012).
+-- Its UPDATEs join job_runs as `r.id = ANY(ARRAY[x.id])`: an index probe per run, and a join no hash
+-- or merge join can take. The planner's estimates of these CTEs are far off (hundreds of millions of
+-- rows), and given `r.id = x.id` it hashed all of job_runs to update a hundred runs (23 s a claim
+-- behind a backlog of 2,000,000 runs; bench_e2e --scenario backlog).
 -- transition promoted: delayed -> queued waiting
 -- transition claimed: queued -> executing
 WITH due AS (
@@ -53,7 +57,7 @@ WITH due AS (
     FROM due JOIN jobs j ON j.id = due.job_id
 ), promoted AS (
     UPDATE job_runs r SET status = e.to_status, awaits_dependencies = e.to_status = 'waiting'
-    FROM entering e WHERE r.id = e.id AND {guard promoted}
+    FROM entering e WHERE r.id = ANY(ARRAY[e.id]) AND {guard promoted}
     RETURNING r.id, 'delayed'::text AS from_status, r.status AS to_status, r.attempt
 ){after promoted}{wake promoted}, due_retries AS (
     -- retries in backoff wait out of the claim index (held 'retry'); due ones go back to it
@@ -63,7 +67,7 @@ WITH due AS (
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
 ), retried AS (
-    UPDATE job_runs r SET held = NULL FROM due_retries d WHERE r.id = d.id RETURNING r.id
+    UPDATE job_runs r SET held = NULL FROM due_retries d WHERE r.id = ANY(ARRAY[d.id]) RETURNING r.id
 ), ready AS (
     SELECT g.job_id, g.ckey, LEAST(g.cap - g.active, %(limit)s) AS spare FROM run_gates g
     WHERE g.held > 0 AND g.active < g.cap
@@ -152,7 +156,7 @@ WITH due AS (
 ), held_back AS (
     UPDATE job_runs r SET held = CASE WHEN d.verdict = 'defer' THEN NULL ELSE d.verdict END
     FROM decided d
-    WHERE r.id = d.id AND d.verdict <> 'ok'
+    WHERE r.id = ANY(ARRAY[d.id]) AND d.verdict <> 'ok'
       AND r.held IS DISTINCT FROM CASE WHEN d.verdict = 'defer' THEN NULL ELSE d.verdict END
     RETURNING r.id
 ), gate_moves AS (
@@ -183,7 +187,7 @@ WITH due AS (
         lease_id = %(lease_id)s, lease_expires_at = now() + make_interval(secs => %(lease_secs)s),
         worker_id = %(worker_id)s, resume_event_key = NULL, held = NULL, slots = c.slots
     FROM candidates c
-    WHERE r.id = c.id AND {guard claimed}
+    WHERE r.id = ANY(ARRAY[c.id]) AND {guard claimed}
     RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.job_id, r.priority, r.created_at,
               r.held, r.slots,
               r.payload::text AS payload, r.lease_id, r.expires_at, r.error AS previous_error,

@@ -34,10 +34,7 @@ PLAN_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_sort=of
 # The claim (one long statement with the concurrency gates' CTEs) costs ~6 ms to plan and ~0.5 ms to
 # run when the queue is empty; its right plan does not depend on its parameters, so the Poller's
 # connection plans it once (psycopg prepares a statement on its 5th execution).
-# Its estimates of its own CTEs are far off (hundreds of millions of rows), and with hash joins allowed
-# the planner would hash all of job_runs to update the hundred runs claimed (23 s a claim behind a
-# backlog of 2,000,000 runs; bench_e2e --scenario backlog): its joins are index probes.
-CLAIM_OPTIONS = PLAN_OPTIONS + " -c plan_cache_mode=force_generic_plan -c enable_hashjoin=off -c enable_mergejoin=off"
+CLAIM_OPTIONS = PLAN_OPTIONS + " -c plan_cache_mode=force_generic_plan"
 
 
 def connect(dsn: str, *, claims: bool = False) -> psycopg.Connection:
