@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The claim statement alone, on an embedded PostgreSQL: how long one claim of --limit runs takes.
+
+Claims run on the claim connection (`queue.connect(claims=True)`), prepared as the Poller prepares
+them. Each case gets a fresh, migrated database:
+
+- cold:    --runs queued runs of one job; the claim's plan was made while job_runs was empty (as
+           on a fresh install), then the runs are written (no ANALYZE);
+- warm:    the same, after ANALYZE (the plan is made again with statistics);
+- aside:   --runs runs of an `execution_mode: worker` job, which every claim sets aside (held);
+- per-key: --runs runs, one concurrency key each, at max_concurrency_per_key=1;
+- keyed:   --runs runs over 1,000 keys at max_concurrency_per_key=1, claimed until nothing is left
+           (the total time of all claims; most runs are held back by their key's gate).
+
+Prints the median, min and max claim in ms (and the total for `keyed`). Compare two trees by running
+it from each with PYTHONPATH pointing at the tree.
+
+usage: python scripts/bench_claim.py [--runs 20000] [--limit 100] [--cases cold,warm,aside,per-key,keyed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from strait_actors import embedded, ids
+from strait_actors.store import db, queue
+from strait_actors.store.sql import q
+
+
+def fresh_db(admin: str, name: str) -> str:
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {name}")
+    dsn = admin.replace("/postgres?", f"/{name}?")
+    db.migrate(dsn)
+    return dsn
+
+
+def make_job(conn: psycopg.Connection, **cols: Any) -> str:
+    conn.execute("INSERT INTO projects (id, org_id, name) VALUES ('p', 'o', 'P') ON CONFLICT DO NOTHING")
+    job = ids.new_id()
+    values = {
+        "id": job,
+        "project_id": "p",
+        "name": "bench",
+        "slug": f"bench-{job[-8:]}",
+        "endpoint_url": "http://127.0.0.1:9/x",
+        "version_id": ids.version_id(),
+        **cols,
+    }
+    marks = ", ".join(f"%({k})s" for k in values)
+    conn.execute(f"INSERT INTO jobs ({', '.join(values)}) VALUES ({marks})", values)
+    return job
+
+
+def write_runs(conn: psycopg.Connection, job: str, n: int, key: str | None) -> None:
+    conn.execute(
+        "INSERT INTO job_runs (id, job_id, project_id, status, payload_hash, concurrency_key) "
+        f"SELECT gen_random_uuid(), %s, 'p', 'queued', 'h', {key or 'NULL'} FROM generate_series(1, %s) g",
+        (job, n),
+    )
+
+
+def claim_times(claims: psycopg.Connection, limit: int, count: int | None) -> list[float]:
+    """Claim `count` times, or until a claim takes nothing and promoted nothing; ms each."""
+    params = {"limit": limit, "lease_id": uuid.uuid4(), "lease_secs": 60, "worker_id": "bench"}
+    out = []
+    while count is None or len(out) < count:
+        t = time.perf_counter()
+        rows = claims.execute(q("claim_runs"), params, prepare=True).fetchall()
+        out.append((time.perf_counter() - t) * 1000)
+        if count is None and rows[0][0] is None and not rows[0][-1]:
+            break
+    return out
+
+
+def case(admin: str, name: str, runs: int, limit: int) -> str:
+    dsn = fresh_db(admin, "bench_claim")
+    claims = queue.connect(dsn, claims=True)
+    try:
+        claim_times(claims, limit, 6)  # prepared (psycopg prepares on the 5th run) on the empty table
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            if name in ("cold", "warm"):
+                write_runs(conn, make_job(conn), runs, None)
+            elif name == "aside":
+                write_runs(conn, make_job(conn, execution_mode="worker"), runs, None)
+            elif name == "per-key":
+                write_runs(conn, make_job(conn, max_concurrency_per_key=1), runs, "'k' || g")
+            else:
+                write_runs(conn, make_job(conn, max_concurrency_per_key=1), runs, "'k' || (g %% 1000)")
+            if name != "cold":
+                conn.execute("ANALYZE job_runs")
+        ts = claim_times(claims, limit, None if name == "keyed" else 40)
+    finally:
+        claims.close()
+    total = f" total {sum(ts):.0f} ms over {len(ts)} claims;" if name == "keyed" else ""
+    return f"{name}:{total} median {statistics.median(ts):.2f} ms, min {min(ts):.2f}, max {max(ts):.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=20000)
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--cases", default="cold,warm,aside,per-key,keyed")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="strait-bench-claim-") as tmp:
+        admin, server = embedded.start_postgres(Path(tmp))
+        try:
+            for name in args.cases.split(","):
+                print(f"claim {args.limit} of {args.runs} runs, {case(admin, name, args.runs, args.limit)}", flush=True)
+        finally:
+            server.cleanup()
+
+
+if __name__ == "__main__":
+    main()
