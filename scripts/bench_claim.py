@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
-from strait_actors import embedded, ids
+from strait_actors import embedded
 from strait_actors.store import db, queue
 from strait_actors.store.sql import q
+
+# the tests' job set-up; appended, so that PYTHONPATH still picks the strait_actors tree measured
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from tests.helpers import make_job
+
+ENDPOINT = "http://127.0.0.1:9/x"  # never called: claims only
 
 
 def fresh_db(admin: str, name: str) -> str:
@@ -42,23 +48,6 @@ def fresh_db(admin: str, name: str) -> str:
     dsn = admin.replace("/postgres?", f"/{name}?")
     db.migrate(dsn)
     return dsn
-
-
-def make_job(conn: psycopg.Connection, **cols: Any) -> str:
-    conn.execute("INSERT INTO projects (id, org_id, name) VALUES ('p', 'o', 'P') ON CONFLICT DO NOTHING")
-    job = ids.new_id()
-    values = {
-        "id": job,
-        "project_id": "p",
-        "name": "bench",
-        "slug": f"bench-{job[-8:]}",
-        "endpoint_url": "http://127.0.0.1:9/x",
-        "version_id": ids.version_id(),
-        **cols,
-    }
-    marks = ", ".join(f"%({k})s" for k in values)
-    conn.execute(f"INSERT INTO jobs ({', '.join(values)}) VALUES ({marks})", values)
-    return job
 
 
 def write_runs(conn: psycopg.Connection, job: str, n: int, key: str | None) -> None:
@@ -89,13 +78,13 @@ def case(admin: str, name: str, runs: int, limit: int) -> str:
         claim_times(claims, limit, 6)  # prepared (psycopg prepares on the 5th run) on the empty table
         with psycopg.connect(dsn, autocommit=True) as conn:
             if name in ("cold", "warm"):
-                write_runs(conn, make_job(conn), runs, None)
+                write_runs(conn, make_job(conn, ENDPOINT), runs, None)
             elif name == "aside":
-                write_runs(conn, make_job(conn, execution_mode="worker"), runs, None)
+                write_runs(conn, make_job(conn, ENDPOINT, execution_mode="worker"), runs, None)
             elif name == "per-key":
-                write_runs(conn, make_job(conn, max_concurrency_per_key=1), runs, "'k' || g")
+                write_runs(conn, make_job(conn, ENDPOINT, max_concurrency_per_key=1), runs, "'k' || g")
             else:
-                write_runs(conn, make_job(conn, max_concurrency_per_key=1), runs, "'k' || (g %% 1000)")
+                write_runs(conn, make_job(conn, ENDPOINT, max_concurrency_per_key=1), runs, "'k' || (g %% 1000)")
             if name != "cold":
                 conn.execute("ANALYZE job_runs")
         ts = claim_times(claims, limit, None if name == "keyed" else 40)
