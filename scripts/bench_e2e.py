@@ -275,14 +275,8 @@ class CpuMeter:
 
     def claims(self) -> tuple[float, float]:
         """(claims, runs claimed) so far, from strait's /metrics (0, 0 from a build without it)."""
-        req = urllib.request.Request(f"{self.base}/metrics", headers={"X-Internal-Secret": SECRET})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                text = r.read().decode()
-        except OSError:
-            return 0.0, 0.0
         got = dict.fromkeys(("count", "sum"), 0.0)
-        for line in text.splitlines():
+        for line in metrics_lines(self.base):
             for k in got:
                 if line.startswith(f"strait_queue_claim_batch_size_{k} "):
                     got[k] = float(line.split()[1])
@@ -357,13 +351,20 @@ FROM jobs j CROSS JOIN generate_series(1, %(n)s) g WHERE j.id = %(job)s
 BACKLOG_UNSET = "SELECT EXISTS (SELECT 1 FROM job_runs WHERE job_id = %(job)s AND status = 'queued' AND held IS NULL)"
 
 
+def metrics_lines(base: str) -> list[str]:
+    """strait's /metrics, line by line (none from a build without it)."""
+    req = urllib.request.Request(f"{base}/metrics", headers={"X-Internal-Secret": SECRET})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.read().decode().splitlines()
+    except OSError:
+        return []
+
+
 def claim_histogram(base: str) -> dict[float, float]:
     """Cumulative counts of strait_queue_claim_duration_seconds by upper bound, from /metrics."""
-    req = urllib.request.Request(f"{base}/metrics", headers={"X-Internal-Secret": SECRET})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        text = r.read().decode()
     out: dict[float, float] = {}
-    for line in text.splitlines():
+    for line in metrics_lines(base):
         if line.startswith("strait_queue_claim_duration_seconds_bucket{"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])

@@ -241,18 +241,23 @@ def test_racing_claimers_never_take_more_than_the_limits(dsn: str) -> None:
         assert newest_taken <= oldest_left  # oldest first
 
 
+def _claim_plan(dsn: str, options: str) -> list[str]:
+    """EXPLAIN (options) of a claim of 100 on a claim connection (not run): its plan's lines."""
+    claims = queue.connect(dsn, claims=True)
+    try:
+        params = {"limit": 100, "lease_id": uuid.uuid4(), "lease_secs": 20, "worker_id": "w"}
+        return [r[0] for r in claims.execute(f"EXPLAIN ({options}) " + q("claim_runs"), params).fetchall()]
+    finally:
+        claims.close()
+
+
 def test_claimers_making_the_same_new_gates_never_deadlock(dsn: str) -> None:
     """A claim makes the gates its runs need in key order, so two claims making the same gates wait
     on each other's inserts in one order, never in a cycle. Unordered (in the order of a hash table,
     which differs with its contents), racing claimers deadlocked on run_gates' key index about once
     in twenty runs of the test above. The plan is checked (that is what fails without the order),
     then rounds of four claimers over 60 new keys take every run once, each key within its limit."""
-    claims = queue.connect(dsn, claims=True)
-    try:
-        params = {"limit": 100, "lease_id": uuid.uuid4(), "lease_secs": 20, "worker_id": "w"}
-        plan = "\n".join(r[0] for r in claims.execute("EXPLAIN (COSTS OFF, VERBOSE) " + q("claim_runs"), params))
-    finally:
-        claims.close()
+    plan = "\n".join(_claim_plan(dsn, "COSTS OFF, VERBOSE"))
     new_gates = plan[plan.index("CTE new_gates") :]
     new_gates = new_gates[: new_gates.index("\n  CTE ")]
     assert "Insert on public.run_gates" in new_gates
@@ -391,12 +396,7 @@ def test_the_claim_probes_the_runs_it_takes_however_big_the_table(dsn: str) -> N
             (job,),
         )
         conn.execute("ANALYZE job_runs")
-    claims = queue.connect(dsn, claims=True)
-    try:
-        params = {"limit": 100, "lease_id": uuid.uuid4(), "lease_secs": 20, "worker_id": "w"}
-        plan = [r[0] for r in claims.execute("EXPLAIN (COSTS OFF) " + q("claim_runs"), params).fetchall()]
-    finally:
-        claims.close()
+    plan = _claim_plan(dsn, "COSTS OFF")
     for i, line in enumerate(plan):
         if "Index Scan using job_runs_pkey" in line:
             assert "Index Cond" in plan[i + 1], "\n".join(plan[i - 3 : i + 3])
