@@ -240,6 +240,8 @@ WITH v AS (
                          %(results)b::jsonb[], %(errors)b::text[], %(classes)b::text[],
                          %(delays)b::float8[], %(boosts)b::int[])
         AS v(id, attempt, lease_id, to_status, result, error, error_class, delay, boost)
+), locked AS (  -- in id order, as every batch writer of job_runs locks its runs (no two wait in a cycle)
+    SELECT r.id FROM job_runs r WHERE r.id = ANY(%(ids)b::uuid[]) ORDER BY r.id FOR NO KEY UPDATE OF r
 ), moved AS (
     UPDATE job_runs r SET status = v.to_status,
         -- a run held back by an open circuit (engine.md §3.4) spent no attempt
@@ -257,6 +259,7 @@ WITH v AS (
         {unlease}
     FROM v
     WHERE r.id = v.id AND r.attempt = v.attempt AND r.lease_id = v.lease_id AND {guard moved}
+      AND (SELECT count(*) FROM locked) >= 0  -- a one-time filter: all are locked before the first write
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, v.attempt, v.error, r.parent_run_id,
               r.job_id, r.slots
 ){after moved}
@@ -304,19 +307,27 @@ LISTEN strait_queue_wake
 
 -- name: extend_leases
 -- Heartbeat the runs this worker is still calling: the lease moves forward, fenced on the lease.
+-- The runs are locked in id order first, as every batch writer of job_runs locks them.
+WITH locked AS (
+    SELECT r.id FROM job_runs r WHERE r.id = ANY(%(ids)s::uuid[]) ORDER BY r.id FOR NO KEY UPDATE OF r
+)
 UPDATE job_runs r
 SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => %(lease_secs)s)
 FROM unnest(%(ids)s::uuid[], %(leases)s::uuid[]) AS v(id, lease_id)
 -- IS TRUE: find the runs by id, not by walking the executing index (see transitions._guard)
 WHERE r.id = v.id AND r.lease_id = v.lease_id AND (r.status = 'executing') IS TRUE
+  AND (SELECT count(*) FROM locked) >= 0  -- a one-time filter: all are locked before the first write
 
 -- name: release_runs
 -- Give unfinished runs back to the queue at shutdown, same attempt (nothing was decided about them).
 -- transition moved: executing -> queued
-WITH moved AS (
+WITH locked AS (  -- in id order, as every batch writer of job_runs locks its runs
+    SELECT r.id FROM job_runs r WHERE r.id = ANY(%(ids)s::uuid[]) ORDER BY r.id FOR NO KEY UPDATE OF r
+), moved AS (
     UPDATE job_runs r SET status = 'queued', started_at = NULL, {unlease}
     FROM unnest(%(ids)s::uuid[], %(leases)s::uuid[]) AS v(id, lease_id)
-    WHERE r.id = v.id AND r.lease_id = v.lease_id AND {guard moved}
+    WHERE (SELECT count(*) FROM locked) >= 0  -- a one-time filter: all are locked before the first write
+      AND r.id = v.id AND r.lease_id = v.lease_id AND {guard moved}
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt,
               'worker shutdown'::text AS note, r.job_id, r.slots
 ){after moved}{wake moved}
@@ -998,6 +1009,7 @@ WITH RECURSIVE tree AS (
 ), cur AS (
     SELECT r.id, r.status AS from_status FROM job_runs r JOIN tree ON tree.id = r.id
     WHERE r.id = %(id)s OR NOT r.status = ANY({terminal})
+    ORDER BY r.id  -- as every batch writer of job_runs locks its runs
     FOR UPDATE OF r
 ), moved AS (
     UPDATE job_runs r SET status = 'canceled', finished_at = now(), error = 'canceled by user', {unlease}
@@ -1165,6 +1177,8 @@ FROM job_runs WHERE id = %(id)s
 WITH v AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(leases)s::uuid[])
         WITH ORDINALITY AS v(id, attempt, lease_id, n)
+), locked AS (  -- in id order, as every batch writer of job_runs locks its runs
+    SELECT r.id FROM job_runs r WHERE r.id = ANY(ARRAY(SELECT v.id FROM v)) ORDER BY r.id FOR NO KEY UPDATE OF r
 ), beat AS (
     UPDATE job_runs r SET heartbeat_at = now(),
         lease_expires_at = CASE WHEN r.lease_id IS NULL THEN NULL
@@ -1172,6 +1186,7 @@ WITH v AS (
     FROM v
     WHERE r.id = v.id AND r.attempt = v.attempt AND COALESCE(r.lease_id, r.parked_lease_id) = v.lease_id
       AND (r.status = ANY('{executing,waiting}'::text[])) IS TRUE
+      AND (SELECT count(*) FROM locked) >= 0  -- a one-time filter: all are locked before the first write
     RETURNING r.id
 )
 SELECT v.n, r.status, r.attempt, COALESCE(r.lease_id, r.parked_lease_id) AS token_lease,
@@ -1819,7 +1834,8 @@ WITH aged AS (
             SELECT y.id FROM job_runs y
             WHERE y.status = 'queued' AND y.held IS NULL AND y.priority = p
               AND y.created_at < now() - make_interval(secs => %(after_secs)s)
-            ORDER BY y.priority DESC, y.created_at LIMIT 500) x))
+            ORDER BY y.priority DESC, y.created_at LIMIT 500
+            FOR NO KEY UPDATE SKIP LOCKED) x))  -- a run another statement holds: the next pass ages it
       AND r.status = 'queued' AND r.priority < 10
     RETURNING r.id
 )
@@ -1833,7 +1849,8 @@ WITH freed AS (
     UPDATE job_runs r SET held = NULL
     WHERE r.id = ANY(ARRAY(
         SELECT h.id FROM jobs j CROSS JOIN LATERAL (
-            SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job' LIMIT 1000) h
+            SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job' LIMIT 1000
+            FOR NO KEY UPDATE SKIP LOCKED) h  -- a run another statement holds: the next pass frees it
         WHERE j.enabled AND NOT (j.paused OR j.project_paused) AND j.execution_mode = 'http'
         LIMIT 5000))
       AND r.status = 'queued' AND r.held = 'job'
