@@ -240,9 +240,7 @@ WITH v AS (
                          %(results)b::jsonb[], %(errors)b::text[], %(classes)b::text[],
                          %(delays)b::float8[], %(boosts)b::int[])
         AS v(id, attempt, lease_id, to_status, result, error, error_class, delay, boost)
-), locked AS (  -- in id order, as every batch writer of job_runs locks its runs (no two wait in a cycle)
-    SELECT r.id FROM job_runs r WHERE r.id = ANY(%(ids)b::uuid[]) ORDER BY r.id FOR NO KEY UPDATE OF r
-), moved AS (
+), moved AS (  -- the arrays come in id order: the runs are written in it (store/queue.py)
     UPDATE job_runs r SET status = v.to_status,
         -- a run held back by an open circuit (engine.md §3.4) spent no attempt
         attempt = CASE WHEN v.to_status = 'queued' AND v.error_class IS DISTINCT FROM 'circuit_open'
@@ -259,7 +257,6 @@ WITH v AS (
         {unlease}
     FROM v
     WHERE r.id = v.id AND r.attempt = v.attempt AND r.lease_id = v.lease_id AND {guard moved}
-      AND (SELECT count(*) FROM locked) >= 0  -- a one-time filter: all are locked before the first write
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, v.attempt, v.error, r.parent_run_id,
               r.job_id, r.slots
 ){after moved}
@@ -307,27 +304,20 @@ LISTEN strait_queue_wake
 
 -- name: extend_leases
 -- Heartbeat the runs this worker is still calling: the lease moves forward, fenced on the lease.
--- The runs are locked in id order first, as every batch writer of job_runs locks them.
-WITH locked AS (
-    SELECT r.id FROM job_runs r WHERE r.id = ANY(%(ids)s::uuid[]) ORDER BY r.id FOR NO KEY UPDATE OF r
-)
+-- The arrays come in id order: the runs are written in it (store/queue.py).
 UPDATE job_runs r
 SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => %(lease_secs)s)
 FROM unnest(%(ids)s::uuid[], %(leases)s::uuid[]) AS v(id, lease_id)
 -- IS TRUE: find the runs by id, not by walking the executing index (see transitions._guard)
 WHERE r.id = v.id AND r.lease_id = v.lease_id AND (r.status = 'executing') IS TRUE
-  AND (SELECT count(*) FROM locked) >= 0  -- a one-time filter: all are locked before the first write
 
 -- name: release_runs
 -- Give unfinished runs back to the queue at shutdown, same attempt (nothing was decided about them).
 -- transition moved: executing -> queued
-WITH locked AS (  -- in id order, as every batch writer of job_runs locks its runs
-    SELECT r.id FROM job_runs r WHERE r.id = ANY(%(ids)s::uuid[]) ORDER BY r.id FOR NO KEY UPDATE OF r
-), moved AS (
+WITH moved AS (  -- the arrays come in id order: the runs are written in it (store/queue.py)
     UPDATE job_runs r SET status = 'queued', started_at = NULL, {unlease}
     FROM unnest(%(ids)s::uuid[], %(leases)s::uuid[]) AS v(id, lease_id)
-    WHERE (SELECT count(*) FROM locked) >= 0  -- a one-time filter: all are locked before the first write
-      AND r.id = v.id AND r.lease_id = v.lease_id AND {guard moved}
+    WHERE r.id = v.id AND r.lease_id = v.lease_id AND {guard moved}
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt,
               'worker shutdown'::text AS note, r.job_id, r.slots
 ){after moved}{wake moved}

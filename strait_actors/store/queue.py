@@ -83,9 +83,16 @@ class Queue:
         return ClaimResult(runs, bool(rows and rows[0].promoted))
 
 
+# Every batch writer of job_runs locks its runs in id order, so that two never wait on each other
+# in a cycle (tests/test_lock_order.py). The worker's writers get their arrays in id order: on the
+# worker's connections (PLAN_OPTIONS) each can only be a nested loop over the array, probing the
+# primary key, or a walk of the primary key itself, and either writes the runs in id order. (A
+# run id is canonical lower-case text here, whose order is the uuid's.)
+
+
 def _pairs(runs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     ids, leases = [], []
-    for run_id, lease in runs:
+    for run_id, lease in sorted(runs):
         ids.append(run_id)
         leases.append(lease)
     return {"ids": ids, "leases": leases}
@@ -111,6 +118,10 @@ async def record_outcomes(conn: psycopg.AsyncConnection, outcomes: list[Outcome]
         return await _record(conn, [_as_text(outcomes[0], keep_result=False)])
 
 
+def _run_id(o: Outcome) -> str:
+    return o.run_id
+
+
 def _as_text(o: Outcome, *, keep_result: bool = True) -> Outcome:
     """The outcome with only values PostgreSQL always holds: the result as a JSON string, no NULs."""
     result = orjson.dumps(o.result.replace("\x00", "")).decode() if keep_result and o.result is not None else None
@@ -121,6 +132,7 @@ def _as_text(o: Outcome, *, keep_result: bool = True) -> Outcome:
 
 
 async def _record(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> set[str]:
+    outcomes = sorted(outcomes, key=_run_id)  # in id order: see _pairs
     params = {
         "ids": [o.run_id for o in outcomes],
         "attempts": [o.attempt for o in outcomes],
