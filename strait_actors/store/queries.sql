@@ -234,13 +234,14 @@ LEFT JOIN (claimed c JOIN jobs j ON j.id = c.job_id
 -- Write many dispatch outcomes at once, each fenced on (id, executing, attempt, lease); a run whose
 -- fence fails is skipped without touching the others. Retries go back to queued with attempt + 1.
 -- The arrays go in binary (%%b), as insert_runs' do.
+-- The arrays come in id order, so the runs are written in it (store/queue.py).
 -- transition moved: executing -> completed failed timed_out dead_letter queued
 WITH v AS (
     SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(leases)b::uuid[], %(statuses)b::text[],
                          %(results)b::jsonb[], %(errors)b::text[], %(classes)b::text[],
                          %(delays)b::float8[], %(boosts)b::int[])
         AS v(id, attempt, lease_id, to_status, result, error, error_class, delay, boost)
-), moved AS (  -- the arrays come in id order: the runs are written in it (store/queue.py)
+), moved AS (
     UPDATE job_runs r SET status = v.to_status,
         -- a run held back by an open circuit (engine.md §3.4) spent no attempt
         attempt = CASE WHEN v.to_status = 'queued' AND v.error_class IS DISTINCT FROM 'circuit_open'
@@ -313,8 +314,9 @@ WHERE r.id = v.id AND r.lease_id = v.lease_id AND (r.status = 'executing') IS TR
 
 -- name: release_runs
 -- Give unfinished runs back to the queue at shutdown, same attempt (nothing was decided about them).
+-- The arrays come in id order, so the runs are written in it (store/queue.py).
 -- transition moved: executing -> queued
-WITH moved AS (  -- the arrays come in id order: the runs are written in it (store/queue.py)
+WITH moved AS (
     UPDATE job_runs r SET status = 'queued', started_at = NULL, {unlease}
     FROM unnest(%(ids)s::uuid[], %(leases)s::uuid[]) AS v(id, lease_id)
     WHERE r.id = v.id AND r.lease_id = v.lease_id AND {guard moved}
