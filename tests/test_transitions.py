@@ -207,3 +207,40 @@ def test_a_run_through_every_writer_gets_one_event_per_change_and_illegal_target
             "SELECT message, data->>'actor' FROM run_events WHERE run_id = %s ORDER BY id DESC LIMIT 2", (run,)
         ).fetchall()
         assert notes == [("queued -> canceled", "ops"), ("dead_letter -> queued (dlq replay)", "ops")]
+
+
+def test_the_seam_finds_waits_by_run_or_id_never_by_walking_the_waiting_ones(dsn: str) -> None:
+    """2,000 waiting triggers the planner has no statistics for (as on a young table): the plans of a
+    finish (its runs' waits close, their parents' spawn-awaits answer) and of an event's resume
+    read event_triggers by id or by run, never along the partial index of every waiting trigger."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        lease = str(uuid.uuid4())
+        run_ids = make_runs(conn, job, 20, status="executing", attempt=1, lease_id=lease)
+        conn.execute(
+            "INSERT INTO event_triggers (id, event_key, project_id, source_type, status, timeout_secs, expires_at)"
+            " SELECT gen_random_uuid(), 'k' || g, 'p', 'job_run', 'waiting', 86400, now() + interval '1 day'"
+            " FROM generate_series(1, 2000) g"
+        )
+        n = len(run_ids)
+        finish = {
+            "ids": run_ids,
+            "attempts": [1] * n,
+            "leases": [lease] * n,
+            "statuses": ["completed"] * n,
+            "results": ["{}"] * n,
+            "errors": [None] * n,
+            "error_classes": [None] * n,
+            "checked": [True] * n,
+        }
+        send = {
+            "projects": ["p"],
+            "keys": ["k1"],
+            "payloads": ["{}"],
+            "sources": [None],
+            "sent_bys": [None],
+            "checkpoints": [True],
+        }
+        for name, params in (("sdk_finish", finish), ("send_events", send)):
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.q(name), params))
+            assert "event_triggers_due" not in plan, f"{name} walks every waiting trigger:\n{plan}"

@@ -1417,7 +1417,7 @@ WITH v AS (
         next_retry_at = NULL, heartbeat_at = NULL
     FROM (SELECT DISTINCT ON (job_run_id) * FROM recv WHERE source_type = 'job_run' ORDER BY job_run_id, n) x
     WHERE r.id = x.job_run_id AND r.awaiting_children = 0
-      AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = r.id AND o.status = 'waiting'
+      AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = r.id AND (o.status = 'waiting') IS TRUE
                       AND NOT o.id = ANY(ARRAY(SELECT id FROM recv)))
       AND {guard resumed}
     RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt,
@@ -1514,7 +1514,7 @@ WITH lost AS (
     SELECT DISTINCT r.id FROM event_triggers t JOIN job_runs r ON r.id = t.job_run_id
     WHERE t.status = 'received' AND t.received_at < now() - interval '30 seconds'
       AND t.received_at > now() - interval '1 day' AND r.status = 'waiting' AND r.awaiting_children = 0
-      AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = r.id AND o.status = 'waiting')
+      AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = r.id AND (o.status = 'waiting') IS TRUE)
     LIMIT 1000
 ), moved AS (
     UPDATE job_runs r SET status = 'queued', parked_lease_id = NULL, resume_event_key = 'reconciled'

@@ -210,7 +210,10 @@ def _close_waits(t: Transition) -> str:
     """A run that leaves `waiting` other than by resuming no longer waits: its open waits close.
     Expired ones are left to the reaper's expiry pass, which times them out in its own statement
     (a row is updated at most once per statement). The rows are found by index from each run (an
-    array of ids), whatever the planner thinks of a join with a CTE it has no statistics for."""
+    array of ids), whatever the planner thinks of a join with a CTE it has no statistics for.
+    `(status = 'waiting') IS TRUE`, here and in `_answer_parents`: not the predicate of the partial
+    index event_triggers_due, which a planner short of statistics would walk whole (every waiting
+    trigger, a heap read each) instead of probing by id or run."""
     has_error = "error" in t.outputs or "*" in t.outputs  # r.*: the run's own error column
     error = "COALESCE(m.error, 'run ended: ' || m.to_status)" if has_error else "'run ended: ' || m.to_status"
     return (
@@ -220,9 +223,10 @@ def _close_waits(t: Transition) -> str:
         "    WHERE e.id = ANY(ARRAY(\n"
         f"        SELECT w.id FROM {t.name} m CROSS JOIN LATERAL (\n"
         "            SELECT o.id FROM event_triggers o\n"
-        "            WHERE o.job_run_id = m.id AND o.status = 'waiting' AND o.expires_at > now() LIMIT 1000) w\n"
+        "            WHERE o.job_run_id = m.id AND (o.status = 'waiting') IS TRUE AND o.expires_at > now()\n"
+        "            LIMIT 1000) w\n"
         "        WHERE m.from_status = 'waiting' AND m.to_status <> 'queued'))\n"
-        "      AND e.status = 'waiting'\n"
+        "      AND (e.status = 'waiting') IS TRUE\n"
         ")"
     )
 
@@ -239,12 +243,12 @@ def _answer_parents(t: Transition) -> str:
         "    WHERE e.id = ANY(ARRAY(\n"
         f"        SELECT w.id FROM {t.name} m CROSS JOIN LATERAL (\n"
         "            SELECT o.id FROM event_triggers o WHERE o.job_run_id = m.parent_run_id\n"
-        "              AND o.event_key = 'spawn-await:' || m.id AND o.status = 'waiting' LIMIT 1) w\n"
+        "              AND o.event_key = 'spawn-await:' || m.id AND (o.status = 'waiting') IS TRUE LIMIT 1) w\n"
         f"        WHERE m.parent_run_id IS NOT NULL AND m.to_status = ANY({_array(sorted(fsm.TERMINAL))})\n"
         # a parent changed by this same statement (a cancel of a whole tree) is that change's alone:
         # PostgreSQL applies only one of two updates of a row in one statement
         f"          AND NOT EXISTS (SELECT 1 FROM {t.name} x WHERE x.id = m.parent_run_id)))\n"
-        "      AND e.status = 'waiting'\n"
+        "      AND (e.status = 'waiting') IS TRUE\n"
         "    RETURNING e.job_run_id AS parent_id\n"
         f"), {t.name}_parents AS (\n"
         "    UPDATE job_runs p SET awaiting_children = GREATEST(p.awaiting_children - c.n, 0),\n"
@@ -255,8 +259,8 @@ def _answer_parents(t: Transition) -> str:
         f"    FROM (SELECT parent_id, count(*) AS n FROM {t.name}_awaited GROUP BY parent_id) c\n"
         f"    WHERE p.id = ANY(ARRAY(SELECT parent_id FROM {t.name}_awaited)) AND p.id = c.parent_id\n"
         "      AND (p.status = 'waiting') IS TRUE\n"
-        "      AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = p.id AND o.status = 'waiting'\n"
-        "                      AND o.event_key NOT LIKE 'spawn-await:%%')\n"
+        "      AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = p.id\n"
+        "                      AND (o.status = 'waiting') IS TRUE AND o.event_key NOT LIKE 'spawn-await:%%')\n"
         "    RETURNING p.id, p.status AS to_status, p.attempt\n"
         f"), {t.name}_parents_resumed AS (\n"
         "    INSERT INTO run_events (run_id, type, level, message, data)\n"
