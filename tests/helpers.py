@@ -28,9 +28,16 @@ def make_job(conn: psycopg.Connection, endpoint_url: str, **cols: Any) -> str:
 
 
 def make_runs(
-    conn: psycopg.Connection, job_id: str, n: int, status: str = "queued", payload: str = '{"n":1}', **cols: Any
+    conn: psycopg.Connection,
+    job_id: str,
+    n: int,
+    status: str = "queued",
+    payload: str = '{"n":1}',
+    run_ids: list[str] | None = None,
+    **cols: Any,
 ) -> list[str]:
-    run_ids = [ids.new_id() for _ in range(n)]
+    """n new runs, or the runs `run_ids` (written in that order)."""
+    run_ids = run_ids if run_ids is not None else [ids.new_id() for _ in range(n)]
     extra = ", ".join(cols)
     marks = ", ".join(f"%({k})s" for k in cols)
     sql = (
@@ -45,3 +52,18 @@ def make_runs(
 
 def statuses(conn: psycopg.Connection) -> dict[str, int]:
     return {r[0]: r[1] for r in conn.execute("SELECT status, count(*) FROM job_runs GROUP BY 1")}
+
+
+def finish_params(run_ids: list[str], lease: str) -> dict[str, Any]:
+    """The parameters of `sdk_finish` completing these runs (attempt 1, under `lease`), results checked."""
+    n = len(run_ids)
+    return {
+        "ids": run_ids,
+        "attempts": [1] * n,
+        "leases": [lease] * n,
+        "statuses": ["completed"] * n,
+        "results": ["{}"] * n,
+        "errors": [None] * n,
+        "error_classes": [None] * n,
+        "checked": [True] * n,
+    }

@@ -30,7 +30,7 @@ from strait_actors.model import Outcome
 from strait_actors.store import queue
 from strait_actors.store.sql import q
 from tests.conftest import wait_for
-from tests.helpers import make_job
+from tests.helpers import finish_params, make_job, make_runs
 
 Runs = list[tuple[str, str]]  # (id, lease) pairs, highest id first
 
@@ -76,15 +76,7 @@ def _sdk_events(dsn: str, runs: Runs) -> None:
 
 
 def _sdk_finish(dsn: str, runs: Runs) -> None:
-    n = len(runs)
-    params = {
-        "statuses": ["completed"] * n,
-        "results": ["{}"] * n,
-        "errors": [None] * n,
-        "error_classes": [None] * n,
-        "checked": [True] * n,
-    }
-    _api(dsn, "sdk_finish", {**_token_params(runs), **params})
+    _api(dsn, "sdk_finish", finish_params([i for i, _ in runs], runs[0][1]))
 
 
 WRITERS: dict[str, Callable[[str, Runs], None]] = {
@@ -98,16 +90,10 @@ WRITERS: dict[str, Callable[[str, Runs], None]] = {
 
 
 def _insert_executing(conn: psycopg.Connection, job: str, run_ids: list[str], parent: str | None = None) -> Runs:
-    """Executing runs under fresh leases, written to disk in the order given."""
-    runs = [(i, str(uuid.uuid4())) for i in run_ids]
-    for i, lease in runs:
-        conn.execute(
-            "INSERT INTO job_runs (id, job_id, project_id, status, payload, payload_hash, attempt, lease_id,"
-            " lease_expires_at, started_at, parent_run_id)"
-            " VALUES (%s, %s, 'p', 'executing', '{}', 'h', 1, %s, now() + interval '30 s', now(), %s)",
-            (i, job, lease, parent),
-        )
-    return runs
+    """Executing runs under one lease, written to disk in the order given."""
+    lease = str(uuid.uuid4())
+    make_runs(conn, job, 0, "executing", run_ids=run_ids, attempt=1, lease_id=lease, parent_run_id=parent)
+    return [(i, lease) for i in run_ids]
 
 
 def _locks_lower_first(dsn: str, write: Callable[[], None], low: str, high: str) -> bool:
@@ -176,13 +162,7 @@ def test_a_tree_cancel_locks_its_runs_in_id_order(dsn: str) -> None:
 def test_the_reaper_frees_held_runs_it_can_lock_and_skips_one_held_elsewhere(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         job = make_job(conn, "http://x/")
-        held = [ids.new_id() for _ in range(3)]
-        for i in held:
-            conn.execute(
-                "INSERT INTO job_runs (id, job_id, project_id, status, payload, payload_hash, held)"
-                " VALUES (%s, %s, 'p', 'queued', '{}', 'h', 'job')",
-                (i, job),
-            )
+        held = make_runs(conn, job, 3, held="job")
         with psycopg.connect(dsn) as holder:
             holder.execute("SELECT 1 FROM job_runs WHERE id = %s FOR UPDATE", (held[0],))
             with queue.connect(dsn) as worker:

@@ -18,7 +18,7 @@ from strait_actors.store import queue, sql, transitions
 from strait_actors.store import runs as runs_store
 from strait_actors.store.queue import Queue
 from strait_actors.store.transitions import TransitionError
-from tests.helpers import make_job, make_runs
+from tests.helpers import finish_params, make_job, make_runs
 
 PACKAGE = Path(str(resources.files("strait_actors")))
 _UPDATE = re.compile(r"(?:(\w+) AS \(\s*)?UPDATE job_runs\b(.*?)(?=\bFROM\b|\bWHERE\b|\bRETURNING\b|$)", re.S)
@@ -222,17 +222,7 @@ def test_the_seam_finds_waits_by_run_or_id_never_by_walking_the_waiting_ones(dsn
             " SELECT gen_random_uuid(), 'k' || g, 'p', 'job_run', 'waiting', 86400, now() + interval '1 day'"
             " FROM generate_series(1, 2000) g"
         )
-        n = len(run_ids)
-        finish = {
-            "ids": run_ids,
-            "attempts": [1] * n,
-            "leases": [lease] * n,
-            "statuses": ["completed"] * n,
-            "results": ["{}"] * n,
-            "errors": [None] * n,
-            "error_classes": [None] * n,
-            "checked": [True] * n,
-        }
+        finish = finish_params(run_ids, lease)
         send = {
             "projects": ["p"],
             "keys": ["k1"],

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -118,10 +119,6 @@ async def record_outcomes(conn: psycopg.AsyncConnection, outcomes: list[Outcome]
         return await _record(conn, [_as_text(outcomes[0], keep_result=False)])
 
 
-def _run_id(o: Outcome) -> str:
-    return o.run_id
-
-
 def _as_text(o: Outcome, *, keep_result: bool = True) -> Outcome:
     """The outcome with only values PostgreSQL always holds: the result as a JSON string, no NULs."""
     result = orjson.dumps(o.result.replace("\x00", "")).decode() if keep_result and o.result is not None else None
@@ -132,7 +129,7 @@ def _as_text(o: Outcome, *, keep_result: bool = True) -> Outcome:
 
 
 async def _record(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> set[str]:
-    outcomes = sorted(outcomes, key=_run_id)  # in id order: see _pairs
+    outcomes = sorted(outcomes, key=attrgetter("run_id"))  # in id order: see _pairs
     params = {
         "ids": [o.run_id for o in outcomes],
         "attempts": [o.attempt for o in outcomes],
