@@ -287,7 +287,7 @@ def _continuation_orjson_refuses(req: Req) -> bool:
 # each pinned by its reproducer in FOUND_SDK or FOUND_WAITS (which fails until the fix)
 KNOWN: list[Known] = [
     Known("SDK body nested past the recursion limit", ("RecursionError", "clean_json"), _deep_sdk_body),
-    Known("X-SDK-Version major int() cannot read", ("in sdk_gate", "int(major)", "ValueError"), _odd_sdk_version),
+    Known("X-SDK-Version major int() cannot read", ("in gate", "int(major)", "ValueError"), _odd_sdk_version),
     Known(
         "quota timezone zoneinfo cannot open (OSError)",
         ("in put_quotas", "zoneinfo.ZoneInfo(tz)", "Error: [Errno"),

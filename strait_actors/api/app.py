@@ -24,10 +24,12 @@ from strait_actors.api import (
     triggers,
 )
 from strait_actors.api.auth import CALLER, KeyCache, authenticate
+from strait_actors.api.deadlines import Deadlines
 from strait_actors.api.http import Handler, envelope, flush_http_metrics, is_long_lived
 from strait_actors.api.limits import RateLimiter, take_request
 from strait_actors.api.state import (
     BUDGETS,
+    DEADLINES,
     DSN,
     ENQUEUER,
     HUB,
@@ -72,22 +74,34 @@ def check_media_types(request: web.Request, streaming: bool = False) -> None:
 
 
 @web.middleware
-async def v1_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Everything a /v1 request passes before its handler, in one layer (each middleware layer
-    costs every request): media types, authentication, the rate limit, REQUEST_TIMEOUT."""
-    if not request.path.startswith("/v1/"):
-        return await handler(request)
+async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What a request passes before its handler, by the plane its path names, in one middleware
+    layer (each layer costs every request): `/v1` (`_v1`) or the SDK plane (`sdk.gate`)."""
+    path = request.path
+    if path.startswith("/v1/"):
+        return await _v1(request, handler)
+    if path.startswith(sdk.PREFIX):
+        return await sdk.gate(request, handler)
+    return await handler(request)
+
+
+async def _v1(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Media types, authentication, the rate limit, REQUEST_TIMEOUT."""
     streaming = is_long_lived(request)
     check_media_types(request, streaming)
+
+    async def admitted() -> web.StreamResponse | None:
+        request[CALLER] = await authenticate(request)  # a key lookup is bounded too
+        await take_request(request)
+        return None if streaming else await handler(request)
+
     try:
-        async with asyncio.timeout(request.app[SETTINGS].request_timeout_secs):
-            request[CALLER] = await authenticate(request)  # a key lookup is bounded too
-            await take_request(request)
-            if not streaming:
-                return await handler(request)
+        resp = await request.app[DEADLINES].call(admitted)
     except TimeoutError:
         raise ApiError(503, "request timed out", headers={"Retry-After": "1"}) from None
-    return await handler(request)  # an SSE stream: its own limits (SSE_MAX_CONN_DURATION_SECS)
+    if resp is None:  # an SSE stream: its own limits (SSE_MAX_CONN_DURATION_SECS)
+        resp = await handler(request)
+    return resp
 
 
 async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -132,7 +146,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
     app = web.Application(
-        middlewares=[envelope, v1_gate, sdk.sdk_gate],
+        middlewares=[envelope, gate],
         client_max_size=settings.max_request_body_size,
     )
     app[SETTINGS] = settings
@@ -140,6 +154,7 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app[KEYS] = KeyCache()
     app[JOBS] = JobCache()
     app[STARTED] = time.monotonic()
+    app[DEADLINES] = Deadlines(settings.request_timeout_secs)
     app.cleanup_ctx.append(_pool_ctx)
     # /v1/runs/dlq is registered before /v1/runs/{run_id} (runs.routes keeps that order)
     for table in (

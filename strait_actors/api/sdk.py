@@ -8,7 +8,6 @@ on a run that is neither executing nor waiting). The frequent calls are batched 
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from aiohttp import web
 from strait_actors import fsm, payloads, schemas, ssrf, tokens
 from strait_actors.api import render
 from strait_actors.api.http import Handler, bounded, json_response, no_content, off_loop, read_json
-from strait_actors.api.state import BUDGETS, JOBS, POOL, SDK, SETTINGS, TOKEN
+from strait_actors.api.state import BUDGETS, DEADLINES, JOBS, POOL, SDK, SETTINGS, TOKEN
 from strait_actors.api.triggers import check_budget, check_job, check_payloads
 from strait_actors.api.validation import event_key, json_value, wait_timeout
 from strait_actors.errors import ApiError, bad_request, conflict, not_found, unauthorized, unprocessable
@@ -94,12 +93,9 @@ def _done(row: Mapping[str, Any], token: Token) -> None:
         raise conflict("run status conflict")
 
 
-@web.middleware
-async def sdk_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Everything an SDK call passes before its handler: the token, REQUEST_TIMEOUT, and the
-    version headers of §1.6."""
-    if not request.path.startswith(PREFIX):
-        return await handler(request)
+async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Everything an SDK call passes before its handler (from the app's one gate middleware): the
+    token, REQUEST_TIMEOUT, and the version headers of §1.6."""
     version = request.headers.get("X-SDK-Version", "")
     usable = 0 < len(version) <= 64 and version.isascii() and version.isprintable()
     major = _MAJOR.match(version) if usable else None
@@ -110,8 +106,7 @@ async def sdk_gate(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         if request.match_info.http_exception is None:  # a known route: its token decides
             request[TOKEN] = _claims(request)
-        async with asyncio.timeout(request.app[SETTINGS].request_timeout_secs):
-            resp = await handler(request)
+        resp = await request.app[DEADLINES].call(lambda: handler(request))
     except TimeoutError:
         raise ApiError(503, "request timed out", headers={"Retry-After": "1", **headers}) from None
     except ApiError as err:

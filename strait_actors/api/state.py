@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from strait_actors.api.auth import Caller, KeyCache
+    from strait_actors.api.deadlines import Deadlines
     from strait_actors.api.limits import RateLimiter
     from strait_actors.api.streams import StreamHub
     from strait_actors.store.budgets import Budgets
@@ -33,6 +34,7 @@ BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
 HUB: web.AppKey[StreamHub] = web.AppKey("hub")
 SENDER: web.AppKey[Sender] = web.AppKey("sender")
 STARTED = web.AppKey("started", float)
+DEADLINES: web.AppKey[Deadlines] = web.AppKey("deadlines")  # REQUEST_TIMEOUT of /v1 and the SDK plane
 REDIS: web.AppKey[Redis | None] = web.AppKey("redis")  # None: no REDIS_URL
 
 CALLER: web.RequestKey[Caller] = web.RequestKey("caller")  # who is calling (auth.py)

@@ -592,14 +592,18 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# one decoder for every body (json.loads with hooks builds a new one per call)
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_object, parse_constant=_reject_constant, parse_float=_finite_float
+)
+
+
 def parse_json_body(raw: bytes) -> Any:
     """Request body → JSON value; empty → {} (§0.3); malformed or duplicate keys → 400."""
     if not raw.strip():
         return {}
     try:
-        return json.loads(
-            raw, object_pairs_hook=_unique_object, parse_constant=_reject_constant, parse_float=_finite_float
-        )
+        return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except RecursionError:
         raise bad_request("invalid request body: nesting too deep") from None
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, ints over the digit limit

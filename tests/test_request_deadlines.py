@@ -1,0 +1,116 @@
+"""REQUEST_TIMEOUT on one timer (api/deadlines.py): each call times out at its own deadline, a
+cancellation from elsewhere stays one, and a held table makes both planes answer 503 in time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import psycopg
+
+from strait_actors import tokens
+from strait_actors.api.deadlines import Deadlines
+from tests.conftest import JWT_KEY, start_strait, stop_strait
+
+
+async def _timed(deadlines: Deadlines, sleep: float, started: float) -> tuple[str, float]:
+    async def work() -> str:
+        await asyncio.sleep(sleep)
+        return "done"
+
+    try:
+        return await deadlines.call(work), time.monotonic() - started
+    except TimeoutError:
+        return "timeout", time.monotonic() - started
+
+
+def test_each_call_times_out_at_its_own_deadline() -> None:
+    async def go() -> list[tuple[str, float]]:
+        d = Deadlines(0.4)
+        t0 = time.monotonic()
+        first = asyncio.create_task(_timed(d, 10, t0))
+        await asyncio.sleep(0.25)
+        second = asyncio.create_task(_timed(d, 10, t0))  # due 0.25 s after the first
+        quick = asyncio.create_task(_timed(d, 0.05, t0))
+        out = [await first, await second, await quick]
+        assert d.pending() == 0
+        return out
+
+    (a, ta), (b, tb), (c, tc) = asyncio.run(go())
+    assert (a, b, c) == ("timeout", "timeout", "done")
+    assert 0.4 <= ta < 0.6
+    assert 0.65 <= tb < 0.9  # not swept early by the first call's timer
+    assert tc < 0.35
+
+
+def test_a_cancellation_from_elsewhere_stays_a_cancellation_and_the_task_goes_on() -> None:
+    async def go() -> tuple[str, str]:
+        d = Deadlines(5)
+        task = asyncio.create_task(d.call(lambda: asyncio.sleep(10)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        try:
+            await task
+            outside = "returned"
+        except asyncio.CancelledError:
+            outside = "cancelled"
+
+        async def after_timeout() -> str:  # a timed-out call leaves its task usable
+            with contextlib.suppress(TimeoutError):
+                await d_short.call(lambda: asyncio.sleep(10))
+            await asyncio.sleep(0.05)
+            return "went on"
+
+        d_short = Deadlines(0.1)
+        return outside, await asyncio.create_task(after_timeout())
+
+    assert asyncio.run(go()) == ("cancelled", "went on")
+
+
+def test_a_held_table_times_out_v1_and_sdk_requests_with_503(dsn: str, tmp_path: Any) -> None:
+    """Another transaction holds job_runs exclusively: a run read on /v1 and the run's own
+    payload read on the SDK plane both answer 503 with Retry-After after REQUEST_TIMEOUT (1 s)."""
+    server = start_strait({"DATABASE_URL": dsn, "REQUEST_TIMEOUT_SECS": "1"}, tmp_path, mode="api", processes=1)
+    try:
+        with server.client("p") as c:
+            c.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}).raise_for_status()
+            job = c.post(
+                "/v1/jobs",
+                json={"project_id": "p", "name": "J", "slug": "j", "endpoint_url": "http://127.0.0.1:9/x"},
+            ).json()["id"]
+            run = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"a": 1}}).json()["id"]
+        token = tokens.mint_run_token(JWT_KEY, run, 1, str(uuid.uuid4()), expires_at=None, timeout_secs=60)
+        sdk = {"Authorization": f"Bearer {token}", "X-SDK-Version": "2.0.0"}
+        with psycopg.connect(dsn) as blocker, server.client("p") as c:
+            blocker.execute("LOCK TABLE job_runs IN ACCESS EXCLUSIVE MODE")
+            for path, headers in ((f"/v1/runs/{run}", {}), (f"/sdk/v1/runs/{run}/payload", sdk)):
+                t0 = time.monotonic()
+                r = c.get(path, headers=headers, timeout=20)
+                took = time.monotonic() - t0
+                assert r.status_code == 503, (path, r.status_code, r.text)
+                assert r.json()["error"]["message"] == "request timed out"
+                assert r.headers["Retry-After"] == "1"
+                assert 0.9 <= took < 5, (path, took)
+            assert r.headers["X-SDK-Version-Accepted"] == "2.0.0"
+            blocker.rollback()
+            assert c.get(f"/v1/runs/{run}").status_code == 200
+            r = c.get(f"/sdk/v1/runs/{run}/payload", headers=sdk)
+            assert (r.status_code, r.json()) == (200, {"a": 1})
+    finally:
+        stop_strait(server)
+
+
+def test_no_timer_is_left_behind_when_every_call_ended() -> None:
+    secs = 0.2
+
+    async def go() -> tuple[int, bool]:
+        d = Deadlines(secs)
+        for _ in range(100):
+            await d.call(lambda: asyncio.sleep(0))
+        await asyncio.sleep(secs + 0.1)  # the one timer fired, found nothing due, and was not set again
+        return d.pending(), d._timer is None
+
+    assert asyncio.run(go()) == (0, True)
