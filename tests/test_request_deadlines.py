@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from strait_actors import tokens
+from strait_actors.aio import Pending, answer
 from strait_actors.api.deadlines import Deadlines
 from tests.conftest import JWT_KEY, start_strait, stop_strait
 
@@ -114,3 +115,33 @@ def test_no_timer_is_left_behind_when_every_call_ended() -> None:
         return d.pending(), d._timer is None
 
     assert asyncio.run(go()) == (0, True)
+
+
+def test_a_share_given_up_before_it_is_sent_is_withdrawn_and_after_waits_for_the_commit() -> None:
+    """aio.Pending under a deadline: not yet sent, the caller's TimeoutError withdraws its share
+    (cancelled, so the sender skips it); sent, the caller outlives the deadline and gets what the
+    commit decided (its result, or the statement's error), never a guess."""
+
+    async def go() -> list[Any]:
+        d = Deadlines(0.1)
+        loop = asyncio.get_running_loop()
+        unsent, sent_ok, sent_bad = Pending[str](), Pending[str](), Pending[str]()
+        sent_ok.sent = sent_bad.sent = True
+        loop.call_later(0.3, sent_ok.set_result, "committed")
+        loop.call_later(0.3, sent_bad.set_exception, RuntimeError("statement failed"))
+        out: list[Any] = []
+        for share in (unsent, sent_ok, sent_bad):
+            t0 = time.monotonic()
+            try:
+                out.append(await d.call(lambda share=share: answer(share)))
+            except (TimeoutError, RuntimeError) as exc:
+                out.append(repr(exc))
+            out.append(round(time.monotonic() - t0, 1))
+        out.append(unsent.cancelled())
+        return out
+
+    got = asyncio.run(go())
+    assert got[:2] == ["TimeoutError()", 0.1]
+    assert got[2] == "committed" and got[3] >= 0.2  # waited past its deadline for the commit
+    assert got[4] == "RuntimeError('statement failed')"
+    assert got[6] is True

@@ -32,6 +32,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import fsm
+from strait_actors.aio import Pending, answer
 from strait_actors.model import NewRun, Receipt
 from strait_actors.ratelimits import Limit, RedisRateLimits, limits_of
 from strait_actors.store import runs as store
@@ -47,20 +48,9 @@ SETTLE_SECS = 10.0  # how long a sent statement whose connection died is looked 
 QUOTA_RETRY_SECS = 5  # Retry-After of a quota refusal (engine.md §2.5)
 
 
-class _Group:
-    """One caller's runs on their way into a shared INSERT."""
-
-    __slots__ = ("fut", "runs", "sent")
-
-    def __init__(self, runs: list[NewRun], fut: asyncio.Future[list[Receipt]]) -> None:
-        self.runs = runs
-        self.fut = fut
-        self.sent = False
-
-
 async def _answer(fut: asyncio.Future[list[Receipt]], sent: Callable[[], bool]) -> list[Receipt]:
-    """The receipts; a caller cancelled before its runs were sent withdraws them (nothing is
-    written), one cancelled after waits for the commit instead of guessing."""
+    """The receipts of a task of their own; a caller cancelled before its runs were sent withdraws
+    them (nothing is written), one cancelled after waits for the commit instead of guessing."""
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
@@ -69,6 +59,16 @@ async def _answer(fut: asyncio.Future[list[Receipt]], sent: Callable[[], bool]) 
             raise
         log.warning("trigger outlived its deadline with its INSERT in flight: answering the commit's decision")
         return await asyncio.shield(fut)
+
+
+class _Group(Pending[list[Receipt]]):
+    """One caller's runs on their way into a shared INSERT, and their receipts once it commits."""
+
+    late = "trigger outlived its deadline with its INSERT in flight: answering the commit's decision"
+
+    def __init__(self, runs: list[NewRun]) -> None:
+        super().__init__()
+        self.runs = runs
 
 
 class Enqueuer:
@@ -376,12 +376,12 @@ class TriggerBatcher:
         self.flushes = 0
 
     async def submit(self, runs: list[NewRun]) -> list[Receipt]:
-        group = _Group(runs, asyncio.get_running_loop().create_future())
+        group = _Group(runs)
         self.waiting.append(group)
         if self.flushes < MAX_FLUSHES:
             self.flushes += 1
             asyncio.get_running_loop().create_task(self._flush())
-        return await _answer(group.fut, lambda: group.sent)
+        return await answer(group)
 
     def _take(self) -> list[_Group]:
         taken, rows = 0, 0
@@ -400,18 +400,18 @@ class TriggerBatcher:
                 try:
                     await self._write(groups)
                 except Exception as exc:
-                    sent = [g for g in groups if g.sent and not g.fut.done()]
+                    sent = [g for g in groups if g.sent and not g.done()]
                     if sent and isinstance(exc, psycopg.OperationalError):
                         await self._settle(sent, exc)
                     for group in groups:
-                        if not group.fut.done():
-                            group.fut.set_exception(exc)
+                        if not group.done():
+                            group.set_exception(exc)
         finally:
             self.flushes -= 1
 
     async def _write(self, groups: list[_Group]) -> None:
         async with self.pool.connection() as conn:
-            groups = [g for g in groups if not g.fut.done()]  # callers that gave up while we waited
+            groups = [g for g in groups if not g.done()]  # callers that gave up while we waited
             if not groups:
                 return
             for group in groups:
@@ -430,16 +430,16 @@ class TriggerBatcher:
                     receipts = [Receipt(r.id, inserted[r.id], False) for r in group.runs]
                 else:
                     receipts = await resolve_conflicts(conn, group.runs, inserted)
-                if not group.fut.done():
-                    group.fut.set_result(receipts)
+                if not group.done():
+                    group.set_result(receipts)
 
     async def _write_each(self, conn: Any, groups: list[_Group]) -> None:
         for group in groups:
             try:
                 inserted = await store.insert_runs(conn, group.runs)
-                group.fut.set_result(await resolve_conflicts(conn, group.runs, inserted))
+                group.set_result(await resolve_conflicts(conn, group.runs, inserted))
             except psycopg.errors.Error as exc:
-                group.fut.set_exception(exc)
+                group.set_exception(exc)
 
     async def _settle(self, groups: list[_Group], exc: Exception) -> None:
         """The connection died under a sent INSERT: it may have committed. Look the runs up (for
@@ -458,4 +458,4 @@ class TriggerBatcher:
                 await asyncio.sleep(0.5)
         for group in groups:
             if all(r.id in found for r in group.runs):
-                group.fut.set_result([Receipt(r.id, found[r.id], False) for r in group.runs])
+                group.set_result([Receipt(r.id, found[r.id], False) for r in group.runs])

@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import ids
+from strait_actors.aio import Pending, answer
 from strait_actors.store.errors import Rejected, translated
 from strait_actors.store.sql import Row, execute, fetch_all, fetch_one, q
 
@@ -39,13 +40,14 @@ class Token:
     lease_id: uuid.UUID | None
 
 
-class _Call:
-    __slots__ = ("fut", "sent", "values")
+class _Call(Pending[Row]):
+    """One call's values, and its answer once the batch that carries it commits."""
 
-    def __init__(self, values: tuple[Any, ...], fut: asyncio.Future[Row]) -> None:
+    late = "SDK call outlived its deadline with its write in flight: answering the commit's decision"
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        super().__init__()
         self.values = values
-        self.fut = fut
-        self.sent = False
 
 
 class Batcher:
@@ -77,23 +79,17 @@ class Batcher:
         self.flushes = 0
 
     async def submit(self, *values: Any) -> Row:
-        call = _Call(values, asyncio.get_running_loop().create_future())
+        call = _Call(values)
         self.waiting.append(call)
         if self.flushes < self.max_flushes:
             self.flushes += 1
             asyncio.get_running_loop().create_task(self._flush())
-        try:
-            return await asyncio.shield(call.fut)
-        except asyncio.CancelledError:
-            if not call.sent:
-                call.fut.cancel()
-                raise
-            return await asyncio.shield(call.fut)
+        return await answer(call)
 
     async def _flush(self) -> None:
         try:
             while self.waiting:
-                calls = [c for c in self.waiting[:MAX_BATCH] if not c.fut.done()]
+                calls = [c for c in self.waiting[:MAX_BATCH] if not c.done()]
                 del self.waiting[:MAX_BATCH]
                 if calls:
                     await self._run(calls)
@@ -103,13 +99,13 @@ class Batcher:
     async def _run(self, calls: list[_Call]) -> None:
         try:
             async with self.pool.connection() as conn:
-                calls = [c for c in calls if not c.fut.done()]  # gave up while we waited for a connection
+                calls = [c for c in calls if not c.done()]  # gave up while we waited for a connection
                 if calls:
                     await self._execute(conn, calls)
         except Exception as exc:
             for call in calls:
-                if not call.fut.done():
-                    call.fut.set_exception(exc)
+                if not call.done():
+                    call.set_exception(exc)
 
     async def _execute(self, conn: Any, calls: list[_Call]) -> None:
         for call in calls:
@@ -128,8 +124,8 @@ class Batcher:
             return
         for row in rows:
             call = calls[row["n"] - 1]
-            if not call.fut.done():
-                call.fut.set_result(row)
+            if not call.done():
+                call.set_result(row)
 
 
 class SdkStore:
