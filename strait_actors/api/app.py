@@ -27,6 +27,7 @@ from strait_actors.api.auth import CALLER, KeyCache, authenticate
 from strait_actors.api.deadlines import Deadlines
 from strait_actors.api.http import Handler, envelope, flush_http_metrics, is_long_lived
 from strait_actors.api.limits import RateLimiter, take_request
+from strait_actors.api.router import application
 from strait_actors.api.state import (
     BUDGETS,
     DEADLINES,
@@ -38,6 +39,7 @@ from strait_actors.api.state import (
     LIMITER,
     POOL,
     REDIS,
+    RUN_TOKENS,
     SDK,
     SENDER,
     SETTINGS,
@@ -145,16 +147,14 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, dsn: str) -> web.Application:
-    app = web.Application(
-        middlewares=[envelope, gate],
-        client_max_size=settings.max_request_body_size,
-    )
+    app = application(middlewares=[envelope, gate], client_max_size=settings.max_request_body_size)
     app[SETTINGS] = settings
     app[DSN] = dsn
     app[KEYS] = KeyCache()
     app[JOBS] = JobCache()
     app[STARTED] = time.monotonic()
     app[DEADLINES] = Deadlines(settings.request_timeout_secs)
+    app[RUN_TOKENS] = sdk.TokenCache()
     app.cleanup_ctx.append(_pool_ctx)
     # /v1/runs/dlq is registered before /v1/runs/{run_id} (runs.routes keeps that order)
     for table in (

@@ -9,6 +9,7 @@ on a run that is neither executing nor waiting). The frequent calls are batched 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,7 @@ from aiohttp import web
 from strait_actors import fsm, payloads, schemas, ssrf, tokens
 from strait_actors.api import render
 from strait_actors.api.http import Handler, bounded, json_response, no_content, off_loop, read_json
-from strait_actors.api.state import BUDGETS, DEADLINES, JOBS, POOL, SDK, SETTINGS, TOKEN
+from strait_actors.api.state import BUDGETS, DEADLINES, JOBS, POOL, RUN_TOKENS, SDK, SETTINGS, TOKEN
 from strait_actors.api.triggers import check_budget, check_job, check_payloads
 from strait_actors.api.validation import event_key, json_value, wait_timeout
 from strait_actors.errors import ApiError, bad_request, conflict, not_found, unauthorized, unprocessable
@@ -43,14 +44,44 @@ MAX_TEXT = 64 * 1024  # a log message, an error text
 # ----------------------------------------------------------------- the token
 
 
-def _claims(request: web.Request) -> Token:
-    """The token's own checks (§1.6, first five rows); the run's come with each statement."""
-    scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
-    raw = raw.strip()
-    if scheme.lower() != "bearer" or not raw:
-        raise unauthorized("missing or invalid authorization header")
+class _Verified:
+    """What a run token that passed its own checks says: kept by the token's text (a run's code
+    makes several calls with one token), so only the first call pays for the signature."""
+
+    __slots__ = ("exp", "sub", "token")
+
+    def __init__(self, sub: str, exp: float, token: Token | None) -> None:
+        self.sub = sub
+        self.exp = exp
+        self.token = token  # None: `sub` is not a run ID
+
+
+class TokenCache:
+    """Verified run tokens, the newest MAX_TOKENS of them (a token's expiry is checked on every
+    call; the signing key is the process's own, so a cached token cannot go stale otherwise)."""
+
+    MAX_TOKENS = 8192
+
+    def __init__(self) -> None:
+        self.verified: dict[str, _Verified] = {}
+
+    def get(self, key: str, raw: str) -> _Verified:
+        hit = self.verified.get(raw)
+        if hit is not None:
+            if hit.exp <= time.time():
+                del self.verified[raw]
+                raise unauthorized("invalid run token")
+            return hit
+        hit = _verify(key, raw)
+        if len(self.verified) >= self.MAX_TOKENS:
+            del self.verified[next(iter(self.verified))]
+        self.verified[raw] = hit
+        return hit
+
+
+def _verify(key: str, raw: str) -> _Verified:
     try:
-        claims = tokens.verify_run_token(request.app[SETTINGS].jwt_signing_key, raw)
+        claims = tokens.verify_run_token(key, raw)
     except tokens.InvalidRunToken:
         raise unauthorized("invalid run token") from None
     sub = claims.get("sub")
@@ -59,13 +90,28 @@ def _claims(request: web.Request) -> Token:
     attempt = claims.get("attempt")
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
         raise unauthorized("missing run attempt in token")
-    if sub != request.match_info.get("run_id"):
-        raise ApiError(403, "token does not match run ID")
     run_id = parse_uuid(sub)
-    if run_id is None:
-        raise not_found("run not found")
     lease = claims.get("lease_id")
-    return Token(run_id, attempt, parse_uuid(lease) if isinstance(lease, str) else None)
+    token = None if run_id is None else Token(run_id, attempt, parse_uuid(lease) if isinstance(lease, str) else None)
+    try:  # a number (our own tokens; PyJWT's path admits what int() reads)
+        exp = float(claims["exp"])
+    except (KeyError, TypeError, ValueError):
+        raise unauthorized("invalid run token") from None
+    return _Verified(sub, exp, token)
+
+
+def _claims(request: web.Request) -> Token:
+    """The token's own checks (§1.6, first five rows); the run's come with each statement."""
+    scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+    raw = raw.strip()
+    if scheme.lower() != "bearer" or not raw:
+        raise unauthorized("missing or invalid authorization header")
+    verified = request.app[RUN_TOKENS].get(request.app[SETTINGS].jwt_signing_key, raw)
+    if verified.sub != request.match_info.get("run_id"):
+        raise ApiError(403, "token does not match run ID")
+    if verified.token is None:
+        raise not_found("run not found")
+    return verified.token
 
 
 def check(row: Mapping[str, Any] | None, token: Token, *, mutating: bool) -> None:

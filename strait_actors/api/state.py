@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from strait_actors.api.auth import Caller, KeyCache
     from strait_actors.api.deadlines import Deadlines
     from strait_actors.api.limits import RateLimiter
+    from strait_actors.api.sdk import TokenCache
     from strait_actors.api.streams import StreamHub
     from strait_actors.store.budgets import Budgets
     from strait_actors.store.enqueue import Enqueuer
@@ -34,6 +35,7 @@ BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
 HUB: web.AppKey[StreamHub] = web.AppKey("hub")
 SENDER: web.AppKey[Sender] = web.AppKey("sender")
 STARTED = web.AppKey("started", float)
+RUN_TOKENS: web.AppKey[TokenCache] = web.AppKey("run_tokens")  # verified run tokens of the SDK plane
 DEADLINES: web.AppKey[Deadlines] = web.AppKey("deadlines")  # REQUEST_TIMEOUT of /v1 and the SDK plane
 REDIS: web.AppKey[Redis | None] = web.AppKey("redis")  # None: no REDIS_URL
 

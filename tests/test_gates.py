@@ -1,5 +1,9 @@
-"""REQUEST_TIMEOUT on one timer (api/deadlines.py): each call times out at its own deadline, a
-cancellation from elsewhere stays one, and a held table makes both planes answer 503 in time."""
+"""What a request passes before its handler.
+
+REQUEST_TIMEOUT on one timer (api/deadlines.py): each call times out at its own deadline, a
+cancellation from elsewhere stays one, and a held table makes both planes answer 503 in time. The
+SDK plane's verified tokens (sdk.TokenCache): a cached token still expires, and still names one run.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,13 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 import psycopg
 
 from strait_actors import tokens
 from strait_actors.aio import Pending, answer
 from strait_actors.api.deadlines import Deadlines
-from tests.conftest import JWT_KEY, start_strait, stop_strait
+from tests.conftest import JWT_KEY, Server, start_strait, stop_strait
 
 
 async def _timed(deadlines: Deadlines, sleep: float, started: float) -> tuple[str, float]:
@@ -71,18 +76,23 @@ def test_a_cancellation_from_elsewhere_stays_a_cancellation_and_the_task_goes_on
     assert asyncio.run(go()) == ("cancelled", "went on")
 
 
+def _queued_run(server: Server) -> str:
+    """A run that stays queued (an API-only server dispatches nothing)."""
+    with server.client("p") as c:
+        c.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}).raise_for_status()
+        job = c.post(
+            "/v1/jobs",
+            json={"project_id": "p", "name": "J", "slug": "j", "endpoint_url": "http://127.0.0.1:9/x"},
+        ).json()["id"]
+        return str(c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"a": 1}}).json()["id"])
+
+
 def test_a_held_table_times_out_v1_and_sdk_requests_with_503(dsn: str, tmp_path: Any) -> None:
     """Another transaction holds job_runs exclusively: a run read on /v1 and the run's own
     payload read on the SDK plane both answer 503 with Retry-After after REQUEST_TIMEOUT (1 s)."""
     server = start_strait({"DATABASE_URL": dsn, "REQUEST_TIMEOUT_SECS": "1"}, tmp_path, mode="api", processes=1)
     try:
-        with server.client("p") as c:
-            c.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}).raise_for_status()
-            job = c.post(
-                "/v1/jobs",
-                json={"project_id": "p", "name": "J", "slug": "j", "endpoint_url": "http://127.0.0.1:9/x"},
-            ).json()["id"]
-            run = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"a": 1}}).json()["id"]
+        run = _queued_run(server)
         token = tokens.mint_run_token(JWT_KEY, run, 1, str(uuid.uuid4()), expires_at=None, timeout_secs=60)
         sdk = {"Authorization": f"Bearer {token}", "X-SDK-Version": "2.0.0"}
         with psycopg.connect(dsn) as blocker, server.client("p") as c:
@@ -100,6 +110,29 @@ def test_a_held_table_times_out_v1_and_sdk_requests_with_503(dsn: str, tmp_path:
             assert c.get(f"/v1/runs/{run}").status_code == 200
             r = c.get(f"/sdk/v1/runs/{run}/payload", headers=sdk)
             assert (r.status_code, r.json()) == (200, {"a": 1})
+    finally:
+        stop_strait(server)
+
+
+def test_a_token_that_passed_once_still_expires_and_still_names_its_run(dsn: str, tmp_path: Any) -> None:
+    """The first call verifies the token and keeps it; later calls with it are still refused once it
+    expires (401), on another run's path (403), and a token of another key never passes (401)."""
+    server = start_strait({"DATABASE_URL": dsn}, tmp_path, mode="api", processes=1)
+    try:
+        run, other = _queued_run(server), str(uuid.uuid4())
+        lease = str(uuid.uuid4())
+        # exp = now + 3 s: mint_run_token gives timeout + 60 s past `now`
+        short = tokens.mint_run_token(JWT_KEY, run, 1, lease, expires_at=None, timeout_secs=0, now=time.time() - 57)
+        other_key = "another-key-0123456789abcdef0123"
+        forged = tokens.mint_run_token(other_key, run, 1, lease, expires_at=None, timeout_secs=60)
+
+        def status(token: str, run_id: str = run) -> int:
+            r = httpx.get(f"{server.base}/sdk/v1/runs/{run_id}/payload", headers={"Authorization": f"Bearer {token}"})
+            return r.status_code
+
+        assert [status(short), status(short), status(short, other), status(forged)] == [200, 200, 403, 401]
+        time.sleep(max(0.0, tokens.verify_run_token(JWT_KEY, short)["exp"] - time.time()) + 0.2)
+        assert [status(short), status(short)] == [401, 401]
     finally:
         stop_strait(server)
 
