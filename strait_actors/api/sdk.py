@@ -60,7 +60,7 @@ class TokenCache:
     """Verified run tokens, the newest MAX_TOKENS of them (a token's expiry is checked on every
     call; the signing key is the process's own, so a cached token cannot go stale otherwise)."""
 
-    MAX_TOKENS = 8192
+    MAX_TOKENS = 4096
 
     def __init__(self) -> None:
         self.verified: dict[str, _Verified] = {}
