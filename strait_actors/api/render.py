@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from strait_actors.store.jobs import COLUMNS as JOB_COLUMNS
 
+_ZERO = timedelta(0)
+
 
 def ts(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with microseconds and Z (isoformat: a third cheaper than strftime, and the
+    year always four digits)."""
     if value is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if value.utcoffset() != _ZERO:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _put(out: dict[str, Any], key: str, value: Any) -> None:

@@ -66,9 +66,7 @@ class _Group(Pending[list[Receipt]]):
 
     late = "trigger outlived its deadline with its INSERT in flight: answering the commit's decision"
 
-    def __init__(self, runs: list[NewRun]) -> None:
-        super().__init__()
-        self.runs = runs
+    runs: list[NewRun]  # set by `TriggerBatcher.submit` (no __init__ of its own: one call frame less per trigger)
 
 
 class Enqueuer:
@@ -376,7 +374,8 @@ class TriggerBatcher:
         self.flushes = 0
 
     async def submit(self, runs: list[NewRun]) -> list[Receipt]:
-        group = _Group(runs)
+        group = _Group()
+        group.runs = runs
         self.waiting.append(group)
         if self.flushes < MAX_FLUSHES:
             self.flushes += 1

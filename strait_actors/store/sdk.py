@@ -45,9 +45,7 @@ class _Call(Pending[Row]):
 
     late = "SDK call outlived its deadline with its write in flight: answering the commit's decision"
 
-    def __init__(self, values: tuple[Any, ...]) -> None:
-        super().__init__()
-        self.values = values
+    values: tuple[Any, ...]  # set by `Batcher.submit` (no __init__ of its own: one call frame less per call)
 
 
 class Batcher:
@@ -79,7 +77,8 @@ class Batcher:
         self.flushes = 0
 
     async def submit(self, *values: Any) -> Row:
-        call = _Call(values)
+        call = _Call()
+        call.values = values
         self.waiting.append(call)
         if self.flushes < self.max_flushes:
             self.flushes += 1
