@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import shutil
@@ -20,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from strait_actors import __version__, embedded, logs
+from strait_actors import __version__, embedded, gcpolicy, logs
 from strait_actors.aio import new_event_loop
 from strait_actors.processes import ProcessSupervisor, api_child_argv, exit_with_parent, worker_child_argv
 from strait_actors.settings import SecretsFound, Settings, ensure_secrets
@@ -128,7 +127,7 @@ async def _serve(
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port)
     await site.start()
-    gc.freeze()  # what start-up made lives as long as the process: no collection walks it again
+    gcpolicy.settle()  # freeze what start-up made; the older generations collected less often
     if peers is not None:
         peers.start()
     try:

@@ -7,7 +7,6 @@ adding one row. `runtime.run_worker_child` is the only importer, so `--mode api`
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import socket
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 
 import pykka
 
+from strait_actors import gcpolicy
 from strait_actors.actors.base import TreeContext
 from strait_actors.actors.beacon import Beacon
 from strait_actors.actors.clock import Clock
@@ -93,7 +93,7 @@ def run_worker(settings: Settings, dsn: str) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     tree = WorkerTree(settings, dsn)
     tree.start()
-    gc.freeze()  # what start-up made lives as long as the process: no collection walks it again
+    gcpolicy.settle()  # freeze what start-up made; the older generations collected less often
     while not stop.is_set() and not tree.failed.is_set():
         stop.wait(0.2)
     tree.stop()
