@@ -139,7 +139,8 @@ def test_server_logs_are_json_lines_without_any_secret(dsn: str, tmp_path: Path,
         job_id = r.json()["id"]
         runs = [c.post(f"/v1/jobs/{job_id}/trigger", json={"payload": {"fail": f}}).json()["id"] for f in (0, 1)]
         # failures of the caller's own: wrong secrets and keys, bad bodies, a wrong run token
-        assert httpx.get(f"{server.base}/v1/runs", headers={"Authorization": f"Bearer {key[:-1]}0"}).status_code == 401
+        wrong = key[:-1] + ("1" if key.endswith("0") else "0")  # a key that ends in 0 already would pass
+        assert httpx.get(f"{server.base}/v1/runs", headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
         assert httpx.get(f"{server.base}/v1/runs", headers={"X-Internal-Secret": internal + "x"}).status_code == 401
         assert c.post("/v1/jobs", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
         bad = c.post("/v1/jobs", json=job | {"slug": "k", "endpoint_signing_secret": 5})
