@@ -372,6 +372,7 @@ class TriggerBatcher:
         self.pool = pool
         self.waiting: list[_Group] = []
         self.flushes = 0
+        self.flushing: set[asyncio.Task[None]] = set()
 
     async def submit(self, runs: list[NewRun]) -> list[Receipt]:
         group = _Group()
@@ -379,7 +380,9 @@ class TriggerBatcher:
         self.waiting.append(group)
         if self.flushes < MAX_FLUSHES:
             self.flushes += 1
-            asyncio.get_running_loop().create_task(self._flush())
+            flush = asyncio.get_running_loop().create_task(self._flush())
+            self.flushing.add(flush)  # a strong reference while it runs (asyncio keeps a weak one)
+            flush.add_done_callback(self.flushing.discard)
         return await answer(group)
 
     def _take(self) -> list[_Group]:

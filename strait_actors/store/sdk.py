@@ -75,6 +75,7 @@ class Batcher:
         self.extra = extra or dict
         self.waiting: list[_Call] = []
         self.flushes = 0
+        self.flushing: set[asyncio.Task[None]] = set()
 
     async def submit(self, *values: Any) -> Row:
         call = _Call()
@@ -82,7 +83,9 @@ class Batcher:
         self.waiting.append(call)
         if self.flushes < self.max_flushes:
             self.flushes += 1
-            asyncio.get_running_loop().create_task(self._flush())
+            flush = asyncio.get_running_loop().create_task(self._flush())
+            self.flushing.add(flush)  # a strong reference while it runs (asyncio keeps a weak one)
+            flush.add_done_callback(self.flushing.discard)
         return await answer(call)
 
     async def _flush(self) -> None:
