@@ -1165,9 +1165,10 @@ FROM job_runs WHERE id = %(id)s
 
 -- name: sdk_heartbeat
 -- Heartbeats: heartbeat_at now, and an executing run's lease moves forward, so a long call stays
--- the run's even when the worker that dispatched it is gone.
+-- the run's even when the worker that dispatched it is gone. The arrays go in binary (%%b), as
+-- record_outcomes' do: no text escaping of each element.
 WITH v AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(leases)s::uuid[])
+    SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(leases)b::uuid[])
         WITH ORDINALITY AS v(id, attempt, lease_id, n)
 ), locked AS (  -- in id order, as every batch writer of job_runs locks its runs
     SELECT r.id FROM job_runs r WHERE r.id = ANY(ARRAY(SELECT v.id FROM v)) ORDER BY r.id FOR NO KEY UPDATE OF r
@@ -1189,10 +1190,10 @@ FROM v LEFT JOIN job_runs r ON r.id = v.id
 -- Log and progress events of active runs. Event ids are drawn before the insert so that each call
 -- gets its own row back. The runs are locked first (in id order, as every batch does): a run's
 -- events then commit in the order of their ids, so a stream reading after its cursor never passes
--- one still uncommitted, and an event never lands after the run's terminal change.
+-- one still uncommitted, and an event never lands after the run's terminal change. Arrays in binary (%%b).
 WITH v AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(leases)s::uuid[], %(types)s::text[],
-                         %(levels)s::text[], %(messages)s::text[], %(datas)s::jsonb[])
+    SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(leases)b::uuid[], %(types)b::text[],
+                         %(levels)b::text[], %(messages)b::text[], %(datas)b::jsonb[])
         WITH ORDINALITY AS v(id, attempt, lease_id, type, level, message, data, n)
 ), locked AS (
     SELECT r.id, r.status, r.attempt, COALESCE(r.lease_id, r.parked_lease_id) AS token_lease
@@ -1219,11 +1220,11 @@ FROM cur LEFT JOIN ok ON ok.n = cur.n
 -- name: sdk_finish
 -- SDK complete and fail: the run ends with the endpoint's own result or error, fenced on the token.
 -- A completion whose job has a result schema waits until the API has validated the result
--- (`checked`): the row comes back with `needs_check` instead.
+-- (`checked`): the row comes back with `needs_check` instead. Arrays in binary (%%b).
 -- transition finished: executing waiting -> completed failed
 WITH v AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(leases)s::uuid[], %(statuses)s::text[],
-                         %(results)s::jsonb[], %(errors)s::text[], %(error_classes)s::text[], %(checked)s::bool[])
+    SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(leases)b::uuid[], %(statuses)b::text[],
+                         %(results)b::jsonb[], %(errors)b::text[], %(error_classes)b::text[], %(checked)b::bool[])
         WITH ORDINALITY AS v(id, attempt, lease_id, to_status, result, error, error_class, checked, n)
 ), cur AS (
     SELECT v.n, v.id, r.status, r.attempt, COALESCE(r.lease_id, r.parked_lease_id) AS token_lease,
@@ -1394,10 +1395,11 @@ SELECT * FROM event_triggers WHERE event_key = %(event_key)s LIMIT 2
 -- queued, same attempt) with the payload as its newest checkpoint once no other wait of it is
 -- open. Each call gets the trigger as it is after (NULLs: no such trigger) and `received`, true
 -- for the call that delivered it; a trigger sent twice in one batch is delivered by the first.
+-- Arrays in binary (%%b).
 -- transition resumed: waiting -> queued
 WITH v AS (
-    SELECT * FROM unnest(%(projects)s::text[], %(keys)s::text[], %(sources)s::text[], %(payloads)s::jsonb[],
-                         %(sent_bys)s::text[], %(checkpoints)s::bool[])
+    SELECT * FROM unnest(%(projects)b::text[], %(keys)b::text[], %(sources)b::text[], %(payloads)b::jsonb[],
+                         %(sent_bys)b::text[], %(checkpoints)b::bool[])
         WITH ORDINALITY AS v(project_id, event_key, source, payload, sent_by, checkpoint, n)
 ), first AS (
     SELECT DISTINCT ON (project_id, event_key) * FROM v ORDER BY project_id, event_key, n
