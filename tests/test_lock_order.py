@@ -210,7 +210,8 @@ def test_every_writer_of_runs_is_classed_for_lock_order() -> None:
     text = (Path(strait_actors.store.__file__).parent / "queries.sql").read_text()
     parts = re.split(r"^-- name: (\w+)\s*$", text, flags=re.M)
     bodies = dict(zip(parts[1::2], parts[2::2], strict=True))
-    lock = re.compile(r"UPDATE job_runs|FROM job_runs r\b[^;]*?FOR (NO KEY )?UPDATE OF r", re.S)
+    # an UPDATE, or a locking read (of the statement's `r`, or of each call's run in a LATERAL probe)
+    lock = re.compile(r"UPDATE job_runs|FROM job_runs (r|x)\b[^;]*?FOR (NO KEY )?UPDATE( OF r)?\b", re.S)
     writers = {name for name, body in bodies.items() if lock.search(body)}
     classed = IN_ID_ORDER | SKIPS_LOCKED | ONE_RUN | set(OTHERWISE)
     assert writers - classed == set(), "statements that write runs: class them above"

@@ -1167,81 +1167,84 @@ FROM job_runs WHERE id = %(id)s
 -- Heartbeats: heartbeat_at now, and an executing run's lease moves forward, so a long call stays
 -- the run's even when the worker that dispatched it is gone. The arrays go in binary (%%b), as
 -- record_outcomes' do: no text escaping of each element.
+-- Every batched SDK statement reads and writes job_runs one index probe per call, whatever the
+-- planner's statistics say (young ones made it hash all of job_runs for a batch), and joins no two
+-- CTEs of the batch with each other (a nested loop over two CTEs of 500 calls reads 250,000 rows):
+-- `cur` locks each call's run in id order and decides the call, and everything after reads it.
 WITH v AS (
     SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(leases)b::uuid[])
         WITH ORDINALITY AS v(id, attempt, lease_id, n)
-), locked AS (  -- in id order, as every batch writer of job_runs locks its runs
-    SELECT r.id FROM job_runs r WHERE r.id = ANY(ARRAY(SELECT v.id FROM v)) ORDER BY r.id FOR NO KEY UPDATE OF r
+), cur AS (  -- each call's run, locked in id order (as every batch writer of job_runs locks its runs)
+    SELECT v.n, v.id, r.status, r.attempt, r.token_lease,
+           (r.attempt = v.attempt AND r.token_lease = v.lease_id
+            AND r.status = ANY('{executing,waiting}'::text[])) IS TRUE AS ok
+    FROM (SELECT * FROM v ORDER BY v.id, v.n) v
+    LEFT JOIN LATERAL (SELECT x.status, x.attempt, COALESCE(x.lease_id, x.parked_lease_id) AS token_lease
+                       FROM job_runs x WHERE x.id = v.id FOR NO KEY UPDATE) r ON true
 ), beat AS (
     UPDATE job_runs r SET heartbeat_at = now(),
         lease_expires_at = CASE WHEN r.lease_id IS NULL THEN NULL
                                 ELSE GREATEST(r.lease_expires_at, now() + make_interval(secs => %(lease_secs)s)) END
-    FROM v
-    WHERE r.id = v.id AND r.attempt = v.attempt AND COALESCE(r.lease_id, r.parked_lease_id) = v.lease_id
-      AND (r.status = ANY('{executing,waiting}'::text[])) IS TRUE
-      AND (SELECT count(*) FROM locked) >= 0  -- a one-time filter: all are locked before the first write
-    RETURNING r.id
+    WHERE r.id = ANY(ARRAY(SELECT cur.id FROM cur WHERE cur.ok))
 )
-SELECT v.n, r.status, r.attempt, COALESCE(r.lease_id, r.parked_lease_id) AS token_lease,
-       EXISTS (SELECT 1 FROM beat WHERE beat.id = v.id) AS done
-FROM v LEFT JOIN job_runs r ON r.id = v.id
+SELECT n, status, attempt, token_lease, ok AS done FROM cur
 
 -- name: sdk_events
 -- Log and progress events of active runs. Event ids are drawn before the insert so that each call
 -- gets its own row back. The runs are locked first (in id order, as every batch does): a run's
 -- events then commit in the order of their ids, so a stream reading after its cursor never passes
--- one still uncommitted, and an event never lands after the run's terminal change. Arrays in binary (%%b).
+-- one still uncommitted, and an event never lands after the run's terminal change. Arrays in binary
+-- (%%b); one index probe per call and no join of two CTEs, as sdk_heartbeat.
 WITH v AS (
     SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(leases)b::uuid[], %(types)b::text[],
                          %(levels)b::text[], %(messages)b::text[], %(datas)b::jsonb[])
         WITH ORDINALITY AS v(id, attempt, lease_id, type, level, message, data, n)
-), locked AS (
-    SELECT r.id, r.status, r.attempt, COALESCE(r.lease_id, r.parked_lease_id) AS token_lease
-    FROM job_runs r WHERE r.id = ANY(ARRAY(SELECT v.id FROM v))
-    ORDER BY r.id
-    FOR NO KEY UPDATE OF r
-), cur AS (
-    SELECT v.n, r.status, r.attempt, r.token_lease,
+), cur AS (  -- each call's run, locked in id order; a run's calls in the order they came
+    SELECT v.*, r.status, r.attempt AS run_attempt, r.token_lease,
            (r.attempt = v.attempt AND r.token_lease = v.lease_id
             AND r.status = ANY('{executing,waiting}'::text[])) IS TRUE AS ok
-    FROM v LEFT JOIN locked r ON r.id = v.id
+    FROM (SELECT * FROM v ORDER BY v.id, v.n) v
+    LEFT JOIN LATERAL (SELECT x.status, x.attempt, COALESCE(x.lease_id, x.parked_lease_id) AS token_lease
+                       FROM job_runs x WHERE x.id = v.id FOR NO KEY UPDATE) r ON true
+), drawn AS (
+    SELECT cur.*, CASE WHEN cur.ok THEN nextval(pg_get_serial_sequence('run_events', 'id')) END AS event_id
+    FROM cur
 ), ok AS (
-    SELECT v.*, nextval(pg_get_serial_sequence('run_events', 'id')) AS event_id
-    FROM v JOIN cur ON cur.n = v.n WHERE cur.ok
+    SELECT * FROM drawn WHERE ok
 ), ins AS (
     INSERT INTO run_events (id, run_id, type, level, message, data) OVERRIDING SYSTEM VALUE
-    SELECT event_id, id, type, level, message, data FROM ok ORDER BY n
+    SELECT event_id, id, type, level, message, data FROM ok ORDER BY event_id
 ), watched AS (
     {tell_watchers ok}
 )
-SELECT cur.n, cur.status, cur.attempt, cur.token_lease, ok.event_id, now() AS created_at, cur.ok AS done
-FROM cur LEFT JOIN ok ON ok.n = cur.n
+SELECT n, status, run_attempt AS attempt, token_lease, event_id, now() AS created_at, ok AS done FROM drawn
 
 -- name: sdk_finish
 -- SDK complete and fail: the run ends with the endpoint's own result or error, fenced on the token.
 -- A completion whose job has a result schema waits until the API has validated the result
--- (`checked`): the row comes back with `needs_check` instead. Arrays in binary (%%b).
+-- (`checked`): the row comes back with `needs_check` instead. Arrays in binary (%%b); one index
+-- probe per call and no join of two CTEs of the batch, as sdk_heartbeat.
 -- transition finished: executing waiting -> completed failed
 WITH v AS (
     SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(leases)b::uuid[], %(statuses)b::text[],
                          %(results)b::jsonb[], %(errors)b::text[], %(error_classes)b::text[], %(checked)b::bool[])
         WITH ORDINALITY AS v(id, attempt, lease_id, to_status, result, error, error_class, checked, n)
-), cur AS (
-    SELECT v.n, v.id, r.status, r.attempt, COALESCE(r.lease_id, r.parked_lease_id) AS token_lease,
-           (v.checked OR v.to_status <> 'completed' OR v.result IS NULL OR j.result_schema IS NULL) AS checked
-    FROM v LEFT JOIN job_runs r ON r.id = v.id LEFT JOIN jobs j ON j.id = r.job_id
-), locked AS (
-    SELECT r.id, r.status AS from_status FROM job_runs r JOIN v ON v.id = r.id
-    WHERE r.attempt = v.attempt AND COALESCE(r.lease_id, r.parked_lease_id) = v.lease_id
-    ORDER BY r.id
-    FOR UPDATE OF r
+), cur AS (  -- each call's run, locked in id order, and whether the call may end it now
+    SELECT v.n, v.id, v.attempt AS want_attempt, v.lease_id AS want_lease, v.to_status, v.result, v.error,
+           v.error_class, r.status, r.attempt, r.token_lease,
+           (v.checked OR v.to_status <> 'completed' OR v.result IS NULL OR r.result_schema IS NULL) AS checked,
+           (r.attempt = v.attempt AND r.token_lease = v.lease_id) IS TRUE AS fenced
+    FROM (SELECT * FROM v ORDER BY v.id, v.n) v
+    LEFT JOIN LATERAL (SELECT x.status, x.attempt, COALESCE(x.lease_id, x.parked_lease_id) AS token_lease,
+                              (SELECT j.result_schema FROM jobs j WHERE j.id = x.job_id) AS result_schema
+                       FROM job_runs x WHERE x.id = v.id FOR UPDATE) r ON true
 ), finished AS (
-    UPDATE job_runs r SET status = v.to_status, result = v.result, error = v.error, error_class = v.error_class,
+    UPDATE job_runs r SET status = c.to_status, result = c.result, error = c.error, error_class = c.error_class,
         finished_at = now(), parked_lease_id = NULL, {unlease}
-    FROM v JOIN cur ON cur.n = v.n JOIN locked l ON l.id = v.id
-    WHERE r.id = v.id AND cur.checked AND r.attempt = v.attempt
-      AND COALESCE(r.lease_id, r.parked_lease_id) = v.lease_id AND {guard finished}
-    RETURNING r.*, l.from_status, r.status AS to_status, v.n AS call
+    FROM cur c
+    WHERE r.id = ANY(ARRAY[c.id]) AND c.checked AND c.fenced
+      AND r.attempt = c.want_attempt AND COALESCE(r.lease_id, r.parked_lease_id) = c.want_lease AND {guard finished}
+    RETURNING r.*, c.status AS from_status, r.status AS to_status, c.n AS call
 ){after finished}
 -- the finished run as the API answers it, and what the token is checked against (chk_*)
 SELECT f.*, cur.status AS chk_status, cur.attempt AS chk_attempt, cur.token_lease, cur.n,
