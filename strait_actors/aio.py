@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -44,3 +45,12 @@ async def answer(pending: Pending[T]) -> T:
         if pending.done() and not pending.cancelled():
             return pending.result()
         raise
+
+
+def kept(tasks: set[asyncio.Task[Any]], work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A task of `work`, held in `tasks` while it runs: asyncio itself keeps only a weak reference
+    to a task, which the collector may take before it ends."""
+    task = asyncio.get_running_loop().create_task(work)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task

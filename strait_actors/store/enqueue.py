@@ -32,7 +32,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import fsm
-from strait_actors.aio import Pending, answer
+from strait_actors.aio import Pending, answer, kept
 from strait_actors.model import NewRun, Receipt
 from strait_actors.ratelimits import Limit, RedisRateLimits, limits_of
 from strait_actors.store import runs as store
@@ -380,9 +380,7 @@ class TriggerBatcher:
         self.waiting.append(group)
         if self.flushes < MAX_FLUSHES:
             self.flushes += 1
-            flush = asyncio.get_running_loop().create_task(self._flush())
-            self.flushing.add(flush)  # a strong reference while it runs (asyncio keeps a weak one)
-            flush.add_done_callback(self.flushing.discard)
+            kept(self.flushing, self._flush())
         return await answer(group)
 
     def _take(self) -> list[_Group]:

@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import ids
-from strait_actors.aio import Pending, answer
+from strait_actors.aio import Pending, answer, kept
 from strait_actors.store.errors import Rejected, translated
 from strait_actors.store.sql import Row, execute, fetch_all, fetch_one, q
 
@@ -83,9 +83,7 @@ class Batcher:
         self.waiting.append(call)
         if self.flushes < self.max_flushes:
             self.flushes += 1
-            flush = asyncio.get_running_loop().create_task(self._flush())
-            self.flushing.add(flush)  # a strong reference while it runs (asyncio keeps a weak one)
-            flush.add_done_callback(self.flushing.discard)
+            kept(self.flushing, self._flush())
         return await answer(call)
 
     async def _flush(self) -> None:
