@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -125,3 +126,33 @@ def test_sigterm_exits_zero_and_leaves_nothing_executing(dsn: str, tmp_path: Pat
     assert "Traceback" not in server.logs()
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM job_runs WHERE status = 'executing'").fetchone() == (0,)
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie until its parent reaps it counts: it runs nothing more)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_burst_of_stop_signals_still_stops_a_worker(dsn: str, tmp_path: Path) -> None:
+    """Ctrl-C pressed again and again reaches every process of the group, and the supervisor adds
+    its own SIGTERM: a worker's handler runs nested inside itself. One that took a lock (an Event's
+    `set`) hung its process for good, and the program's stop waited out the grace, then killed it."""
+    server = start_strait({"DATABASE_URL": dsn}, tmp_path)
+    try:
+        wait_for(lambda: len(worker_pids(server)) == 2, what="two worker processes")
+        victims = worker_pids(server)
+        time.sleep(1.0)  # their trees started: the handlers are in place
+        burst_until, i = time.monotonic() + 3.0, 0
+        while time.monotonic() < burst_until and not (i % 1000 == 0 and all(_gone(v) for v in victims)):
+            for victim in victims:  # a zombie takes signals too; a reaped one is gone
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGTERM if i % 2 else signal.SIGINT)
+            i += 1
+        wait_for(lambda: all(_gone(v) for v in victims), timeout=10, what="the signalled worker processes exited")
+    finally:
+        started = time.monotonic()
+        assert stop_strait(server) == 0
+    assert time.monotonic() - started < 15, "stopped within the grace, nothing left to kill"

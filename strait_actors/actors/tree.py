@@ -88,13 +88,21 @@ class WorkerTree:
 
 def run_worker(settings: Settings, dsn: str) -> int:
     """Run one actor tree until SIGTERM/SIGINT (exit 0) or escalation (exit 1)."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # The handlers only note the signal. A handler runs between two bytecodes of this thread, inside
+    # any other handler too: one that took a lock (an Event's `set`) could wait for itself, when a
+    # second signal came while the first was setting it (Ctrl-C pressed twice reaches the whole
+    # process group, and the program's supervisor sends its own SIGTERM), and hang the process.
+    asked = [0]  # the latest stop signal
+
+    def note(signum: int, _frame: object) -> None:
+        asked[0] = signum
+
+    signal.signal(signal.SIGTERM, note)
+    signal.signal(signal.SIGINT, note)
     tree = WorkerTree(settings, dsn)
     tree.start()
     gcpolicy.settle()  # freeze what start-up made; the older generations collected less often
-    while not stop.is_set() and not tree.failed.is_set():
-        stop.wait(0.2)
+    while not asked[0] and not tree.failed.is_set():
+        tree.failed.wait(0.2)
     tree.stop()
     return 1 if tree.failed.is_set() else 0
