@@ -24,6 +24,17 @@ SLOT_ENV = "STRAIT_PROCESS_SLOT"
 PARENT_ENV = "STRAIT_PARENT_PID"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that pid exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ProcessSupervisor:
     """Keeps N processes alive: a process that dies is restarted with jittered backoff."""
 

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from strait_actors import __version__, embedded, gcpolicy, logs
 from strait_actors.aio import new_event_loop
-from strait_actors.processes import ProcessSupervisor, api_child_argv, exit_with_parent, worker_child_argv
+from strait_actors.processes import ProcessSupervisor, api_child_argv, exit_with_parent, pid_alive, worker_child_argv
 from strait_actors.settings import SecretsFound, Settings, ensure_secrets
 from strait_actors.store import db
 from strait_actors.store import workers as worker_store
@@ -154,22 +154,12 @@ def metrics_dir(settings: Settings) -> None:
     root = settings.data_dir / "metrics"
     root.mkdir(parents=True, exist_ok=True)
     for old in root.iterdir():
-        if old.name.isdigit() and not _alive(int(old.name)):
+        if old.name.isdigit() and not pid_alive(int(old.name)):
             shutil.rmtree(old, ignore_errors=True)
     mine = root / str(os.getpid())
     shutil.rmtree(mine, ignore_errors=True)
     mine.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mine)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run(mode: str, settings: Settings, processes: int | None = None, api_processes: int | None = None) -> int:

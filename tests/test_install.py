@@ -3,6 +3,7 @@ on its embedded defaults (embedded PostgreSQL, generated secrets) and runs a job
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import sysconfig
@@ -71,3 +72,30 @@ def test_wheel_starts_on_embedded_defaults(tmp_path: Path, endpoint: Endpoint) -
     finally:
         assert stop_strait(server) == 0
     assert endpoint.requests[0]["body"] == b'{"hello":"world"}'
+
+
+# A process that starts the embedded server (as `strait` does), says so, and stays for argv[2] seconds.
+_HOLDER = (
+    "import sys, time; from pathlib import Path; from strait_actors import embedded; "
+    "embedded.start_postgres(Path(sys.argv[1])); print('up', flush=True); time.sleep(float(sys.argv[2]))"
+)
+
+
+def test_the_embedded_server_stops_with_the_last_run_even_after_one_was_killed(tmp_path: Path) -> None:
+    """pgserver counts the processes holding its server and stops it when the last one exits. A
+    holder killed outright (SIGKILL, a closed terminal) stays counted: the server then outlived every
+    later run. The next start forgets it, so the server stops with that run."""
+    pgdata = tmp_path / "pg"
+    killed = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path), "120"], stdout=subprocess.PIPE, cwd=ROOT)
+    assert killed.stdout is not None and killed.stdout.readline().strip() == b"up"
+    killed.kill()
+    killed.wait()
+    killed.stdout.close()
+    assert json.loads((pgdata / ".handle_pids.json").read_text()) == [killed.pid]
+    assert (pgdata / "postmaster.pid").exists(), "the killed holder left the server running"
+    last = subprocess.run(
+        [sys.executable, "-c", _HOLDER, str(tmp_path), "0"], capture_output=True, timeout=120, cwd=ROOT
+    )
+    assert last.returncode == 0, last.stderr.decode()[-2000:]
+    assert json.loads((pgdata / ".handle_pids.json").read_text()) == []
+    wait_for(lambda: not (pgdata / "postmaster.pid").exists(), timeout=30, what="the server stopped with the last run")
