@@ -1232,8 +1232,7 @@ WITH v AS (
 ), cur AS (  -- each call's run, locked in id order, and whether the call may end it now
     SELECT v.n, v.id, v.attempt AS want_attempt, v.lease_id AS want_lease, v.to_status, v.result, v.error,
            v.error_class, r.status, r.attempt, r.token_lease,
-           (v.checked OR v.to_status <> 'completed' OR v.result IS NULL OR r.result_schema IS NULL) AS checked,
-           (r.attempt = v.attempt AND r.token_lease = v.lease_id) IS TRUE AS fenced
+           (v.checked OR v.to_status <> 'completed' OR v.result IS NULL OR r.result_schema IS NULL) AS checked
     FROM (SELECT * FROM v ORDER BY v.id, v.n) v
     LEFT JOIN LATERAL (SELECT x.status, x.attempt, COALESCE(x.lease_id, x.parked_lease_id) AS token_lease,
                               (SELECT j.result_schema FROM jobs j WHERE j.id = x.job_id) AS result_schema
@@ -1242,7 +1241,7 @@ WITH v AS (
     UPDATE job_runs r SET status = c.to_status, result = c.result, error = c.error, error_class = c.error_class,
         finished_at = now(), parked_lease_id = NULL, {unlease}
     FROM cur c
-    WHERE r.id = ANY(ARRAY[c.id]) AND c.checked AND c.fenced
+    WHERE r.id = ANY(ARRAY[c.id]) AND c.checked
       AND r.attempt = c.want_attempt AND COALESCE(r.lease_id, r.parked_lease_id) = c.want_lease AND {guard finished}
     RETURNING r.*, c.status AS from_status, r.status AS to_status, c.n AS call
 ){after finished}
