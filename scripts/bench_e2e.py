@@ -28,9 +28,10 @@ X-Project-Id) it creates project "bench" and a job (max_attempts 1) pointing at 
 
 Each scenario also prints the CPU it cost per run, by role, read from /proc (utime + stime): the
 API, the workers and PostgreSQL (their sum: server CPU per run), and the harness's own load generator
-and endpoint. This moves far less between machines than runs/s. --lean makes the single and latency
-triggers come from a lean load generator (raw keep-alive HTTP, no JSON parse), so that single-trigger
-figures measure strait rather than the client.
+and endpoint. This moves far less between machines than runs/s. --lean makes the harness's HTTP
+clients lean (raw keep-alive HTTP, no JSON parse of the answers): the single and latency triggers, and
+the sdk and waits endpoint's calls to the SDK plane, so that those figures measure strait rather than
+the client (the endpoint itself stays an aiohttp server).
 
 A sampler thread reads VmRSS of the strait parent (api), its worker children and the endpoint from
 /proc every 0.25 s; peak RSS, VmHWM and RSS at the start/end of each scenario are printed. The
@@ -117,16 +118,50 @@ SDK_ENDPOINT = textwrap.dedent("""
     import asyncio, json, sys, time
     import aiohttp
     from aiohttp import web
-    BASE, MODE = sys.argv[2], sys.argv[3]
+    from urllib.parse import urlsplit
+    BASE, MODE, LEAN = sys.argv[2], sys.argv[3], sys.argv[4:] == ["lean"]
     seen, resumed, calls, errors = {}, {}, 0, []
     session = None
     async def call(run, token, path, body=None):
         global calls
-        async with session.post(f"{BASE}/sdk/v1/runs/{run}/{path}", json=body,
-                                headers={"Authorization": "Bearer " + token}) as r:
-            calls += 1
-            if r.status >= 300:
-                errors.append(f"{path} {r.status} {(await r.text())[:200]}")
+        if LEAN:
+            status, text = await lean_post(f"/sdk/v1/runs/{run}/{path}", token, body)
+        else:
+            async with session.post(f"{BASE}/sdk/v1/runs/{run}/{path}", json=body,
+                                    headers={"Authorization": "Bearer " + token}) as r:
+                status = r.status
+                text = await r.text() if status >= 300 else ""
+        calls += 1
+        if status >= 300:
+            errors.append(f"{path} {status} {text[:200]}")
+    # --lean: the same calls over raw keep-alive HTTP/1.1 connections (one per call in flight, reused),
+    # the answer read by its Content-Length and not parsed: a fraction of an aiohttp client's CPU
+    URL = urlsplit(BASE)
+    HEAD = f"Host: {URL.netloc}\\r\\nContent-Type: application/json\\r\\nAuthorization: Bearer ".encode()
+    idle = []
+    async def lean_post(path, token, body):
+        conn = idle.pop() if idle else await asyncio.open_connection(URL.hostname, URL.port)
+        reader, writer = conn
+        data = b"" if body is None else json.dumps(body).encode()
+        writer.write(b"POST %s HTTP/1.1\\r\\n%s%s\\r\\nContent-Length: %d\\r\\n\\r\\n%s"
+                     % (path.encode(), HEAD, token.encode(), len(data), data))
+        status = int((await reader.readline())[9:12])
+        length, close = -1, False
+        while (line := await reader.readline()) not in (b"\\r\\n", b""):
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and b"close" in value.lower():
+                close = True
+        if length < 0:
+            raise SystemExit(f"lean call: no Content-Length in the answer (status {status})")
+        answer = await reader.readexactly(length)
+        if close:
+            writer.close()
+        else:
+            idle.append(conn)
+        return status, answer.decode(errors="replace")
     async def job(request):
         body = await request.read()
         run, token = request.headers["X-Run-ID"], request.headers["X-Run-Token"]
@@ -936,7 +971,10 @@ def main() -> int:
     ap.add_argument("--strait", default=os.path.join(os.path.dirname(sys.executable), "strait"))
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir (server.log, database)")
     ap.add_argument(
-        "--lean", action="store_true", help="single triggers from the lean load generator (raw keep-alive HTTP)"
+        "--lean",
+        action="store_true",
+        help="lean harness clients: single triggers from the lean load generator, the sdk endpoint's calls over "
+        "raw keep-alive HTTP",
     )
     ap.add_argument("--scrape-every", type=float, default=0, help="GET /metrics this often (s) during the run")
     args = ap.parse_args()
@@ -965,6 +1003,7 @@ def main() -> int:
     try:
         if args.scenario in ("sdk", "waits"):
             program = [SDK_ENDPOINT, str(eport), f"http://127.0.0.1:{port}", args.scenario]
+            program += ["lean"] if args.lean else []
         else:
             program = [ENDPOINT, str(eport), str(args.endpoint_delay_ms)]
         procs.append(subprocess.Popen([sys.executable, "-c", *program], start_new_session=True))
