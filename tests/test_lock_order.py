@@ -159,6 +159,24 @@ def test_a_tree_cancel_locks_its_runs_in_id_order(dsn: str) -> None:
     assert _locks_lower_first(dsn, cancel, low, high), "cancel_run does not lock its tree in id order"
 
 
+def test_closing_the_parks_of_returned_calls_locks_the_runs_in_id_order(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        high, mid, low = sorted((ids.new_id() for _ in range(3)), reverse=True)
+        runs = _insert_executing(conn, job, [high, mid, low])
+        conn.execute(  # test set-up: each call parked its run (sdk_wait_for_event's columns)
+            "UPDATE job_runs SET status = 'waiting', parked_lease_id = lease_id, lease_id = NULL,"
+            " parked_open_until = now() + interval '1 minute', lease_expires_at = NULL WHERE id = ANY(%s::uuid[])",
+            ([i for i, _ in runs],),
+        )
+    outcomes = [Outcome(i, 1, lease, "completed", "{}", None, None, 0.0, 0) for i, lease in runs]
+
+    def close() -> None:
+        _worker(dsn, lambda conn: queue.close_parked_dispatches(conn, outcomes))
+
+    assert _locks_lower_first(dsn, close, low, high), "close_parked_dispatches does not lock in id order"
+
+
 def test_the_reaper_frees_held_runs_it_can_lock_and_skips_one_held_elsewhere(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         job = make_job(conn, "http://x/")
@@ -175,7 +193,7 @@ def test_the_reaper_frees_held_runs_it_can_lock_and_skips_one_held_elsewhere(dsn
 # Every statement that writes job_runs, by how it stays out of lock cycles. A new one must be put in
 # one of these (the test below fails until it is): in id order (and in WRITERS above, which checks
 # it), never waiting (SKIP LOCKED), one run only, or a reason.
-IN_ID_ORDER = {*WRITERS, "cancel_run", "cron_cancel_overlapped", "send_events"}
+IN_ID_ORDER = {*WRITERS, "cancel_run", "cron_cancel_overlapped", "send_events", "close_parked_dispatches"}
 SKIPS_LOCKED = {
     "claim_runs",
     "reap_lost_leases",

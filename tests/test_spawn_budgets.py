@@ -20,9 +20,6 @@ def test_spawn_with_await_resumes_the_parent_once_after_the_last_child(
 ) -> None:
     _, c, _ = clients
     gate = Gate()
-    # the fast child ends only once both are spawned: ending before the second spawn, it would be the
-    # parent's only awaited child then, and resume it (a loaded CI machine made that happen)
-    both_spawned = asyncio.Event()
 
     async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
         headers = seen["headers"]
@@ -30,9 +27,7 @@ def test_spawn_with_await_resumes_the_parent_once_after_the_last_child(
         if b'"child"' in body:
             if b'"slow"' in body:
                 await gate.wait()
-            else:
-                await both_spawned.wait()
-            return {"child_done": True}
+            return {"child_done": True}  # the fast one may end before the slow one is spawned
         if headers.get("X-Resume-Event-Key"):
             return {"parent_resumed": headers["X-Resume-Event-Key"]}
         for n in ("fast", "slow"):
@@ -42,7 +37,6 @@ def test_spawn_with_await_resumes_the_parent_once_after_the_last_child(
             )
             assert spawned["await_completion"] is True and spawned["await_event_key"] == f"spawn-await:{spawned['id']}"
             assert spawned["parent_run_id"] == run_id and spawned["triggered_by"] == "spawn"
-        both_spawned.set()
         return {"parked": True}
 
     errors = sdk_endpoint(strait, endpoint, handler)
@@ -65,6 +59,59 @@ def test_spawn_with_await_resumes_the_parent_once_after_the_last_child(
     assert len(parent_dispatches) == 2  # resumed exactly once
     waits = {t["event_key"]: t["status"] for t in c.event_triggers.list_events()["data"]}
     assert waits == {f"spawn-await:{fast['id']}": "received", f"spawn-await:{slow['id']}": "received"}
+
+
+def test_children_spawned_one_after_another_resume_the_parent_once_its_call_returned(
+    clients: Any, endpoint: Endpoint, strait: Server
+) -> None:
+    """Each child ends before the parent's call spawns the next, so the parent's count of awaited
+    children falls to zero between spawns: the parent still resumes once, after the call that
+    parked it has returned and its last child has ended, and every spawn of that call is answered
+    (the call's token stays good while it runs: migration 0016)."""
+    _, c, _ = clients
+    answered: list[str] = []
+
+    async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
+        if b'"child"' in seen["body"]:
+            return {"child": True}
+        if seen["headers"].get("X-Resume-Event-Key"):
+            return {"resumed": seen["headers"]["X-Resume-Event-Key"]}
+        async with httpx.AsyncClient(
+            base_url=strait.base, headers={"Authorization": f"Bearer {SECRET}"}, timeout=10
+        ) as manage:
+            for i in range(3):
+                child = await rc.sdk_runs.spawn_run(
+                    run_id, {"job_slug": "child", "project_id": "p1", "payload": {"child": i}, "await_completion": True}
+                )
+                answered.append(child["id"])
+                for _ in range(400):  # this child ends before the next is spawned
+                    if (await manage.get(f"/v1/runs/{child['id']}")).json()["status"] == "completed":
+                        break
+                    await asyncio.sleep(0.025)
+                else:
+                    raise AssertionError(f"child {i} did not end")
+                assert (await manage.get(f"/v1/runs/{run_id}")).json()["status"] == "waiting"
+        return {"parked": True}
+
+    errors = sdk_endpoint(strait, endpoint, handler)
+    parent_job = make_job(c, endpoint, slug="parent")
+    make_job(c, endpoint, slug="child")
+    parent = c.jobs.trigger(parent_job["id"], {"payload": {}})["id"]
+    run = wait_terminal(c, parent, timeout=30)
+    assert not errors, errors
+    assert len(answered) == 3
+    assert run["status"] == "completed" and run["result"] == {"resumed": "spawn-await"}
+    assert len([r for r in endpoint.requests if r["headers"]["X-Run-ID"] == parent]) == 2
+    changes = [
+        (e["data"]["from"], e["data"]["to"]) for e in c.runs.list_events(parent)["data"] if e["type"] == "state_change"
+    ]
+    assert changes == [
+        ("queued", "executing"),
+        ("executing", "waiting"),
+        ("waiting", "queued"),
+        ("queued", "executing"),
+        ("executing", "completed"),
+    ]
 
 
 def test_many_children_ending_together_resume_the_parent_exactly_once(

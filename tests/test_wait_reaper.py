@@ -65,3 +65,20 @@ def test_a_wait_answered_without_resuming_its_run_is_resumed(dsn: str) -> None:
         rows = dict(conn.execute("SELECT id::text, status FROM job_runs").fetchall())
         assert rows == {lost: "queued", recent: "waiting", still_held: "waiting", awaiting: "waiting"}
         assert events.resume_lost_waits(conn) == 0
+
+
+def test_a_resume_held_for_a_call_still_going_is_left_to_it_and_done_once_its_lease_passed(dsn: str) -> None:
+    """Migration 0016: a resume that came while the parking call went on is that call's to do when
+    it returns; the pass does it only past the call's lease (its worker is gone), with its key."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        still_calling, worker_gone = make_runs(conn, job, 2, status="waiting")
+        old = "now() - interval '1 minute'"
+        for run, key, until in ((still_calling, "o", "now() + interval '1 minute'"), (worker_gone, "g", "now()")):
+            _trigger(conn, run, key, status="received")
+            conn.execute(f"UPDATE event_triggers SET received_at = {old} WHERE event_key = %s", (key,))
+            conn.execute(f"UPDATE job_runs SET resume_held = %s, parked_open_until = {until} WHERE id = %s", (key, run))
+        assert events.resume_lost_waits(conn) == 1
+        read = "SELECT id::text, status, resume_event_key, resume_held FROM job_runs"
+        rows = {r[0]: r[1:] for r in conn.execute(read)}
+        assert rows == {still_calling: ("waiting", None, "o"), worker_gone: ("queued", "g", None)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import psycopg
 import pytest
 from strait import AsyncClient, ConflictError, NotFoundError
 
-from tests.client_helpers import make_job, wait_terminal
+from tests.client_helpers import Gate, make_job, wait_terminal
 from tests.conftest import SECRET, Endpoint, Server, wait_for
 from tests.test_sdk_plane import run_http, sdk_endpoint
 
@@ -76,6 +77,41 @@ def test_wait_then_send_resumes_the_same_run(clients: Any, endpoint: Endpoint, s
     assert len(endpoint.requests) == 2
     # the key stays taken for the trigger's whole life (engine.md §6)
     assert c.event_triggers.get_event("evt:1")["status"] == "received"
+
+
+def test_an_event_sent_while_the_parking_call_goes_on_resumes_the_run_once_that_call_returned(
+    clients: Any, endpoint: Endpoint, strait: Server
+) -> None:
+    """The run is dispatched again only after the call that parked it has returned (migration 0016):
+    no second dispatch runs beside the first, whose token stays good until it returns."""
+    _, c, _ = clients
+    gate = Gate()
+    after_send: list[int] = []
+
+    async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
+        headers = seen["headers"]
+        if "X-Resume-Event-Key" in headers:
+            return {"resumed_by": headers["X-Resume-Event-Key"], "checkpoint": json.loads(headers["X-Last-Checkpoint"])}
+        await rc.sdk_runs.wait_for_event_run(run_id, {"event_key": "evt:open", "timeout_secs": 60})
+        await gate.wait()  # the event is sent meanwhile
+        async with run_http(strait, seen) as h:
+            r = await h.post(f"/sdk/v1/runs/{run_id}/log", json={"message": "still going"})
+            after_send.append(r.status_code)
+        return {"first": True}
+
+    errors = sdk_endpoint(strait, endpoint, handler)
+    job = make_job(c, endpoint)
+    run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
+    wait_for(lambda: gate.bound, what="the call parked its run")
+    assert c.event_triggers.send_event("evt:open", {"payload": {"n": 1}})["status"] == "received"
+    time.sleep(0.5)  # a resume would have dispatched the run again by now
+    assert c.runs.get(run_id)["status"] == "waiting" and len(endpoint.requests) == 1
+    gate.open()
+    run = wait_terminal(c, run_id)
+    assert not errors, errors
+    assert after_send == [201]
+    assert run["status"] == "completed" and run["result"] == {"resumed_by": "evt:open", "checkpoint": {"n": 1}}
+    assert len(endpoint.requests) == 2
 
 
 def test_wait_times_out(clients: Any, endpoint: Endpoint, strait: Server) -> None:

@@ -261,7 +261,43 @@ WITH v AS (
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, v.attempt, v.error, r.parent_run_id,
               r.job_id, r.slots
 ){after moved}
-SELECT id::text AS id FROM moved
+SELECT id::text AS id, false AS parked FROM moved
+UNION ALL
+-- a dropped outcome whose call parked its run (waiting, same lease, park open): the dispatcher then
+-- closes the park (close_parked_dispatches). Written runs are filtered out before any probe.
+SELECT v.id::text, true FROM v JOIN job_runs r ON r.id = v.id
+WHERE NOT v.id = ANY(ARRAY(SELECT id FROM moved))
+  AND (r.status = 'waiting') IS TRUE AND r.parked_lease_id = v.lease_id AND r.attempt = v.attempt
+  AND r.parked_open_until IS NOT NULL
+
+-- name: close_parked_dispatches
+-- The calls that parked their runs have returned (their outcomes were dropped: the runs wait): each
+-- park closes, and a resume held while the call went on (migration 0016) is done now, waiting ->
+-- queued with the key it was held with. Fenced on (id, waiting, attempt, parked lease); the runs are
+-- locked in id order before either write.
+-- transition resumed: waiting -> queued
+WITH v AS (
+    SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(leases)b::uuid[]) AS v(id, attempt, lease_id)
+    ORDER BY id
+), cur AS (
+    SELECT l.* FROM v CROSS JOIN LATERAL (
+        SELECT r.id, r.resume_held FROM job_runs r
+        WHERE r.id = v.id AND (r.status = 'waiting') IS TRUE AND r.attempt = v.attempt
+          AND r.parked_lease_id = v.lease_id AND r.parked_open_until IS NOT NULL
+        FOR NO KEY UPDATE) l
+), closed AS (
+    UPDATE job_runs r SET parked_open_until = NULL, resume_held = NULL
+    FROM cur WHERE r.id = cur.id AND (cur.resume_held IS NULL OR r.awaiting_children > 0)
+    RETURNING r.id
+), resumed AS (
+    UPDATE job_runs r SET status = 'queued', resume_event_key = cur.resume_held, resume_held = NULL,
+        parked_lease_id = NULL, parked_open_until = NULL, next_retry_at = NULL, heartbeat_at = NULL
+    FROM cur WHERE r.id = cur.id AND cur.resume_held IS NOT NULL AND r.awaiting_children = 0 AND {guard resumed}
+    RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt,
+              'resumed once its call returned'::text AS note
+){after resumed}{wake resumed}
+SELECT (SELECT count(*) FROM closed) AS closed, (SELECT count(*) FROM resumed) AS resumed,
+       (SELECT count(*) FROM resumed_wake) AS woke
 
 -- name: record_circuits
 -- Shared circuit breakers (engine.md §3.4, migration 0010): each endpoint's failed calls of one
@@ -306,11 +342,16 @@ LISTEN strait_queue_wake
 -- name: extend_leases
 -- Heartbeat the runs this worker is still calling: the lease moves forward, fenced on the lease.
 -- The arrays come in id order: the runs are written in it (store/queue.py).
+-- A run its call parked (waiting) keeps its park open as long (migration 0016).
 UPDATE job_runs r
-SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => %(lease_secs)s)
+SET heartbeat_at = CASE WHEN r.lease_id IS NULL THEN r.heartbeat_at ELSE now() END,
+    lease_expires_at = CASE WHEN r.lease_id IS NULL THEN NULL ELSE now() + make_interval(secs => %(lease_secs)s) END,
+    parked_open_until = CASE WHEN r.lease_id IS NULL THEN now() + make_interval(secs => %(lease_secs)s) END
 FROM unnest(%(ids)s::uuid[], %(leases)s::uuid[]) AS v(id, lease_id)
 -- IS TRUE: find the runs by id, not by walking the executing index (see transitions._guard)
-WHERE r.id = v.id AND r.lease_id = v.lease_id AND (r.status = 'executing') IS TRUE
+WHERE r.id = v.id
+  AND (r.lease_id = v.lease_id AND (r.status = 'executing') IS TRUE
+       OR r.parked_lease_id = v.lease_id AND r.parked_open_until IS NOT NULL AND (r.status = 'waiting') IS TRUE)
 
 -- name: release_runs
 -- Give unfinished runs back to the queue at shutdown, same attempt (nothing was decided about them).
@@ -1165,8 +1206,8 @@ FROM job_runs WHERE id = %(id)s
 
 -- name: sdk_heartbeat
 -- Heartbeats: heartbeat_at now, and an executing run's lease moves forward, so a long call stays
--- the run's even when the worker that dispatched it is gone. The arrays go in binary (%%b), as
--- record_outcomes' do: no text escaping of each element.
+-- the run's even when the worker that dispatched it is gone (and a parked run's open park stays
+-- open). The arrays go in binary (%%b), as record_outcomes' do: no text escaping of each element.
 -- Every batched SDK statement reads and writes job_runs one index probe per call, whatever the
 -- planner's statistics say (young ones made it hash all of job_runs for a batch), and joins no two
 -- CTEs of the batch with each other (a nested loop over two CTEs of 500 calls reads 250,000 rows):
@@ -1184,7 +1225,10 @@ WITH v AS (
 ), beat AS (
     UPDATE job_runs r SET heartbeat_at = now(),
         lease_expires_at = CASE WHEN r.lease_id IS NULL THEN NULL
-                                ELSE GREATEST(r.lease_expires_at, now() + make_interval(secs => %(lease_secs)s)) END
+                                ELSE GREATEST(r.lease_expires_at, now() + make_interval(secs => %(lease_secs)s)) END,
+        -- a call that parked its run and goes on keeps its park open as long (migration 0016)
+        parked_open_until = CASE WHEN r.parked_open_until IS NULL THEN NULL
+                                 ELSE GREATEST(r.parked_open_until, now() + make_interval(secs => %(lease_secs)s)) END
     WHERE r.id = ANY(ARRAY(SELECT cur.id FROM cur WHERE cur.ok))
 )
 SELECT n, status, attempt, token_lease, ok AS done FROM cur
@@ -1367,7 +1411,9 @@ WITH cur AS (
     WHERE r.id = %(id)s AND r.attempt = %(attempt)s AND r.lease_id = %(lease_id)s
     FOR UPDATE
 ), parked AS (
-    UPDATE job_runs r SET status = 'waiting', parked_lease_id = r.lease_id, heartbeat_at = now(), {unlease}
+    UPDATE job_runs r SET status = 'waiting', parked_lease_id = r.lease_id, heartbeat_at = now(),
+        -- the park stays open while its call goes on, until its outcome is written (migration 0016)
+        parked_open_until = r.lease_expires_at, resume_held = NULL, {unlease}
     FROM cur WHERE r.id = cur.id AND NOT cur.over_quota AND {guard parked}
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt,
               'event ' || %(event_key)s::text AS note, r.job_id, r.slots
@@ -1416,21 +1462,36 @@ WITH v AS (
         sent_by = t.sent_by, updated_at = now()
     FROM t WHERE e.id = t.id AND t.status = 'waiting' AND (t.source IS NULL OR t.source = t.source_type)
     RETURNING e AS trig, e.id, e.event_key, e.job_run_id, e.source_type, t.n, t.payload, t.checkpoint
+), x AS (
+    -- each answered run, locked in id order before either write below touches it; `ready`: nothing
+    -- else holds it (no other open wait, no awaited child); `open`: the dispatch that parked it is
+    -- still calling (migration 0016), so its resume is held until that dispatch returns
+    SELECT w.*, l.ready, l.open
+    FROM (SELECT DISTINCT ON (job_run_id) * FROM recv WHERE source_type = 'job_run' ORDER BY job_run_id, n) w
+    CROSS JOIN LATERAL (
+        SELECT r.awaiting_children = 0
+                   AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = r.id
+                                   AND (o.status = 'waiting') IS TRUE AND NOT o.id = ANY(ARRAY(SELECT id FROM recv)))
+                   AS ready,
+               r.parked_open_until > now() AS open
+        FROM job_runs r WHERE r.id = w.job_run_id AND (r.status = 'waiting') IS TRUE
+        FOR NO KEY UPDATE) l
 ), resumed AS (
     UPDATE job_runs r SET status = 'queued', resume_event_key = x.event_key, parked_lease_id = NULL,
-        next_retry_at = NULL, heartbeat_at = NULL
-    FROM (SELECT DISTINCT ON (job_run_id) * FROM recv WHERE source_type = 'job_run' ORDER BY job_run_id, n) x
-    WHERE r.id = x.job_run_id AND r.awaiting_children = 0
-      AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = r.id AND (o.status = 'waiting') IS TRUE
-                      AND NOT o.id = ANY(ARRAY(SELECT id FROM recv)))
-      AND {guard resumed}
+        parked_open_until = NULL, resume_held = NULL, next_retry_at = NULL, heartbeat_at = NULL
+    FROM x WHERE r.id = x.job_run_id AND x.ready AND x.open IS NOT TRUE AND {guard resumed}
     RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt,
               'event ' || x.event_key AS note, x.payload, x.checkpoint
-){after resumed}{wake resumed}, checkpoint AS (
+){after resumed}{wake resumed}, held AS (
+    UPDATE job_runs r SET resume_held = x.event_key
+    FROM x WHERE r.id = x.job_run_id AND x.ready AND x.open
+    RETURNING r.id, x.payload, x.checkpoint
+), checkpoint AS (
     INSERT INTO run_checkpoints (run_id, sequence, source, state)
     SELECT r.id, COALESCE((SELECT max(c.sequence) FROM run_checkpoints c WHERE c.run_id = r.id), 0) + 1,
            'event_trigger', r.payload
-    FROM resumed r WHERE r.checkpoint
+    FROM (SELECT id, payload, checkpoint FROM resumed UNION ALL SELECT id, payload, checkpoint FROM held) r
+    WHERE r.checkpoint
 )
 SELECT v.n, COALESCE(recv.n = v.n, false) AS received, (SELECT count(*) FROM resumed_wake) AS woke,
        (COALESCE(recv.trig, t.trig)).*
@@ -1519,9 +1580,13 @@ WITH lost AS (
     WHERE t.status = 'received' AND t.received_at < now() - interval '30 seconds'
       AND t.received_at > now() - interval '1 day' AND r.status = 'waiting' AND r.awaiting_children = 0
       AND NOT EXISTS (SELECT 1 FROM event_triggers o WHERE o.job_run_id = r.id AND (o.status = 'waiting') IS TRUE)
+      -- a dispatch still calling closes its own park (close_parked_dispatches); past its lease, its
+      -- worker is gone and this pass is the backstop
+      AND (r.parked_open_until IS NULL OR r.parked_open_until <= now())
     LIMIT 1000
 ), moved AS (
-    UPDATE job_runs r SET status = 'queued', parked_lease_id = NULL, resume_event_key = 'reconciled'
+    UPDATE job_runs r SET status = 'queued', parked_lease_id = NULL, parked_open_until = NULL, resume_held = NULL,
+        resume_event_key = COALESCE(r.resume_held, 'reconciled')
     FROM lost WHERE r.id = lost.id AND {guard moved}
     RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt, 'wait answered'::text AS note
 ){after moved}{wake moved}
@@ -1554,12 +1619,14 @@ WITH cur AS (
     RETURNING *
 ), parked AS (
     UPDATE job_runs r SET status = 'waiting', parked_lease_id = r.lease_id,
+        parked_open_until = r.lease_expires_at, resume_held = NULL,
         awaiting_children = r.awaiting_children + 1, {unlease}
     FROM cur WHERE r.id = cur.id AND %(await)s AND cur.status = 'executing' AND {guard parked}
     RETURNING r.id, 'executing'::text AS from_status, r.status AS to_status, r.attempt,
               'awaiting spawned run'::text AS note, r.job_id, r.slots
 ){after parked}, counted AS (
-    UPDATE job_runs r SET awaiting_children = r.awaiting_children + 1
+    -- a resume held for the open dispatch (its awaited children had all ended) waits for this one too
+    UPDATE job_runs r SET awaiting_children = r.awaiting_children + 1, resume_held = NULL
     FROM cur WHERE r.id = cur.id AND %(await)s AND cur.status = 'waiting'
 ), waits AS (
     INSERT INTO event_triggers (id, event_key, project_id, source_type, job_run_id, timeout_secs, expires_at,

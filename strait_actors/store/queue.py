@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg.rows import dict_row, kwargs_row, scalar_row
+from psycopg.rows import dict_row, kwargs_row, tuple_row
 
 from strait_actors.breaker import CircuitDelta
 from strait_actors.model import ClaimedRun, Outcome
@@ -102,6 +102,18 @@ def _pairs(runs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 async def record_outcomes(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> set[str]:
     """One statement for the whole batch; returns the ids whose fence held (the others are dropped).
 
+    A dropped outcome whose call had parked its run (wait-for-event, spawn-await) closes that park
+    in a second statement, which does a resume held while the call went on (migration 0016).
+    """
+    written, parked = await _write_outcomes(conn, outcomes)
+    if parked:
+        await close_parked_dispatches(conn, [o for o in outcomes if o.run_id in parked])
+    return written
+
+
+async def _write_outcomes(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> tuple[set[str], set[str]]:
+    """The outcomes written (their fence held) and the dropped ones whose call parked its run.
+
     A batch PostgreSQL refuses (one endpoint's answer it cannot hold) is split in halves until the
     refused outcome is alone; that one is written with its result kept as a JSON string of the
     text. So one hostile answer costs its neighbours a few statements, and strands nobody.
@@ -111,12 +123,29 @@ async def record_outcomes(conn: psycopg.AsyncConnection, outcomes: list[Outcome]
     except Rejected as exc:
         if len(outcomes) > 1:
             mid = len(outcomes) // 2
-            return await record_outcomes(conn, outcomes[:mid]) | await record_outcomes(conn, outcomes[mid:])
+            w1, p1 = await _write_outcomes(conn, outcomes[:mid])
+            w2, p2 = await _write_outcomes(conn, outcomes[mid:])
+            return w1 | w2, p1 | p2
         log.warning("run %s: outcome refused by PostgreSQL (%s); storing its result as text", outcomes[0].run_id, exc)
     try:
         return await _record(conn, [_as_text(outcomes[0])])
     except Rejected:
         return await _record(conn, [_as_text(outcomes[0], keep_result=False)])
+
+
+async def close_parked_dispatches(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> int:
+    """Close the parks of these returned calls (in id order: see _pairs); how many runs resumed."""
+    outcomes = sorted(outcomes, key=attrgetter("run_id"))
+    params = {
+        "ids": [o.run_id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "leases": [o.lease_id for o in outcomes],
+    }
+    with translated():
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(q("close_parked_dispatches"), params)
+            row = await cur.fetchone()
+    return int(row["resumed"]) if row else 0
 
 
 def _as_text(o: Outcome, *, keep_result: bool = True) -> Outcome:
@@ -128,7 +157,7 @@ def _as_text(o: Outcome, *, keep_result: bool = True) -> Outcome:
     return replace(o, result=result, error=error)
 
 
-async def _record(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> set[str]:
+async def _record(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> tuple[set[str], set[str]]:
     outcomes = sorted(outcomes, key=attrgetter("run_id"))  # in id order: see _pairs
     params = {
         "ids": [o.run_id for o in outcomes],
@@ -142,9 +171,10 @@ async def _record(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> set
         "boosts": [o.priority_boost for o in outcomes],
     }
     with translated():
-        async with conn.cursor(row_factory=scalar_row) as cur:
+        async with conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(q("record_outcomes"), params)
-            return set(await cur.fetchall())
+            rows = await cur.fetchall()
+    return {r for r, parked in rows if not parked}, {r for r, parked in rows if parked}
 
 
 async def record_circuits(
