@@ -75,3 +75,26 @@ def wait_terminal(c: Client, run_id: str, timeout: float = 20.0) -> dict[str, An
 
     result: dict[str, Any] = wait_for(done, timeout, what=f"run {run_id} terminal")
     return result
+
+
+# The statuses of a run that parked once and was resumed once (api.md §5.6), as `state_changes` reads them.
+PARKED_AND_RESUMED = [
+    ("queued", "executing"),
+    ("executing", "waiting"),
+    ("waiting", "queued"),
+    ("queued", "executing"),
+    ("executing", "completed"),
+]
+
+
+def state_changes(c: Client, run_id: str) -> list[tuple[str, str]]:
+    """A run's status changes, oldest first, from its `state_change` events."""
+    events = c.runs.list_events(run_id)["data"]
+    return [(e["data"]["from"], e["data"]["to"]) for e in events if e["type"] == "state_change"]
+
+
+def spawning_parent(c: Client, endpoint: Endpoint) -> str:
+    """Jobs `parent` and `child` on `endpoint`, and a run of `parent` triggered: its id."""
+    parent_job = make_job(c, endpoint, slug="parent")
+    make_job(c, endpoint, slug="child")
+    return str(c.jobs.trigger(parent_job["id"], {"payload": {}})["id"])

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from strait import AsyncClient
 
-from tests.client_helpers import Gate, make_job, wait_terminal
+from tests.client_helpers import PARKED_AND_RESUMED, Gate, make_job, spawning_parent, state_changes, wait_terminal
 from tests.conftest import SECRET, Endpoint, Server, wait_for
 from tests.test_sdk_plane import run_http, sdk_endpoint
 
@@ -94,24 +94,13 @@ def test_children_spawned_one_after_another_resume_the_parent_once_its_call_retu
         return {"parked": True}
 
     errors = sdk_endpoint(strait, endpoint, handler)
-    parent_job = make_job(c, endpoint, slug="parent")
-    make_job(c, endpoint, slug="child")
-    parent = c.jobs.trigger(parent_job["id"], {"payload": {}})["id"]
+    parent = spawning_parent(c, endpoint)
     run = wait_terminal(c, parent, timeout=30)
     assert not errors, errors
     assert len(answered) == 3
     assert run["status"] == "completed" and run["result"] == {"resumed": "spawn-await"}
     assert len([r for r in endpoint.requests if r["headers"]["X-Run-ID"] == parent]) == 2
-    changes = [
-        (e["data"]["from"], e["data"]["to"]) for e in c.runs.list_events(parent)["data"] if e["type"] == "state_change"
-    ]
-    assert changes == [
-        ("queued", "executing"),
-        ("executing", "waiting"),
-        ("waiting", "queued"),
-        ("queued", "executing"),
-        ("executing", "completed"),
-    ]
+    assert state_changes(c, parent) == PARKED_AND_RESUMED
 
 
 def test_many_children_ending_together_resume_the_parent_exactly_once(
@@ -137,9 +126,7 @@ def test_many_children_ending_together_resume_the_parent_exactly_once(
         return {"parked": True}
 
     errors = sdk_endpoint(strait, endpoint, handler)
-    parent_job = make_job(c, endpoint, slug="parent")
-    make_job(c, endpoint, slug="child")
-    parent = c.jobs.trigger(parent_job["id"], {"payload": {}})["id"]
+    parent = spawning_parent(c, endpoint)
     run = wait_terminal(c, parent, timeout=30)
     assert not errors, errors
     assert run["status"] == "completed" and run["result"] == {"resumed": True}
@@ -281,9 +268,7 @@ def test_canceling_a_parent_cancels_its_unfinished_descendants(
         return {"parked": True}
 
     sdk_endpoint(strait, endpoint, handler)
-    parent_job = make_job(c, endpoint, slug="parent")
-    make_job(c, endpoint, slug="child")
-    parent = c.jobs.trigger(parent_job["id"], {"payload": {}})["id"]
+    parent = spawning_parent(c, endpoint)
 
     def settled() -> bool:
         kids = {ch["payload"]["child"]: ch["status"] for ch in c.runs.get_children(parent)["data"]}

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from strait import AsyncClient, ConflictError, NotFoundError
 
-from tests.client_helpers import Gate, make_job, wait_terminal
+from tests.client_helpers import PARKED_AND_RESUMED, Gate, make_job, state_changes, wait_terminal
 from tests.conftest import SECRET, Endpoint, Server, wait_for
 from tests.test_sdk_plane import run_http, sdk_endpoint
 
@@ -59,16 +59,7 @@ def test_wait_then_send_resumes_the_same_run(clients: Any, endpoint: Endpoint, s
     assert tokens[0] != tokens[1]  # a fresh token per dispatch (§1.5)
     cps = c.runs.list_checkpoints(run_id)["data"]
     assert [(cp["source"], cp["state"]) for cp in cps] == [("event_trigger", {"ok": True})]
-    changes = [
-        (e["data"]["from"], e["data"]["to"]) for e in c.runs.list_events(run_id)["data"] if e["type"] == "state_change"
-    ]
-    assert changes == [
-        ("queued", "executing"),
-        ("executing", "waiting"),
-        ("waiting", "queued"),
-        ("queued", "executing"),
-        ("executing", "completed"),
-    ]
+    assert state_changes(c, run_id) == PARKED_AND_RESUMED
     # the same event again: the trigger, unchanged (idempotent); a different payload: 409
     again = c.event_triggers.send_event("evt:1", {"payload": {"ok": True}})
     assert again["id"] == sent["id"] and again["status"] == "received"
