@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Any
 
 import httpx
+import pytest
 from strait import AsyncClient
 
 from tests.client_helpers import PARKED_AND_RESUMED, Gate, make_job, spawning_parent, state_changes, wait_terminal
@@ -99,6 +101,51 @@ def test_children_spawned_one_after_another_resume_the_parent_once_its_call_retu
     assert not errors, errors
     assert len(answered) == 3
     assert run["status"] == "completed" and run["result"] == {"resumed": "spawn-await"}
+    assert len([r for r in endpoint.requests if r["headers"]["X-Run-ID"] == parent]) == 2
+    assert state_changes(c, parent) == PARKED_AND_RESUMED
+
+
+@pytest.mark.parametrize("child_first", [True, False], ids=["child-ends-first", "event-comes-first"])
+def test_a_run_waiting_on_an_event_and_an_awaited_child_resumes_once_both_came(
+    clients: Any, endpoint: Endpoint, strait: Server, child_first: bool
+) -> None:
+    """A call parks its run on an event, then spawns a child it awaits: the run resumes once, after
+    the event and the child's end, in either order (a child that ends first counts its parent down
+    although the event's wait is still open)."""
+    _, c, _ = clients
+    gate = Gate()
+
+    async def handler(rc: AsyncClient, run_id: str, seen: dict[str, Any]) -> Any:
+        if b'"child"' in seen["body"]:
+            if not child_first:
+                await gate.wait()
+            return {"child": True}
+        if seen["headers"].get("X-Resume-Event-Key"):
+            return {"resumed": seen["headers"]["X-Resume-Event-Key"]}
+        await rc.sdk_runs.wait_for_event_run(run_id, {"event_key": "both:1", "timeout_secs": 60})
+        await rc.sdk_runs.spawn_run(
+            run_id, {"job_slug": "child", "project_id": "p1", "payload": {"child": 1}, "await_completion": True}
+        )
+        return {"parked": True}
+
+    errors = sdk_endpoint(strait, endpoint, handler)
+    parent = spawning_parent(c, endpoint)
+    wait_for(lambda: len(c.runs.get_children(parent)["data"]) == 1, what="the child")
+    (child,) = c.runs.get_children(parent)["data"]
+    if child_first:
+        wait_terminal(c, child["id"])
+        assert c.runs.get(parent)["status"] == "waiting"  # the event has not come
+        c.event_triggers.send_event("both:1", {"payload": {"n": 1}})
+    else:
+        wait_for(lambda: gate.bound, what="the child started")
+        c.event_triggers.send_event("both:1", {"payload": {"n": 1}})
+        time.sleep(0.3)
+        assert c.runs.get(parent)["status"] == "waiting"  # the child has not ended
+        gate.open()
+    run = wait_terminal(c, parent, timeout=30)
+    assert not errors, errors
+    assert run["status"] == "completed"
+    assert run["result"] == {"resumed": "both:1" if child_first else "spawn-await"}
     assert len([r for r in endpoint.requests if r["headers"]["X-Run-ID"] == parent]) == 2
     assert state_changes(c, parent) == PARKED_AND_RESUMED
 

@@ -4,10 +4,16 @@ bounded and fenced: a run that moved on meanwhile is left alone."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import uuid
+
 import psycopg
 
 from strait_actors import ids
-from strait_actors.store import events
+from strait_actors.model import Outcome
+from strait_actors.store import events, queue
+from tests.conftest import wait_for
 from tests.helpers import make_job, make_runs
 
 
@@ -82,3 +88,60 @@ def test_a_resume_held_for_a_call_still_going_is_left_to_it_and_done_once_its_le
         read = "SELECT id::text, status, resume_event_key, resume_held FROM job_runs"
         rows = {r[0]: r[1:] for r in conn.execute(read)}
         assert rows == {still_calling: ("waiting", None, "o"), worker_gone: ("queued", "g", None)}
+
+
+def test_a_call_that_returns_while_its_run_s_last_child_ends_resumes_the_run(dsn: str) -> None:
+    """The park's close waits for the child's end that holds the run, and decides on the run as that
+    end left it (its resume held): resumed. Deciding on the statement's older snapshot skipped it,
+    and the run then waited for the Reaper's backstop."""
+    lease = str(uuid.uuid4())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        (run,) = make_runs(
+            conn,
+            job,
+            1,
+            status="waiting",
+            attempt=1,
+            parked_lease_id=lease,
+            awaiting_children=1,
+            parked_open_until="2100-01-01",
+        )
+    closed: list[int] = []
+
+    def close() -> None:
+        async def go() -> None:
+            async with await queue.connect_async(dsn) as conn:
+                closed.append(
+                    await queue.close_parked_dispatches(
+                        conn, [Outcome(run, 1, lease, "completed", "{}", None, None, 0.0, 0)]
+                    )
+                )
+
+        asyncio.run(go())
+
+    with psycopg.connect(dsn) as child_end, psycopg.connect(dsn, autocommit=True) as probe:
+        # the last child's end, not yet committed: it holds the run, its resume held for the open call
+        child_end.execute(
+            "UPDATE job_runs SET awaiting_children = 0, resume_held = 'spawn-await' WHERE id = %s", (run,)
+        )
+        closer = threading.Thread(target=close)
+        closer.start()
+        wait_for(
+            lambda: (
+                probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                ).fetchone()
+                == (1,)
+            ),
+            timeout=10,
+            what="the close waiting for the child's end",
+        )
+        child_end.commit()
+        closer.join(10)
+        row = probe.execute(
+            "SELECT status, resume_event_key, resume_held, parked_open_until FROM job_runs WHERE id = %s", (run,)
+        ).fetchone()
+    assert closed == [1]
+    assert row == ("queued", "spawn-await", None, None)

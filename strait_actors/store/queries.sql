@@ -280,19 +280,23 @@ WITH v AS (
     SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(leases)b::uuid[]) AS v(id, attempt, lease_id)
     ORDER BY id
 ), cur AS (
+    -- decided here, on the row as locked (the latest): the writes below test only `cur`, because a
+    -- write's own test of `r` reads the statement's snapshot first, older than a child's end (or a
+    -- send) that this lock waited for, and would skip the row without looking at the latest
     SELECT l.* FROM v CROSS JOIN LATERAL (
-        SELECT r.id, r.resume_held FROM job_runs r
+        SELECT r.id, r.resume_held IS NOT NULL AND r.awaiting_children = 0 AS resume, r.resume_held
+        FROM job_runs r
         WHERE r.id = v.id AND (r.status = 'waiting') IS TRUE AND r.attempt = v.attempt
           AND r.parked_lease_id = v.lease_id AND r.parked_open_until IS NOT NULL
         FOR NO KEY UPDATE) l
 ), closed AS (
     UPDATE job_runs r SET parked_open_until = NULL, resume_held = NULL
-    FROM cur WHERE r.id = cur.id AND (cur.resume_held IS NULL OR r.awaiting_children > 0)
+    FROM cur WHERE r.id = cur.id AND NOT cur.resume
     RETURNING r.id
 ), resumed AS (
     UPDATE job_runs r SET status = 'queued', resume_event_key = cur.resume_held, resume_held = NULL,
         parked_lease_id = NULL, parked_open_until = NULL, next_retry_at = NULL, heartbeat_at = NULL
-    FROM cur WHERE r.id = cur.id AND cur.resume_held IS NOT NULL AND r.awaiting_children = 0 AND {guard resumed}
+    FROM cur WHERE r.id = cur.id AND cur.resume AND {guard resumed}
     RETURNING r.id, 'waiting'::text AS from_status, r.status AS to_status, r.attempt,
               'resumed once its call returned'::text AS note
 ){after resumed}{wake resumed}
