@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 
 from strait_actors import ids
+from tests.conftest import wait_for
 
 
 def make_job(conn: psycopg.Connection, endpoint_url: str, **cols: Any) -> str:
@@ -67,3 +68,13 @@ def finish_params(run_ids: list[str], lease: str) -> dict[str, Any]:
         "error_classes": [None] * n,
         "checked": [True] * n,
     }
+
+
+def wait_for_a_lock_wait(probe: psycopg.Connection, what: str) -> None:
+    """Until another session of this database waits for a lock (a statement blocked by a row that a
+    test's open transaction holds)."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    wait_for(lambda: probe.execute(query).fetchone() == (1,), timeout=10, what=what)

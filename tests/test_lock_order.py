@@ -29,8 +29,7 @@ from strait_actors import ids
 from strait_actors.model import Outcome
 from strait_actors.store import queue
 from strait_actors.store.sql import q
-from tests.conftest import wait_for
-from tests.helpers import finish_params, make_job, make_runs
+from tests.helpers import finish_params, make_job, make_runs, wait_for_a_lock_wait
 
 Runs = list[tuple[str, str]]  # (id, lease) pairs, highest id first
 
@@ -111,17 +110,7 @@ def _locks_lower_first(dsn: str, write: Callable[[], None], low: str, high: str)
         writer = threading.Thread(target=run)
         writer.start()
         try:
-            wait_for(
-                lambda: (
-                    probe.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-                    ).fetchone()
-                    == (1,)
-                ),
-                timeout=10,
-                what="the writer waiting for the held run",
-            )
+            wait_for_a_lock_wait(probe, "the writer waiting for the held run")
             try:
                 probe.execute("SELECT 1 FROM job_runs WHERE id = %s FOR UPDATE NOWAIT", (low,))
                 holds_low = False

@@ -13,8 +13,7 @@ import psycopg
 from strait_actors import ids
 from strait_actors.model import Outcome
 from strait_actors.store import events, queue
-from tests.conftest import wait_for
-from tests.helpers import make_job, make_runs
+from tests.helpers import make_job, make_runs, wait_for_a_lock_wait
 
 
 def _trigger(conn: psycopg.Connection, run_id: str, key: str, status: str = "waiting", **cols: str) -> None:
@@ -127,17 +126,7 @@ def test_a_call_that_returns_while_its_run_s_last_child_ends_resumes_the_run(dsn
         )
         closer = threading.Thread(target=close)
         closer.start()
-        wait_for(
-            lambda: (
-                probe.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-                ).fetchone()
-                == (1,)
-            ),
-            timeout=10,
-            what="the close waiting for the child's end",
-        )
+        wait_for_a_lock_wait(probe, "the close waiting for the child's end")
         child_end.commit()
         closer.join(10)
         row = probe.execute(
