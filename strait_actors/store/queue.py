@@ -135,17 +135,21 @@ async def _write_outcomes(conn: psycopg.AsyncConnection, outcomes: list[Outcome]
 
 async def close_parked_dispatches(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> int:
     """Close the parks of these returned calls (in id order: see _pairs); how many runs resumed."""
-    outcomes = sorted(outcomes, key=attrgetter("run_id"))
-    params = {
-        "ids": [o.run_id for o in outcomes],
-        "attempts": [o.attempt for o in outcomes],
-        "leases": [o.lease_id for o in outcomes],
-    }
+    params = _fences(sorted(outcomes, key=attrgetter("run_id")))
     with translated():
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(q("close_parked_dispatches"), params)
             row = await cur.fetchone()
     return int(row["resumed"]) if row else 0
+
+
+def _fences(outcomes: list[Outcome]) -> dict[str, list[Any]]:
+    """The (id, attempt, lease) arrays a statement fences each run's write on, in the order given."""
+    return {
+        "ids": [o.run_id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "leases": [o.lease_id for o in outcomes],
+    }
 
 
 def _as_text(o: Outcome, *, keep_result: bool = True) -> Outcome:
@@ -160,9 +164,7 @@ def _as_text(o: Outcome, *, keep_result: bool = True) -> Outcome:
 async def _record(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> tuple[set[str], set[str]]:
     outcomes = sorted(outcomes, key=attrgetter("run_id"))  # in id order: see _pairs
     params = {
-        "ids": [o.run_id for o in outcomes],
-        "attempts": [o.attempt for o in outcomes],
-        "leases": [o.lease_id for o in outcomes],
+        **_fences(outcomes),
         "statuses": [o.to_status for o in outcomes],
         "results": [o.result for o in outcomes],
         "errors": [o.error for o in outcomes],
