@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from typing import Any
 
 import httpx
@@ -139,8 +138,8 @@ def test_a_run_waiting_on_an_event_and_an_awaited_child_resumes_once_both_came(
     else:
         wait_for(lambda: gate.bound, what="the child started")
         c.event_triggers.send_event("both:1", {"payload": {"n": 1}})
-        time.sleep(0.3)
-        assert c.runs.get(parent)["status"] == "waiting"  # the child has not ended
+        # a send resumes its run in its own statement: answered, it has decided (the child has not ended)
+        assert c.runs.get(parent)["status"] == "waiting"
         gate.open()
     run = wait_terminal(c, parent, timeout=30)
     assert not errors, errors
