@@ -11,7 +11,9 @@ X-Project-Id) it creates project "bench" and a job (max_attempts 1) pointing at 
   both time first trigger -> the endpoint has seen all N and the last run reads `completed`
   (runs/s), and for N >= 20000 compare the rate of the first half of runs with the second half
   (from the endpoint's first-seen times);
-- latency: at idle, 200 single triggers 20 ms apart; latency = endpoint receive time - send time;
+- latency: at idle, 200 single triggers 20 ms apart; latency = endpoint receive time - send time,
+  and its parts (medians) from each run's created_at and started_at: send -> the INSERT's start,
+  -> the claim's start, -> the endpoint's receipt;
 - sdk (on its own): N runs by bulk trigger whose endpoint calls heartbeat, progress, log and complete
   through the SDK plane (plain HTTP): runs/s and SDK calls/s end to end;
 - waits (on its own): N runs each park on a distinct event (wait-for-event), RSS is read while all
@@ -819,15 +821,44 @@ class Bench:
             f"({(big_rate / base_rate - 1) * 100:+.1f} %) idle latency before [{lat0}] with backlog [{lat1}]"
         )
 
+    def latency_parts(self, sent: dict[str, float], answered: dict[str, float], seen: dict[str, float]) -> str:
+        """Where a trigger's latency goes, medians in ms, from the run's own timestamps (one clock:
+        the harness and PostgreSQL share the machine): `insert` send -> created_at (the client, the
+        API up to its INSERT's transaction start), `claim` created_at -> started_at (the INSERT and
+        its commit, the NOTIFY, the poller's wake, up to the claim's transaction start), `dispatch`
+        started_at -> the endpoint's receipt (the claim statement, the hand-off, the HTTP call), and
+        `answer` send -> the trigger's answer at the client."""
+        import psycopg  # strait's own dependency
+
+        with psycopg.connect(self.args.dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT id::text, extract(epoch FROM created_at)::float8, extract(epoch FROM started_at)::float8 "
+                "FROM job_runs WHERE id = ANY(%s::uuid[])",
+                (list(sent),),
+            ).fetchall()
+
+        def med(xs: list[float]) -> float:
+            return sorted(xs)[len(xs) // 2] * 1000 if xs else float("nan")
+
+        parts = {
+            "insert": [c - sent[i] for i, c, _ in rows],
+            "claim": [s - c for _, c, s in rows if s is not None],
+            "dispatch": [seen[i] - s for i, _, s in rows if s is not None and i in seen],
+            "answer": [answered[i] - sent[i] for i in sent],
+        }
+        return "parts p50 " + ", ".join(f"{k} {med(v):.2f} ms" for k, v in parts.items())
+
     async def latency(self) -> str:
         n, before = 200, await self.count()
         sent: dict[str, float] = {}
+        answered: dict[str, float] = {}
         start = time.monotonic() + 0.1
 
         async def one(i: int) -> None:
             await asyncio.sleep(max(0.0, start + i * 0.02 - time.monotonic()))
             t = time.time()
-            sent[await self.trigger(i)] = t
+            run = await self.trigger(i)
+            sent[run], answered[run] = t, time.time()
 
         await asyncio.gather(*[one(i) for i in range(n)])
 
@@ -840,6 +871,7 @@ class Bench:
             f"max {lat[-1]:.1f} ms",
             flush=True,
         )
+        print(f"latency: {await asyncio.to_thread(self.latency_parts, sent, answered, seen)}", flush=True)
         self.made = n
         return f"latency: p50_ms={p50:.1f} p99_ms={p99:.1f}"
 
