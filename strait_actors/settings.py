@@ -43,6 +43,7 @@ class Settings:
     max_dequeue_batch_size: int = 100
     processes: int = 0
     poller_interval_ms: int = 1000
+    claim_coalesce_ms: int = 40
     heartbeat_interval_secs: float = 5
     stale_threshold_secs: float = 20
     reaper_interval_secs: float = 2
@@ -157,6 +158,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError("WORKER_CONCURRENCY: must be at least 1")
     if not 1 <= s.max_dequeue_batch_size <= 1000:
         raise SettingsError("MAX_DEQUEUE_BATCH_SIZE: must be between 1 and 1000")
+    if not 0 <= s.claim_coalesce_ms <= 1000:
+        raise SettingsError("CLAIM_COALESCE_MS: must be between 0 (off) and 1000")
     if s.stale_threshold_secs <= s.heartbeat_interval_secs:
         raise SettingsError("STALE_THRESHOLD_SECS: must be longer than HEARTBEAT_INTERVAL_SECS")
     for name in ("run_retention_short_hours", "run_retention_long_hours", "event_trigger_retention_hours"):

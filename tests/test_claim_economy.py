@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
-from strait_actors.actors.poller import process_slot, wake_filter
+from strait_actors.actors.poller import next_gap, process_slot, wake_filter
 from strait_actors.processes import SLOT_ENV
 from tests.conftest import Endpoint, Server, start_strait, stop_strait, wait_for
 from tests.test_metrics import scrape, value
@@ -94,5 +95,115 @@ def test_a_poller_short_of_slots_leaves_no_run_behind(dsn: str, tmp_path: Path, 
             assert time.monotonic() - started < 6
             assert c.get(f"/v1/runs/{slow}").json()["status"] == "executing"  # all went out beside it
             wait_for(lambda: _completed(c, slow), timeout=20, what="the slow run")
+    finally:
+        assert stop_strait(server) == 0
+
+
+def test_the_wait_before_a_claim_follows_the_load() -> None:
+    most = 0.04
+    assert next_gap(1, 100, most) == pytest.approx(0.002)  # a trickle: shorter than the claim itself
+    assert next_gap(0, 100, most) == 0.0
+    assert next_gap(5, 100, most) == pytest.approx(0.01)
+    assert next_gap(60, 100, most) == most  # a flow: at most CLAIM_COALESCE_MS
+    assert next_gap(100, 100, most) == 0.0  # it took all it asked for: more are waiting, no wait
+    assert next_gap(30, 30, most) == 0.0
+    assert next_gap(60, 100, 0.0) == 0.0  # off
+
+
+def _claim_wait(dsn: str, run: str) -> float:
+    """Seconds from a run's INSERT to the start of the claim that took it (one database clock)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM started_at - created_at)::float8 FROM job_runs WHERE id = %s", (run,)
+        ).fetchone()
+    assert row is not None and row[0] is not None
+    return float(row[0])
+
+
+@pytest.mark.parametrize("coalesce_ms", [400, 0])
+def test_a_claim_after_a_flow_waits_and_one_at_idle_goes_at_once(
+    dsn: str, tmp_path: Path, endpoint: Endpoint, coalesce_ms: int
+) -> None:
+    """A claim that took a flow's worth of runs (300 here, in one bulk trigger) makes the claim of the
+    next wake wait until CLAIM_COALESCE_MS after it began, so that it takes whatever arrived
+    meanwhile; once the flow has stopped, a run goes out at once. CLAIM_COALESCE_MS=0: never a wait."""
+    env = {
+        "DATABASE_URL": dsn,
+        "POLLER_INTERVAL_MS": "600000",  # no clock ticks: every claim here is a NOTIFY's
+        "MAX_DEQUEUE_BATCH_SIZE": "1000",  # the 300 runs in one claim that wanted more
+        "CLAIM_COALESCE_MS": str(coalesce_ms),
+    }
+    server = start_strait(env, tmp_path, processes=1)
+    try:
+        with server.client("p") as c:
+            job = _job(c, endpoint)
+            warm = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {}}).json()["id"]
+            wait_for(lambda: _completed(c, warm), timeout=30, what="the first run")
+            flow = c.post(f"/v1/jobs/{job}/trigger/bulk", json={"items": [{"payload": {"i": i}} for i in range(300)]})
+            flow.raise_for_status()
+            after = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"after": True}}).json()["id"]
+            wait_for(lambda: _completed(c, after), timeout=30, what="the run after the flow")
+            # the flow is over: the claim that took `after` alone asks the next one for no wait
+            idle = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"idle": True}}).json()["id"]
+            wait_for(lambda: _completed(c, idle), timeout=30, what="the run at idle")
+        waited = _claim_wait(dsn, after)
+        if coalesce_ms:
+            # the flow's claim began before this run was made (its trigger came after the flow's
+            # answer), so the wait is CLAIM_COALESCE_MS less that head start
+            assert waited >= 0.2, waited
+        else:
+            assert waited < 0.2, waited
+        assert _claim_wait(dsn, idle) < 0.2
+    finally:
+        assert stop_strait(server) == 0
+
+
+def _seconds(dsn: str, sql: str, *args: Any) -> float:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(sql, args).fetchone()
+    assert row is not None and row[0] is not None
+    return float(row[0])
+
+
+def test_a_freed_concurrency_slot_is_claimed_at_once_whatever_the_gap(
+    dsn: str, tmp_path: Path, endpoint: Endpoint
+) -> None:
+    """A job limited to one run at a time: the run held behind the limit is claimed as soon as the
+    run before it ends (the freed gate's wake), although a flow's claim just before asked the next
+    triggers' claim to wait most of a second."""
+
+    async def behave(req: dict[str, Any]) -> dict[str, bool]:
+        if b"slow" in req["body"]:
+            await asyncio.sleep(0.3)
+        return {"ok": True}
+
+    endpoint.behave = behave
+    env = {
+        "DATABASE_URL": dsn,
+        "POLLER_INTERVAL_MS": "600000",
+        "WORKER_CONCURRENCY": "2000",
+        "MAX_DEQUEUE_BATCH_SIZE": "1000",
+        "CLAIM_COALESCE_MS": "1000",
+    }
+    server = start_strait(env, tmp_path, processes=1)
+    try:
+        with server.client("p") as c:
+            flow_job = _job(c, endpoint)
+            body = {"project_id": "p", "name": "one", "slug": "one", "endpoint_url": endpoint.url, "max_concurrency": 1}
+            one = c.post("/v1/jobs", json=body).json()["id"]
+            first = c.post(f"/v1/jobs/{one}/trigger", json={"payload": {"slow": True}}).json()["id"]
+            wait_for(lambda: c.get(f"/v1/runs/{first}").json()["status"] == "executing", what="the first run")
+            held = c.post(f"/v1/jobs/{one}/trigger", json={"payload": {}}).json()["id"]
+            # 450 runs in one claim that asked for more: the next triggers' claim waits 900 ms
+            items = [{"payload": {"i": i}} for i in range(450)]
+            c.post(f"/v1/jobs/{flow_job}/trigger/bulk", json={"items": items}).raise_for_status()
+            wait_for(lambda: _completed(c, held), timeout=30, what="the held run")
+        flow_claim = _seconds(
+            dsn, "SELECT extract(epoch FROM max(started_at))::float8 FROM job_runs WHERE job_id = %s", flow_job
+        )
+        first_end = _seconds(dsn, "SELECT extract(epoch FROM finished_at)::float8 FROM job_runs WHERE id = %s", first)
+        held_claim = _seconds(dsn, "SELECT extract(epoch FROM started_at)::float8 FROM job_runs WHERE id = %s", held)
+        assert first_end < flow_claim + 0.9  # the gap was still running when the slot was freed
+        assert held_claim - first_end < 0.3, (held_claim - first_end, first_end - flow_claim)
     finally:
         assert stop_strait(server) == 0

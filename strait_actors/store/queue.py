@@ -251,13 +251,13 @@ class WakeListener:
             self.conn = psycopg.connect(dsn, autocommit=True)
             self.conn.execute(q("listen_wake"))
 
-    def wait(self, timeout: float, wanted: Callable[[str, int], bool]) -> bool:
-        """True as soon as a wake arrives that `wanted(payload, notifying backend pid)` accepts;
-        False after one that it declines or after `timeout` seconds of silence."""
+    def wait(self, timeout: float, wanted: Callable[[str, int], bool]) -> str | None:
+        """The payload of a wake that `wanted(payload, notifying backend pid)` accepts, as soon as
+        one arrives; None after one that it declines or after `timeout` seconds of silence."""
         with translated():
             for n in self.conn.notifies(timeout=timeout, stop_after=1):
-                return wanted(n.payload, n.pid)
-        return False
+                return n.payload if wanted(n.payload, n.pid) else None
+        return None
 
     def close(self) -> None:
         self.conn.close()
