@@ -5,6 +5,7 @@ was short of them. Counted from /metrics on a real `strait --mode all` with two 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -110,27 +111,51 @@ def test_the_wait_before_a_claim_follows_the_load() -> None:
     assert next_gap(60, 100, 0.0) == 0.0  # off
 
 
-def _claim_wait(dsn: str, run: str) -> float:
-    """Seconds from a run's INSERT to the start of the claim that took it (one database clock)."""
+def _epoch(dsn: str, sql: str, *args: Any) -> float | None:
+    """One timestamp (or interval) of the database as seconds."""
     with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT extract(epoch FROM started_at - created_at)::float8 FROM job_runs WHERE id = %s", (run,)
-        ).fetchone()
-    assert row is not None and row[0] is not None
-    return float(row[0])
+        row = conn.execute(f"SELECT extract(epoch FROM ({sql}))::float8", args).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
 
 
-@pytest.mark.parametrize("coalesce_ms", [400, 0])
+def _claimed_at(dsn: str, run: str) -> float:
+    """When the claim that took a run began (its `started_at`: the claim's transaction start)."""
+    at = _epoch(dsn, "SELECT started_at FROM job_runs WHERE id = %s", run)
+    assert at is not None
+    return at
+
+
+def _created_at(dsn: str, run: str) -> float:
+    at = _epoch(dsn, "SELECT created_at FROM job_runs WHERE id = %s", run)
+    assert at is not None
+    return at
+
+
+def _flow_claimed(dsn: str, job: str) -> float:
+    """Wait until the flow's runs were claimed (all in one claim); when that claim began."""
+    wait_for(
+        lambda: _epoch(dsn, "SELECT min(started_at) FROM job_runs WHERE job_id = %s", job) is not None,
+        timeout=30,
+        what="the flow's claim",
+    )
+    at = _epoch(dsn, "SELECT min(started_at) FROM job_runs WHERE job_id = %s", job)
+    assert at is not None
+    return at
+
+
+@pytest.mark.parametrize("coalesce_ms", [1000, 0])
 def test_a_claim_after_a_flow_waits_and_one_at_idle_goes_at_once(
     dsn: str, tmp_path: Path, endpoint: Endpoint, coalesce_ms: int
 ) -> None:
-    """A claim that took a flow's worth of runs (300 here, in one bulk trigger) makes the claim of the
-    next wake wait until CLAIM_COALESCE_MS after it began, so that it takes whatever arrived
-    meanwhile; once the flow has stopped, a run goes out at once. CLAIM_COALESCE_MS=0: never a wait."""
+    """A claim that took a flow's worth of runs (500 here, in one bulk trigger, in one claim that
+    asked for more) makes the claim for the next triggers' wake wait until CLAIM_COALESCE_MS after
+    it began, so that it takes whatever arrived meanwhile; once the flow is over, a run goes out at
+    once. CLAIM_COALESCE_MS=0: never a wait."""
     env = {
         "DATABASE_URL": dsn,
         "POLLER_INTERVAL_MS": "600000",  # no clock ticks: every claim here is a NOTIFY's
-        "MAX_DEQUEUE_BATCH_SIZE": "1000",  # the 300 runs in one claim that wanted more
+        "WORKER_CONCURRENCY": "2000",
+        "MAX_DEQUEUE_BATCH_SIZE": "1000",  # the flow's 500 runs in one claim that wanted more
         "CLAIM_COALESCE_MS": str(coalesce_ms),
     }
     server = start_strait(env, tmp_path, processes=1)
@@ -139,42 +164,39 @@ def test_a_claim_after_a_flow_waits_and_one_at_idle_goes_at_once(
             job = _job(c, endpoint)
             warm = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {}}).json()["id"]
             wait_for(lambda: _completed(c, warm), timeout=30, what="the first run")
-            flow = c.post(f"/v1/jobs/{job}/trigger/bulk", json={"items": [{"payload": {"i": i}} for i in range(300)]})
-            flow.raise_for_status()
+            flow_job = c.post(
+                "/v1/jobs", json={"project_id": "p", "name": "flow", "slug": "flow", "endpoint_url": endpoint.url}
+            ).json()["id"]
+            items = [{"payload": {"i": i}} for i in range(500)]
+            c.post(f"/v1/jobs/{flow_job}/trigger/bulk", json={"items": items}).raise_for_status()
+            flow = _flow_claimed(dsn, flow_job)
             after = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"after": True}}).json()["id"]
             wait_for(lambda: _completed(c, after), timeout=30, what="the run after the flow")
             # the flow is over: the claim that took `after` alone asks the next one for no wait
             idle = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"idle": True}}).json()["id"]
             wait_for(lambda: _completed(c, idle), timeout=30, what="the run at idle")
-        waited = _claim_wait(dsn, after)
+        made, claimed = _created_at(dsn, after), _claimed_at(dsn, after)
         if coalesce_ms:
-            # the flow's claim began before this run was made (its trigger came after the flow's
-            # answer), so the wait is CLAIM_COALESCE_MS less that head start
-            assert waited >= 0.2, waited
+            assert made < flow + 0.5, made - flow  # it came while the gap ran
+            assert claimed - flow >= 0.9, (claimed - flow, made - flow)  # and was claimed at its end
         else:
-            assert waited < 0.2, waited
-        assert _claim_wait(dsn, idle) < 0.2
+            assert claimed - made < 0.2, claimed - made
+        assert _claimed_at(dsn, idle) - _created_at(dsn, idle) < 0.2
     finally:
         assert stop_strait(server) == 0
-
-
-def _seconds(dsn: str, sql: str, *args: Any) -> float:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(sql, args).fetchone()
-    assert row is not None and row[0] is not None
-    return float(row[0])
 
 
 def test_a_freed_concurrency_slot_is_claimed_at_once_whatever_the_gap(
     dsn: str, tmp_path: Path, endpoint: Endpoint
 ) -> None:
     """A job limited to one run at a time: the run held behind the limit is claimed as soon as the
-    run before it ends (the freed gate's wake), although a flow's claim just before asked the next
-    triggers' claim to wait most of a second."""
+    run before it ends (the freed gate's wake), although a flow's claim just before asked the claim
+    for the next triggers to wait most of a second."""
+    release = threading.Event()
 
     async def behave(req: dict[str, Any]) -> dict[str, bool]:
-        if b"slow" in req["body"]:
-            await asyncio.sleep(0.3)
+        while b"slow" in req["body"] and not release.is_set():  # until the test lets it end
+            await asyncio.sleep(0.01)
         return {"ok": True}
 
     endpoint.behave = behave
@@ -194,16 +216,16 @@ def test_a_freed_concurrency_slot_is_claimed_at_once_whatever_the_gap(
             first = c.post(f"/v1/jobs/{one}/trigger", json={"payload": {"slow": True}}).json()["id"]
             wait_for(lambda: c.get(f"/v1/runs/{first}").json()["status"] == "executing", what="the first run")
             held = c.post(f"/v1/jobs/{one}/trigger", json={"payload": {}}).json()["id"]
-            # 450 runs in one claim that asked for more: the next triggers' claim waits 900 ms
-            items = [{"payload": {"i": i}} for i in range(450)]
+            # 500 runs in one claim that asked for more: the next triggers' claim waits a second
+            items = [{"payload": {"i": i}} for i in range(500)]
             c.post(f"/v1/jobs/{flow_job}/trigger/bulk", json={"items": items}).raise_for_status()
+            flow = _flow_claimed(dsn, flow_job)
+            release.set()
             wait_for(lambda: _completed(c, held), timeout=30, what="the held run")
-        flow_claim = _seconds(
-            dsn, "SELECT extract(epoch FROM max(started_at))::float8 FROM job_runs WHERE job_id = %s", flow_job
-        )
-        first_end = _seconds(dsn, "SELECT extract(epoch FROM finished_at)::float8 FROM job_runs WHERE id = %s", first)
-        held_claim = _seconds(dsn, "SELECT extract(epoch FROM started_at)::float8 FROM job_runs WHERE id = %s", held)
-        assert first_end < flow_claim + 0.9  # the gap was still running when the slot was freed
-        assert held_claim - first_end < 0.3, (held_claim - first_end, first_end - flow_claim)
+        first_end = _epoch(dsn, "SELECT finished_at FROM job_runs WHERE id = %s", first)
+        assert first_end is not None
+        assert first_end < flow + 0.5, first_end - flow  # the slot was freed while the gap ran
+        assert _claimed_at(dsn, held) - first_end < 0.3, (_claimed_at(dsn, held) - first_end, first_end - flow)
     finally:
+        release.set()
         assert stop_strait(server) == 0
