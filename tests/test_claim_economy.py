@@ -118,29 +118,18 @@ def _epoch(dsn: str, sql: str, *args: Any) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def _claimed_at(dsn: str, run: str) -> float:
-    """When the claim that took a run began (its `started_at`: the claim's transaction start)."""
-    at = _epoch(dsn, "SELECT started_at FROM job_runs WHERE id = %s", run)
-    assert at is not None
-    return at
-
-
-def _created_at(dsn: str, run: str) -> float:
-    at = _epoch(dsn, "SELECT created_at FROM job_runs WHERE id = %s", run)
+def _run_at(dsn: str, run: str, column: str) -> float:
+    """A timestamp of a run: `created_at` (its INSERT's transaction start), `started_at` (the start of
+    the claim that took it) or `finished_at`."""
+    at = _epoch(dsn, f"SELECT {column} FROM job_runs WHERE id = %s", run)
     assert at is not None
     return at
 
 
 def _flow_claimed(dsn: str, job: str) -> float:
     """Wait until the flow's runs were claimed (all in one claim); when that claim began."""
-    wait_for(
-        lambda: _epoch(dsn, "SELECT min(started_at) FROM job_runs WHERE job_id = %s", job) is not None,
-        timeout=30,
-        what="the flow's claim",
-    )
-    at = _epoch(dsn, "SELECT min(started_at) FROM job_runs WHERE job_id = %s", job)
-    assert at is not None
-    return at
+    sql = "SELECT min(started_at) FROM job_runs WHERE job_id = %s"
+    return float(wait_for(lambda: _epoch(dsn, sql, job), timeout=30, what="the flow's claim"))
 
 
 @pytest.mark.parametrize("coalesce_ms", [1000, 0])
@@ -175,13 +164,13 @@ def test_a_claim_after_a_flow_waits_and_one_at_idle_goes_at_once(
             # the flow is over: the claim that took `after` alone asks the next one for no wait
             idle = c.post(f"/v1/jobs/{job}/trigger", json={"payload": {"idle": True}}).json()["id"]
             wait_for(lambda: _completed(c, idle), timeout=30, what="the run at idle")
-        made, claimed = _created_at(dsn, after), _claimed_at(dsn, after)
+        made, claimed = _run_at(dsn, after, "created_at"), _run_at(dsn, after, "started_at")
         if coalesce_ms:
             assert made < flow + 0.5, made - flow  # it came while the gap ran
             assert claimed - flow >= 0.9, (claimed - flow, made - flow)  # and was claimed at its end
         else:
             assert claimed - made < 0.2, claimed - made
-        assert _claimed_at(dsn, idle) - _created_at(dsn, idle) < 0.2
+        assert _run_at(dsn, idle, "started_at") - _run_at(dsn, idle, "created_at") < 0.2
     finally:
         assert stop_strait(server) == 0
 
@@ -222,10 +211,10 @@ def test_a_freed_concurrency_slot_is_claimed_at_once_whatever_the_gap(
             flow = _flow_claimed(dsn, flow_job)
             release.set()
             wait_for(lambda: _completed(c, held), timeout=30, what="the held run")
-        first_end = _epoch(dsn, "SELECT finished_at FROM job_runs WHERE id = %s", first)
-        assert first_end is not None
+        first_end = _run_at(dsn, first, "finished_at")
         assert first_end < flow + 0.5, first_end - flow  # the slot was freed while the gap ran
-        assert _claimed_at(dsn, held) - first_end < 0.3, (_claimed_at(dsn, held) - first_end, first_end - flow)
+        held_claimed = _run_at(dsn, held, "started_at")
+        assert held_claimed - first_end < 0.3, (held_claimed - first_end, first_end - flow)
     finally:
         release.set()
         assert stop_strait(server) == 0

@@ -235,6 +235,10 @@ def _answer_parents(t: Transition) -> str:
     """A run that ends answers its parent's spawn-await; the parent's last awaited child resumes it
     (waiting -> queued, same attempt), with its event and the pollers' wake, in this statement.
     Rows are found by index (arrays of ids): runs without a parent cost a filter on this CTE only."""
+    # the parent's last awaited child ended and no open wait for an event holds it: it resumes, or its
+    # resume is held while the call that parked it is still open
+    last = "p.awaiting_children <= c.n AND c.free"
+    resume, hold = f"{last} AND p.parked_open_until > now() IS NOT TRUE", f"{last} AND p.parked_open_until > now()"
     return (
         f", {t.name}_awaited AS (\n"
         "    UPDATE event_triggers e SET status = 'received', received_at = now(), updated_at = now(),\n"
@@ -255,19 +259,11 @@ def _answer_parents(t: Transition) -> str:
         # else holds it (no open wait for an event: its send resumes it then), or holds the resume while
         # the call that parked the parent goes on (migration 0016: that call's return resumes it)
         "    UPDATE job_runs p SET awaiting_children = GREATEST(p.awaiting_children - c.n, 0),\n"
-        "        status = CASE WHEN p.awaiting_children <= c.n AND c.free AND p.parked_open_until > now() IS NOT TRUE\n"
-        "                      THEN 'queued' ELSE p.status END,\n"
-        "        parked_lease_id = CASE WHEN p.awaiting_children <= c.n AND c.free\n"
-        "                                    AND p.parked_open_until > now() IS NOT TRUE\n"
-        "                               THEN NULL ELSE p.parked_lease_id END,\n"
-        "        resume_event_key = CASE WHEN p.awaiting_children <= c.n AND c.free\n"
-        "                                     AND p.parked_open_until > now() IS NOT TRUE\n"
-        "                                THEN 'spawn-await' ELSE p.resume_event_key END,\n"
-        "        resume_held = CASE WHEN p.awaiting_children <= c.n AND c.free AND p.parked_open_until > now()\n"
-        "                           THEN 'spawn-await' ELSE p.resume_held END,\n"
-        "        parked_open_until = CASE WHEN p.awaiting_children <= c.n AND c.free\n"
-        "                                      AND p.parked_open_until > now() IS NOT TRUE\n"
-        "                                 THEN NULL ELSE p.parked_open_until END\n"
+        f"        status = CASE WHEN {resume} THEN 'queued' ELSE p.status END,\n"
+        f"        parked_lease_id = CASE WHEN {resume} THEN NULL ELSE p.parked_lease_id END,\n"
+        f"        resume_event_key = CASE WHEN {resume} THEN 'spawn-await' ELSE p.resume_event_key END,\n"
+        f"        resume_held = CASE WHEN {hold} THEN 'spawn-await' ELSE p.resume_held END,\n"
+        f"        parked_open_until = CASE WHEN {resume} THEN NULL ELSE p.parked_open_until END\n"
         "    FROM (SELECT a.parent_id, a.n, NOT EXISTS (\n"
         "              SELECT 1 FROM event_triggers o WHERE o.job_run_id = a.parent_id\n"
         "                AND (o.status = 'waiting') IS TRUE AND o.event_key NOT LIKE 'spawn-await:%%') AS free\n"
