@@ -30,7 +30,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
     ap.add_argument("--mode", choices=["all", "api", "worker"], default="all")
     ap.add_argument("--config", help="a TOML file of settings (environment variables still win)")
-    ap.add_argument("--processes", type=int, help="worker processes (default: CPU count)")
+    ap.add_argument("--processes", type=int, help="worker processes (default: PROCESSES; 0 = per CPU, per two in all)")
     ap.add_argument("--api-processes", type=int, help="API processes sharing the port (default: API_PROCESSES, 1)")
     ap.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--api-child", action="store_true", help=argparse.SUPPRESS)

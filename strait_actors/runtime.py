@@ -169,8 +169,8 @@ def run(mode: str, settings: Settings, processes: int | None = None, api_process
     this one serves the API too, and N - 1 children (`--api-child`) share its port."""
     metrics_dir(settings)
     settings = settings.replace(api_processes=api_processes or settings.api_process_count)  # children get N
-    p = prepare(settings)
-    count = processes or p.settings.worker_processes
+    count = processes or settings.worker_processes(mode)
+    p = prepare(settings.with_worker_processes(count))  # children get the count and their calls
     print(banner(p, mode, count), flush=True)
     workers = peers = None
     if mode in ("all", "worker"):

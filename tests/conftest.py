@@ -204,7 +204,7 @@ def start_strait(
     env_extra: dict[str, str],
     tmp_path: Path,
     mode: str = "all",
-    processes: int = 2,
+    processes: int | None = 2,
     cwd: Path | None = None,
     argv: list[str] | None = None,
 ) -> Server:
@@ -232,7 +232,7 @@ def start_strait(
     cmd = argv or [sys.executable, "-m", "strait_actors.cli"]
     with log.open("wb") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [*cmd, "--mode", mode, "--processes", str(processes)],
+            [*cmd, "--mode", mode, *(["--processes", str(processes)] if processes else [])],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

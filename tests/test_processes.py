@@ -36,6 +36,25 @@ def worker_pids(server: Server) -> list[int]:
     return child_pids(server, "--worker-child")
 
 
+def test_all_mode_runs_one_worker_process_per_two_cpus_with_their_calls(dsn: str, tmp_path: Path) -> None:
+    """Without --processes, `strait --mode all` starts max(1, CPUs // 2) worker processes, and each
+    is given the calls in flight of the CPUs it has to itself (WORKER_CONCURRENCY 0 resolved)."""
+    cpus = os.cpu_count() or 1
+    count = max(1, cpus // 2)
+    calls = 500 * max(1, cpus // count)
+    server = start_strait({"DATABASE_URL": dsn}, tmp_path, processes=None)
+    try:
+        wait_for(lambda: len(worker_pids(server)) == count, what=f"{count} worker process(es)")
+        for pid in worker_pids(server):
+            environ = dict(
+                item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item
+            )
+            assert (environ["PROCESSES"], environ["WORKER_CONCURRENCY"]) == (str(count), str(calls))
+        assert f"workers:     {count} process(es) x {calls} calls in flight" in server.logs()
+    finally:
+        assert stop_strait(server) == 0
+
+
 def _setup_job(server: Server, endpoint: Endpoint, **job: Any) -> str:
     with server.client() as c:
         c.post("/v1/projects", json={"id": "p", "org_id": "o", "name": "Proj"}).raise_for_status()

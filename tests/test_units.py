@@ -74,7 +74,7 @@ def test_settings_env_overrides_and_rules() -> None:
         ({"JWT_SIGNING_KEY": "x" * 31}, "JWT_SIGNING_KEY"),
         ({"PORT": "abc"}, "PORT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
-        ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY"),
+        ({"WORKER_CONCURRENCY": "-1"}, "WORKER_CONCURRENCY"),
         ({"API_PROCESSES": "-1"}, "API_PROCESSES"),
     ]:
         with pytest.raises(SettingsError, match=needle):
@@ -82,6 +82,29 @@ def test_settings_env_overrides_and_rules() -> None:
     assert load(environ={}).api_process_count == 1, "one API process unless asked"
     assert load(environ={"API_PROCESSES": "3"}).api_process_count == 3
     assert load(environ={"API_PROCESSES": "0"}).api_process_count == max(1, (os.cpu_count() or 1) // 4)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "all_mode", "worker_mode"),
+    [(1, (1, 500), (1, 500)), (2, (1, 1000), (2, 500)), (3, (1, 1500), (3, 500)), (8, (4, 1000), (8, 500))],
+)
+def test_worker_processes_and_their_calls_follow_the_cpus_and_the_mode(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, all_mode: tuple[int, int], worker_mode: tuple[int, int]
+) -> None:
+    """PROCESSES 0: one worker process per CPU in `worker` mode, one per two in `all` mode; and
+    WORKER_CONCURRENCY 0: 500 calls for each CPU a process has to itself, so the host's calls in
+    flight are 500 a CPU either way."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    s = load(environ={})
+    for mode, (count, calls) in (("all", all_mode), ("worker", worker_mode)):
+        resolved = s.with_worker_processes(s.worker_processes(mode))
+        assert (resolved.processes, resolved.worker_concurrency, resolved.calls_in_flight) == (count, calls, calls)
+    more = s.with_worker_processes(2 * cpus)  # --processes beyond the CPUs: never below 500 each
+    assert more.worker_concurrency == 500
+    given = load(environ={"PROCESSES": "3", "WORKER_CONCURRENCY": "40"})
+    assert given.worker_processes("all") == given.worker_processes("worker") == 3
+    assert given.with_worker_processes(3).worker_concurrency == 40, "a WORKER_CONCURRENCY given is kept"
+    assert s.calls_in_flight == 500, "a tree built from unresolved settings gets one CPU's share"
 
 
 def test_config_file_and_unknown_keys(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ class DispatcherPool(LoopActor):
     def __init__(self, ctx: TreeContext) -> None:
         super().__init__(ctx)
         s = ctx.settings
-        self.capacity = s.worker_concurrency
+        self.capacity = s.calls_in_flight
         # one shared client per loop: connection reuse is most of the speed; it holds nothing until used
         self.client = outbound.make_client(allow_private=s.allow_private_endpoints)
         self.inflight: dict[str, ClaimedRun] = {}

@@ -116,7 +116,7 @@ class Poller(SupervisedActor):
 
     def __init__(self, ctx: TreeContext) -> None:
         super().__init__(ctx)
-        self.capacity = ctx.settings.worker_concurrency
+        self.capacity = ctx.settings.calls_in_flight
         self.batch = ctx.settings.max_dequeue_batch_size
         self.inflight: int | None = None  # unknown until the dispatcher reports
         self.wake_pending = threading.Event()
