@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -271,3 +272,79 @@ def test_idle_sockets_are_capped_across_hosts_expired_and_connect_gates_dropped(
                 await srv.wait_closed()
 
     asyncio.run(go())
+
+
+async def _accept(listener: socket.socket, count: int | None) -> None:
+    """Accept `count` connections on `listener` (None: until cancelled); answer each request with
+    200 and close (a connection that sends nothing is closed when it goes)."""
+    loop = asyncio.get_running_loop()
+
+    async def answer(conn: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=conn)
+        try:
+            await _read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    answering: set[asyncio.Task[None]] = set()
+    while count is None or count > 0:
+        conn, _ = await loop.sock_accept(listener)
+        task = asyncio.create_task(answer(conn))
+        answering.add(task)
+        task.add_done_callback(answering.discard)
+        count = None if count is None else count - 1
+    await asyncio.gather(*answering)
+
+
+@pytest.mark.parametrize("redial", [True, False])
+def test_a_connect_whose_syn_an_overflowing_endpoint_dropped_dials_again(
+    monkeypatch: pytest.MonkeyPatch, redial: bool
+) -> None:
+    """An endpoint whose accept queue is full drops a new connection's SYN, and the kernel sends it
+    again only after a second. The client dials again after a few times the host's usual connect
+    time instead: once the endpoint accepts again (0.3 s here), the call is answered within a few
+    tries (about 0.4 s), not at the kernel's second try (1 s). Without dialling again it takes the
+    second: the queue was full."""
+    if not redial:  # a try waits up to 30 s: the kernel's own SYN retransmit comes first
+        monkeypatch.setattr(httpclient, "DIAL_PATIENCE", 10**6)
+        monkeypatch.setattr(httpclient, "DIAL_MAX", 30.0)
+
+    async def go() -> float:
+        loop = asyncio.get_running_loop()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # an accept queue of one connection
+        listener.setblocking(False)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/job"
+        server = asyncio.create_task(_accept(listener, 1))
+        client = HttpClient(allow_private=True)
+        filler = socket.socket()
+        try:
+            assert (await client.post(url, b"{}", b"", timeout=5, max_body=100))[0] == 200  # learns the host
+            await server  # accepts no more
+            filler.setblocking(False)
+            await loop.sock_connect(filler, listener.getsockname())  # fills the accept queue
+            began = loop.time()
+            call = asyncio.create_task(client.post(url, b"{}", b"", timeout=5, max_body=100))
+            await asyncio.sleep(0.3)
+            assert not call.done(), "the endpoint accepts nothing yet"
+            server = asyncio.create_task(_accept(listener, None))
+            assert (await call)[0] == 200
+            took = loop.time() - began
+            assert (client.redials >= 1) is redial
+            return took
+        finally:
+            server.cancel()
+            await asyncio.gather(server, return_exceptions=True)
+            filler.close()
+            listener.close()
+            await client.close()
+
+    took = asyncio.run(go())
+    if redial:
+        assert took < 0.7, f"answered {took:.2f} s after the call began: the SYN was not dialled again"
+    else:
+        assert took >= 0.95, f"answered after {took:.2f} s without dialling again: the queue was not full"
