@@ -29,7 +29,7 @@ IDLE_TTL = 30.0  # an idle socket older than this is closed, not reused
 SWEEP_EVERY = 5.0
 MAX_CONNECTING = 32
 # A connect try that outlasts DIAL_PATIENCE times the host's usual connect time (at least DIAL_MIN,
-# at most DIAL_MAX: the kernel's own first SYN retransmit) dials again, the wait doubling each time.
+# at most DIAL_MAX: the kernel's own first SYN retransmit) dials again, each wait twice the last.
 DIAL_PATIENCE = 8
 DIAL_MIN = 0.05
 DIAL_MAX = 1.0
@@ -187,6 +187,15 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+def _connected(sock: socket.socket) -> bool:
+    """Did this non-blocking socket's connect complete?"""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+
+
 @lru_cache(maxsize=1024)
 def _ipv4_literal(host: str, port: int) -> list[tuple[Any, ...]]:
     """getaddrinfo's answer for an IPv4 address, without a resolver thread; [] for anything else."""
@@ -282,10 +291,11 @@ class HttpClient:
                     async with asyncio.timeout(wait):
                         await loop.sock_connect(sock, address)
                 except TimeoutError:
-                    sock.close()
-                    self.redials += 1
-                    wait = min(DIAL_MAX, wait * 2)
-                    continue
+                    if not _connected(sock):  # (a busy loop may see the timer before the connect)
+                        sock.close()
+                        self.redials += 1
+                        wait *= 2  # uncapped: a path slower than DIAL_MAX still connects
+                        continue
                 except OSError as exc:
                     sock.close()
                     error = exc
