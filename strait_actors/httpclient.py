@@ -314,7 +314,8 @@ class HttpClient:
 
     async def _new_or_pooled(self, loop: asyncio.AbstractEventLoop, target: Target) -> _Conn:
         """Open a connection, at most MAX_CONNECTING at once per host: a burst of hundreds of
-        connects overflows an endpoint's listen backlog (its SYNs are then retried after 1 s)."""
+        connects overflows an endpoint's listen backlog (the kernel resends a dropped SYN only after
+        1 s; `_dial` dials again sooner)."""
         gate = self.connecting.get(target.key)
         if gate is None:
             gate = self.connecting[target.key] = _Gate()
