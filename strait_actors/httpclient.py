@@ -14,6 +14,7 @@ import ipaddress
 import socket
 import ssl
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -224,8 +225,9 @@ class HttpClient:
     a host's connect gate lives only while a connect to it is under way.
     """
 
-    def __init__(self, *, allow_private: bool) -> None:
+    def __init__(self, *, allow_private: bool, on_redial: Callable[[], None] | None = None) -> None:
         self.allow_private = allow_private
+        self.on_redial = on_redial  # told of each connect try dropped for a fresh one (a metric)
         self.idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self.lru: OrderedDict[_Conn, None] = OrderedDict()  # every idle connection, oldest first
         self.connecting: dict[tuple[str, str, int], _Gate] = {}
@@ -294,6 +296,8 @@ class HttpClient:
                     if not _connected(sock):  # (a busy loop may see the timer before the connect)
                         sock.close()
                         self.redials += 1
+                        if self.on_redial is not None:
+                            self.on_redial()
                         wait *= 2  # uncapped: a path slower than DIAL_MAX still connects
                         continue
                 except OSError as exc:

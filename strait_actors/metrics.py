@@ -51,6 +51,9 @@ DISPATCH_STATUS = Counter(
     "strait_dispatch_response_status_total", "Dispatch answers by HTTP status (or `error`)", ["status"]
 )
 DISPATCH_ERRORS = Counter("strait_dispatch_errors_total", "Failed dispatches by error class", ["class"])
+DISPATCH_REDIALS = Counter(
+    "strait_dispatch_connect_redials_total", "Connects tried again: the endpoint dropped the SYN (accept queue full)"
+)
 # -------------------------------------------------------------------------------- the processes
 ACTOR_RESTARTS = Counter("strait_actor_restarts_total", "Actors restarted by their supervisor", ["actor"])
 DB_POOL = Gauge("strait_db_pool_conns", "API database pool connections", ["state"], multiprocess_mode="livesum")

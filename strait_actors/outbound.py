@@ -12,6 +12,7 @@ import hmac
 import json
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC
 from urllib.parse import quote
 
@@ -23,9 +24,9 @@ from strait_actors.httpclient import HttpClient, HttpError, encode_headers
 from strait_actors.model import ClaimedRun, Outcome
 
 
-def make_client(*, allow_private: bool) -> HttpClient:
+def make_client(*, allow_private: bool, on_redial: Callable[[], None] | None = None) -> HttpClient:
     """One shared client per dispatch loop: connection reuse is most of the speed."""
-    return HttpClient(allow_private=allow_private)
+    return HttpClient(allow_private=allow_private, on_redial=on_redial)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

@@ -320,7 +320,8 @@ def test_a_connect_whose_syn_an_overflowing_endpoint_dropped_dials_again(
         listener.setblocking(False)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/job"
         server = asyncio.create_task(_accept(listener, 1))
-        client = HttpClient(allow_private=True)
+        told: list[None] = []
+        client = HttpClient(allow_private=True, on_redial=lambda: told.append(None))
         filler = socket.socket()
         try:
             assert (await client.post(url, b"{}", b"", timeout=5, max_body=100))[0] == 200  # learns the host
@@ -334,7 +335,7 @@ def test_a_connect_whose_syn_an_overflowing_endpoint_dropped_dials_again(
             server = asyncio.create_task(_accept(listener, None))
             assert (await call)[0] == 200
             took = loop.time() - began
-            assert (client.redials >= 1) is redial
+            assert (client.redials >= 1) is redial and len(told) == client.redials
             return took
         finally:
             server.cancel()

@@ -64,6 +64,7 @@ def test_a_workload_moves_the_counters_by_exactly_its_size(strait: Server, endpo
     assert value(s, "strait_queue_claim_batch_size_sum") == 100  # every run claimed once
     assert value(s, "strait_queue_claim_duration_seconds_count") >= 1
     assert value(s, "strait_worker_retry_total") == 0
+    assert s[("strait_dispatch_connect_redials_total", ())] == 0  # exported, and the endpoint took every SYN
     trigger = "/v1/jobs/{job_id}/trigger/bulk"
     assert value(s, "strait_http_request_duration_seconds_count", route=trigger, status="201") == 1  # by now flushed
     assert value(s, "strait_db_pool_conns", state="max") >= 1

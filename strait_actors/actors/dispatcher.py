@@ -41,7 +41,9 @@ class DispatcherPool(LoopActor):
         s = ctx.settings
         self.capacity = s.calls_in_flight
         # one shared client per loop: connection reuse is most of the speed; it holds nothing until used
-        self.client = outbound.make_client(allow_private=s.allow_private_endpoints)
+        self.client = outbound.make_client(
+            allow_private=s.allow_private_endpoints, on_redial=metrics.DISPATCH_REDIALS.inc
+        )
         self.inflight: dict[str, ClaimedRun] = {}
         self.calls: set[asyncio.Task[None]] = set()  # the endpoint calls among the tracked tasks
         self.pending: list[Outcome] = []
