@@ -198,13 +198,16 @@ def _connected(sock: socket.socket) -> bool:
 
 
 @lru_cache(maxsize=1024)
-def _ipv4_literal(host: str, port: int) -> list[tuple[Any, ...]]:
-    """getaddrinfo's answer for an IPv4 address, without a resolver thread; [] for anything else."""
-    try:
-        socket.inet_pton(socket.AF_INET, host)
-    except OSError:
-        return []
-    return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+def _ip_literal(host: str, port: int) -> list[tuple[Any, ...]]:
+    """getaddrinfo's answer for an IP address (what the guard's `_address` hands over), without a
+    resolver thread; [] for a name or a scoped IPv6 address, which getaddrinfo resolves."""
+    for family, address in ((socket.AF_INET, (host, port)), (socket.AF_INET6, (host, port, 0, 0))):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)]
+    return []
 
 
 class _Gate:
@@ -278,7 +281,7 @@ class HttpClient:
         for a second (ratio.sh 100: the last runs of 20,000 took 1.2-1.5 s against 0.1). So a try
         that outlasts DIAL_PATIENCE times this host's usual connect time is dropped for a fresh one,
         the wait doubling each time; a host not dialled before waits the kernel's second."""
-        infos = _ipv4_literal(host, port) or await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _ip_literal(host, port) or await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         if not infos:
             raise OSError(f"no address for {host}")
         usual = self.dial_times.get(key)

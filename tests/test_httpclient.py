@@ -349,3 +349,13 @@ def test_a_connect_whose_syn_an_overflowing_endpoint_dropped_dials_again(
         assert took < 0.7, f"answered {took:.2f} s after the call began: the SYN was not dialled again"
     else:
         assert took >= 0.95, f"answered after {took:.2f} s without dialling again: the queue was not full"
+
+
+def test_an_ip_address_is_dialled_without_a_resolver() -> None:
+    """The guard resolves a host once (`_address`); the dial takes its answer as it is, IPv4 or
+    IPv6, and leaves names and scoped IPv6 addresses to getaddrinfo."""
+    tcp = (socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+    assert httpclient._ip_literal("10.1.2.3", 80) == [(socket.AF_INET, *tcp, ("10.1.2.3", 80))]
+    assert httpclient._ip_literal("2001:db8::1", 443) == [(socket.AF_INET6, *tcp, ("2001:db8::1", 443, 0, 0))]
+    assert httpclient._ip_literal("example.com", 80) == []
+    assert httpclient._ip_literal("fe80::1%eth0", 80) == []
