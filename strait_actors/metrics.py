@@ -15,12 +15,19 @@ queue's depth from one query on a timer, not per scrape.
 from __future__ import annotations
 
 import bisect
+import glob
+import json
+import logging
 import os
+import struct
 from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.mmap_dict import MmapedDict
+
+log = logging.getLogger(__name__)
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -99,13 +106,61 @@ def observe_many(histogram: Any, values: Iterable[float]) -> None:
         histogram._buckets[i].inc(n)
 
 
+class _Files(multiprocess.MultiProcessCollector):
+    """Every process's files, read while processes come and go, and never a failed scrape for one
+    file. A process creates its file empty and sizes it a moment later (prometheus_client issue
+    1199): an empty file holds nothing yet (and one left empty by a process killed in that moment
+    never will), so it is skipped. When the merge fails anyway (a file removed between the listing
+    and the read by `process_gone`, or one damaged), the files are listed again and each is read on
+    its own first: the ones that cannot be read are left out of this scrape, with a warning."""
+
+    def _files(self) -> list[str]:
+        files = []
+        for name in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                if os.path.getsize(name) >= 8:  # the header: bytes used, and padding
+                    files.append(name)
+            except OSError:
+                continue
+        return files
+
+    def collect(self) -> Any:
+        try:
+            return self.merge(self._files(), accumulate=True)  # type: ignore[no-untyped-call]
+        except _UNREADABLE:
+            pass
+        for tries in range(3):
+            files = [name for name in self._files() if _readable(name)]
+            try:
+                return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+            except _UNREADABLE:
+                if tries == 2:
+                    raise
+        return []
+
+
+_UNREADABLE = (OSError, ValueError, RuntimeError, struct.error)  # gone, bad keys, past its end, no header
+
+
+def _readable(name: str) -> bool:
+    try:
+        for key, _, _, _ in MmapedDict.read_all_values_from_file(name):  # type: ignore[no-untyped-call]
+            json.loads(key)
+    except FileNotFoundError:
+        return False
+    except _UNREADABLE as exc:
+        log.warning("metrics file %s left out of the scrape: %s", os.path.basename(name), exc)
+        return False
+    return True
+
+
 def exposition() -> bytes:
     """Every process's series (multiprocess mode), else this process's."""
     path = os.environ.get(ENV)
     if not path:
         return generate_latest(DEFAULT_REGISTRY)
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+    _Files(registry, path)  # type: ignore[no-untyped-call]
     return generate_latest(registry)
 
 
