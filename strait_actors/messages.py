@@ -39,9 +39,11 @@ class SlotsFreed:
 
 @dataclass(frozen=True, slots=True)
 class DispatcherReady:
-    """DispatcherPool -> Poller: this many slots are free now (after a (re)start, or when asked)."""
+    """DispatcherPool -> Poller: `free` slots were free when it read the poller's ReportCapacity
+    numbered `asked`. `asked` 0: the pool has just (re)started; the poller asks it again."""
 
     free: int
+    asked: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +63,9 @@ class RestartChild:
 
 @dataclass(frozen=True, slots=True)
 class ReportCapacity:
-    """Poller -> DispatcherPool after the poller (re)starts: say how many slots are free."""
+    """Poller -> DispatcherPool when either (re)starts: say how many slots are free, quoting `asked`."""
+
+    asked: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ import httpx
 import psycopg
 import pytest
 
-from strait_actors.actors.poller import next_gap, process_slot, wake_filter
+from strait_actors.actors.poller import SlotBook, next_gap, process_slot, wake_filter
 from strait_actors.processes import SLOT_ENV
-from tests.conftest import Endpoint, Server, start_strait, stop_strait, wait_for
+from tests.conftest import Endpoint, Server, free_port, start_strait, stop_strait, wait_for
 from tests.test_metrics import scrape, value
 
 
@@ -40,6 +40,27 @@ def test_the_slot_comes_from_the_supervisor(monkeypatch: pytest.MonkeyPatch, env
     else:
         monkeypatch.setenv(SLOT_ENV, env)
     assert process_slot() == slot
+
+
+def test_an_answer_about_free_slots_counts_the_runs_sent_after_the_question() -> None:
+    book = SlotBook(1000)
+    first = book.ask()
+    assert book.inflight is None  # no claims before an answer
+    second = book.ask()  # a (re)started dispatcher's report: the poller asks again
+    assert not book.answered(1000, first) and book.inflight is None, "only the latest question counts"
+    assert book.answered(1000, second) and book.inflight == 0
+    book.dispatched(600)
+    asked = book.ask()
+    book.dispatched(400)  # claimed while the question was on its way: the answer cannot know them
+    book.freed(100)  # written before the dispatcher read the question: the answer knows
+    assert book.answered(1000 - 500, asked)
+    assert book.inflight == 500 + 400, "the answer's 500 and the 400 sent after the question"
+    book.freed(900)
+    assert book.inflight == 0
+    stale = book.ask()
+    book.ask()
+    book.dispatched(1000)
+    assert not book.answered(1000, stale) and book.inflight == 1000, "an old answer frees nothing"
 
 
 def _job(c: httpx.Client, endpoint: Endpoint) -> str:
@@ -218,3 +239,42 @@ def test_a_freed_concurrency_slot_is_claimed_at_once_whatever_the_gap(
     finally:
         release.set()
         assert stop_strait(server) == 0
+
+
+def test_a_worker_started_on_a_queue_keeps_to_its_calls_in_flight(dsn: str, tmp_path: Path, endpoint: Endpoint) -> None:
+    """Runs queued before the worker starts: the poller claims on the dispatcher's first report of
+    free slots, and an answer to its own question about them arrives after those claims. Counted
+    as it was sent, not as it arrives, that answer must not hand out the slots a second time (it
+    did: a worker with 1,000 calls in flight made 2,000 at once)."""
+    calls, most = 0, 0
+
+    async def behave(req: dict[str, Any]) -> dict[str, bool]:
+        nonlocal calls, most
+        calls += 1
+        most = max(most, calls)
+        try:
+            await asyncio.sleep(0.3)
+        finally:
+            calls -= 1
+        return {"ok": True}
+
+    endpoint.behave = behave
+    (tmp_path / "api").mkdir()
+    (tmp_path / "worker").mkdir()
+    api = start_strait({"DATABASE_URL": dsn}, tmp_path / "api", mode="api", processes=None)
+    try:
+        with api.client("p") as c:
+            job = _job(c, endpoint)
+            body = {"items": [{"payload": {"i": i}} for i in range(60)]}
+            c.post(f"/v1/jobs/{job}/trigger/bulk", json=body).raise_for_status()
+        for attempt in range(3):  # a new worker each time: the race is at its start
+            port = free_port()  # a worker answers /health on its WORKER_PORT
+            env = {"DATABASE_URL": dsn, "PORT": str(port), "WORKER_PORT": str(port), "WORKER_CONCURRENCY": "5"}
+            worker = start_strait(env, tmp_path / "worker", mode="worker", processes=1)
+            try:
+                wait_for(lambda n=20 * (attempt + 1): len(endpoint.requests) >= n, timeout=30, what="calls")
+            finally:
+                assert stop_strait(worker) == 0
+        assert most <= 5, f"{most} calls at once with WORKER_CONCURRENCY 5"
+    finally:
+        assert stop_strait(api) == 0

@@ -57,7 +57,8 @@ class DispatcherPool(LoopActor):
         self.breakers = Breakers(s.circuit_breaker_threshold, s.circuit_breaker_cooldown_secs)
 
     def started(self) -> None:
-        """Open the loop, then offer every slot: a (re)started pool has nothing in flight."""
+        """Open the loop, then tell the poller: a (re)started pool has nothing in flight, and the
+        poller's count of what it sent here is out of date (it asks: `SlotBook`)."""
         super().started()
         self.ctx.registry.tell("poller", DispatcherReady(self.capacity))
 
@@ -88,7 +89,7 @@ class DispatcherPool(LoopActor):
         elif isinstance(message, Tick):
             self.spawn(self._heartbeat())
         elif isinstance(message, ReportCapacity):
-            self.ctx.registry.tell("poller", DispatcherReady(self.capacity - len(self.inflight)))
+            self.ctx.registry.tell("poller", DispatcherReady(self.capacity - len(self.inflight), message.asked))
 
     def _start_calls(self, runs: tuple[ClaimedRun, ...]) -> None:
         for run in runs:

@@ -109,6 +109,49 @@ class Listener:
                 backoff = min(backoff * 2, 10.0)
 
 
+class SlotBook:
+    """The poller's count of the runs in flight at the dispatcher, which only the dispatcher knows.
+
+    The poller asks (ReportCapacity, numbered) and the dispatcher answers with its free slots. It
+    reads the question in the order of the poller's messages, so its answer leaves out the runs
+    sent after the question, still on their way: those are added back. Only the latest question's
+    answer counts. A report nobody asked for (a (re)started dispatcher) is not a count: the poller
+    asks then. (Taking every report as the count let an answer that arrived after the poller's
+    first claims free their slots a second time: 2,000 calls at once for 1,000 allowed.)
+    """
+
+    __slots__ = ("asked", "capacity", "inflight", "sent", "sent_when_asked")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.inflight: int | None = None  # unknown until the first answer: no claims before it
+        self.sent = 0  # runs sent to the dispatcher, in all
+        self.asked = 0  # the latest question's number
+        self.sent_when_asked = 0
+
+    def ask(self) -> int:
+        """A new question's number (to send in ReportCapacity)."""
+        self.asked += 1
+        self.sent_when_asked = self.sent
+        return self.asked
+
+    def answered(self, free: int, asked: int) -> bool:
+        """Take the dispatcher's answer; False (and nothing changes) unless it is the latest question's."""
+        if asked != self.asked:
+            return False
+        self.inflight = max(0, self.capacity - free + self.sent - self.sent_when_asked)
+        return True
+
+    def dispatched(self, count: int) -> None:
+        self.sent += count
+        if self.inflight is not None:
+            self.inflight += count
+
+    def freed(self, count: int) -> None:
+        if self.inflight is not None:
+            self.inflight = max(0, self.inflight - count)
+
+
 class Poller(SupervisedActor):
     """Turns free dispatch slots into claims; knows how many runs are in flight."""
 
@@ -118,7 +161,7 @@ class Poller(SupervisedActor):
         super().__init__(ctx)
         self.capacity = ctx.settings.calls_in_flight
         self.batch = ctx.settings.max_dequeue_batch_size
-        self.inflight: int | None = None  # unknown until the dispatcher reports
+        self.slots = SlotBook(self.capacity)
         self.wake_pending = threading.Event()
         self.conn: psycopg.Connection | None = None
         self.queue: Queue | None = None
@@ -141,7 +184,7 @@ class Poller(SupervisedActor):
         self._connect()
         self.listener = Listener(self.ctx.dsn, self._notified, wake_filter(*process_slot(), self.batch))
         self.listener.start()
-        self.ctx.registry.tell("dispatcher", ReportCapacity())
+        self.ctx.registry.tell("dispatcher", ReportCapacity(self.slots.ask()))
 
     def _connect(self) -> Queue:
         self.conn = queue.connect(self.ctx.dsn, claims=True)
@@ -183,12 +226,15 @@ class Poller(SupervisedActor):
             if self.notified_at < self.drained_at:
                 return
         elif isinstance(message, SlotsFreed):
-            if self.inflight is not None:
-                self.inflight = max(0, self.inflight - message.count)
+            self.slots.freed(message.count)
             if not self.short or message.at < self.drained_at:
                 return
         elif isinstance(message, DispatcherReady):
-            self.inflight = max(0, self.capacity - message.free)
+            if not message.asked:  # a (re)started dispatcher: ask it how many slots are free
+                self.ctx.registry.tell("dispatcher", ReportCapacity(self.slots.ask()))
+                return
+            if not self.slots.answered(message.free, message.asked):
+                return  # an answer to an older question
         elif not isinstance(message, Tick):
             return
         try:
@@ -212,10 +258,10 @@ class Poller(SupervisedActor):
         a resumed run is never held back, and neither is a claim for freed dispatch slots or the
         clock's fallback tick."""
         first = True
-        while self.inflight is not None:
-            free = self.capacity - self.inflight
+        while (inflight := self.slots.inflight) is not None:
+            free = self.capacity - inflight
             # under load, wait for a whole batch of free slots: fewer, larger claims
-            self.short = free <= 0 or (free < self.batch and self.inflight > self.batch)
+            self.short = free <= 0 or (free < self.batch and inflight > self.batch)
             if self.short:
                 return
             if first:  # the claims that follow a full one go at once: runs are waiting
@@ -234,7 +280,7 @@ class Poller(SupervisedActor):
                 log.info("database answers again: claiming")
                 self.down = False
             if result.runs:
-                self.inflight += len(result.runs)
+                self.slots.dispatched(len(result.runs))
                 self.ctx.registry.tell("dispatcher", Dispatch(tuple(result.runs)))
             if len(result.runs) < want and not result.promoted:
                 self.drained_at = started
