@@ -24,8 +24,8 @@ import yarl
 
 from strait_actors import ssrf
 
-MAX_IDLE_PER_HOST = 512
-MAX_IDLE_TOTAL = 1024  # across hosts: open sockets are capped at this + the calls in flight
+MAX_IDLE_PER_HOST = 512  # at least: a client that makes more calls at once keeps that many (`calls`)
+MAX_IDLE_TOTAL = 1024  # across hosts, likewise: open sockets are capped at this + the calls in flight
 IDLE_TTL = 30.0  # an idle socket older than this is closed, not reused
 SWEEP_EVERY = 5.0
 MAX_CONNECTING = 32
@@ -225,11 +225,16 @@ class HttpClient:
 
     Bounded whatever the tenants' endpoints do: at most MAX_IDLE_PER_HOST idle sockets a host and
     MAX_IDLE_TOTAL in all (the least recently used go first), none idle longer than IDLE_TTL, and
-    a host's connect gate lives only while a connect to it is under way.
+    a host's connect gate lives only while a connect to it is under way. A client that makes up to
+    `calls` requests at once keeps up to that many idle, a host and in all: the answers to a wave
+    of calls to one endpoint all come back idle, and the next wave takes them again (with 1,000
+    calls in flight and 512 kept, ratio.sh 100 dialled 3,000 connections for 1,000 sockets' work).
     """
 
-    def __init__(self, *, allow_private: bool, on_redial: Callable[[], None] | None = None) -> None:
+    def __init__(self, *, allow_private: bool, on_redial: Callable[[], None] | None = None, calls: int = 0) -> None:
         self.allow_private = allow_private
+        self.idle_per_host = max(MAX_IDLE_PER_HOST, calls)
+        self.idle_total = max(MAX_IDLE_TOTAL, calls)
         self.on_redial = on_redial  # told of each connect try dropped for a fresh one (a metric)
         self.idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self.lru: OrderedDict[_Conn, None] = OrderedDict()  # every idle connection, oldest first
@@ -350,13 +355,13 @@ class HttpClient:
 
     def _put_idle(self, conn: _Conn, now: float) -> None:
         idle = self.idle.setdefault(conn.key, [])
-        if len(idle) >= MAX_IDLE_PER_HOST:
+        if len(idle) >= self.idle_per_host:
             conn.close()
             return
         conn.idle_since = now
         idle.append(conn)
         self.lru[conn] = None
-        while len(self.lru) > MAX_IDLE_TOTAL:
+        while len(self.lru) > self.idle_total:
             self._evict(next(iter(self.lru)))
         if now >= self.next_sweep:
             self.next_sweep = now + SWEEP_EVERY

@@ -24,9 +24,10 @@ from strait_actors.httpclient import HttpClient, HttpError, encode_headers
 from strait_actors.model import ClaimedRun, Outcome
 
 
-def make_client(*, allow_private: bool, on_redial: Callable[[], None] | None = None) -> HttpClient:
-    """One shared client per dispatch loop: connection reuse is most of the speed."""
-    return HttpClient(allow_private=allow_private, on_redial=on_redial)
+def make_client(*, allow_private: bool, calls: int, on_redial: Callable[[], None] | None = None) -> HttpClient:
+    """One shared client per dispatch loop, making up to `calls` at once: connection reuse is most
+    of the speed."""
+    return HttpClient(allow_private=allow_private, on_redial=on_redial, calls=calls)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

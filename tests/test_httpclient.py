@@ -227,6 +227,45 @@ def test_an_endless_header_or_too_many_headers_fail_the_attempt_with_bounded_mem
     _serve(script, test)
 
 
+@pytest.mark.parametrize(("calls", "connections"), [(6, 6), (0, 10)])
+def test_a_client_keeps_as_many_idle_sockets_as_it_makes_calls_at_once(
+    monkeypatch: pytest.MonkeyPatch, calls: int, connections: int
+) -> None:
+    """Two waves of 6 calls at once to one host. A client told it makes up to 6 keeps all 6 sockets
+    the first wave's answers free, and the second wave dials none; one told nothing keeps
+    MAX_IDLE_PER_HOST (2 here) and dials 4 again."""
+    monkeypatch.setattr(httpclient, "MAX_IDLE_PER_HOST", 2)
+    monkeypatch.setattr(httpclient, "MAX_IDLE_TOTAL", 2)
+    opened: list[asyncio.StreamWriter] = []
+    waiting: list[asyncio.Event] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened.append(writer)
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            answer = asyncio.Event()
+            waiting.append(answer)
+            if len(waiting) % 6 == 0:  # a whole wave is in: answer it, so all 6 were open at once
+                for event in waiting[-6:]:
+                    event.set()
+            await answer.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async def test(url: str) -> None:
+        client = HttpClient(allow_private=True, calls=calls)
+        for _ in range(2):
+            posts = [client.post(url, b"{}", b"", timeout=10, max_body=10) for _ in range(6)]
+            assert await asyncio.gather(*posts) == [(200, b"ok")] * 6
+        assert len(opened) == connections
+        assert client.open_counts()[0] == min(6, max(2, calls))
+        await client.close()
+
+    _serve(script, test)
+
+
 def test_idle_sockets_are_capped_across_hosts_expired_and_connect_gates_dropped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -42,7 +42,7 @@ class DispatcherPool(LoopActor):
         self.capacity = s.calls_in_flight
         # one shared client per loop: connection reuse is most of the speed; it holds nothing until used
         self.client = outbound.make_client(
-            allow_private=s.allow_private_endpoints, on_redial=metrics.DISPATCH_REDIALS.inc
+            allow_private=s.allow_private_endpoints, calls=self.capacity, on_redial=metrics.DISPATCH_REDIALS.inc
         )
         self.inflight: dict[str, ClaimedRun] = {}
         self.calls: set[asyncio.Task[None]] = set()  # the endpoint calls among the tracked tasks
