@@ -6,17 +6,18 @@ Driver errors come out as `store.errors` types.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime
-from operator import attrgetter
+from functools import lru_cache
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import orjson
 import psycopg
-from psycopg.rows import dict_row, kwargs_row, tuple_row
+from psycopg.rows import dict_row, tuple_row
 
 from strait_actors.breaker import CircuitDelta
 from strait_actors.model import ClaimedRun, Outcome
@@ -54,17 +55,15 @@ class ClaimResult:
     promoted: bool  # delayed runs became queued: claim again at once
 
 
-@dataclass(frozen=True, slots=True)
-class _ClaimRow:
-    promoted: int
-    order: tuple[int, datetime]  # priority first, then age: the order the claim chose in
-    run: ClaimedRun | None
-
-
-def _claimed(promoted: int, claim_priority: int | None, claim_created_at: datetime | None, **row: Any) -> _ClaimRow:
-    """A claim row by column name; the one row of an empty claim has no run, only the count."""
-    run = ClaimedRun(**row, created_at=claim_created_at) if row["id"] is not None else None
-    return _ClaimRow(promoted, (-(claim_priority or 0), claim_created_at or datetime.min), run)
+@lru_cache(maxsize=8)
+def _claim_columns(names: tuple[str, ...]) -> tuple[Callable[[tuple[Any, ...]], tuple[Any, ...]], int, int, int, int]:
+    """For the claim's columns by name: a getter of a ClaimedRun's fields in their order (its
+    `created_at` is the claim's `claim_created_at`), and where the id, the promoted count, the
+    priority and the creation time are. Rows come as tuples: a dict per row and a keyword call per
+    run cost a tenth of the worker's CPU at a few thousand runs a second."""
+    at = {name: i for i, name in enumerate(names)}
+    fields = ["claim_created_at" if f.name == "created_at" else f.name for f in dataclasses.fields(ClaimedRun)]
+    return itemgetter(*(at[f] for f in fields)), at["id"], at["promoted"], at["claim_priority"], at["claim_created_at"]
 
 
 class Queue:
@@ -77,11 +76,16 @@ class Queue:
 
     def claim(self, limit: int) -> ClaimResult:
         params = {"limit": limit, "lease_id": uuid.uuid4(), "lease_secs": self.lease_secs, "worker_id": self.worker_id}
-        with translated(), self.conn.cursor(row_factory=kwargs_row(_claimed)) as cur:
+        with translated(), self.conn.cursor(row_factory=tuple_row) as cur:
             rows = cur.execute(q("claim_runs"), params).fetchall()
+            assert cur.description is not None
+            names = tuple(c.name for c in cur.description)
+        fields, id_at, promoted_at, priority_at, created_at = _claim_columns(names)
         # dispatch in the claim's order (priority, then age); the statement's joins do not keep it
-        runs = [r.run for r in sorted(rows, key=lambda r: r.order) if r.run is not None]
-        return ClaimResult(runs, bool(rows and rows[0].promoted))
+        ordered = sorted(
+            (r for r in rows if r[id_at] is not None), key=lambda r: (-(r[priority_at] or 0), r[created_at])
+        )
+        return ClaimResult([ClaimedRun(*fields(r)) for r in ordered], bool(rows and rows[0][promoted_at]))
 
 
 # Every batch writer of job_runs locks its runs in id order, so that two never wait on each other
