@@ -106,12 +106,17 @@ class _Conn(asyncio.Protocol):
         self.head_size = 0  # bytes received before the headers were complete
         self.header_count = 0
         self.idle_since = 0.0
+        self.stray = False  # bytes of a response nobody asked for: never reused
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.waiter is None or self.waiter.done():  # an idle connection the server talks on
+            self.stray = True
+            self.close()
+            return
         self.got_bytes = True
         if not self.headers_done:
             self.head_size += len(data)
@@ -133,6 +138,10 @@ class _Conn(asyncio.Protocol):
                 self._fail(ConnectionFailed("connection closed before a complete response"))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.waiter is None or self.waiter.done():  # a second response after the answer
+            self.stray = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_count += 1
         if self.header_count > MAX_HEADERS:
@@ -170,7 +179,8 @@ class _Conn(asyncio.Protocol):
             self.waiter.set_exception(exc)
 
     def start(self, loop: asyncio.AbstractEventLoop, data: bytes, cap: int) -> asyncio.Future[tuple[int, bytes]]:
-        self.parser = httptools.HttpResponseParser(self)
+        # the parser of the answer before goes on to this one (llhttp starts a message again after
+        # one completes); a connection it could not leave clean is not reused (`reusable`)
         self.body, self.size, self.cap = [], 0, cap
         self.got_bytes = self.headers_done = self.framed = self.keep_alive = False
         self.head_size = self.header_count = 0
@@ -180,7 +190,12 @@ class _Conn(asyncio.Protocol):
         return self.waiter
 
     def reusable(self) -> bool:
-        return not self.closed and self.size <= self.cap and self.keep_alive
+        return not self.closed and not self.stray and self.size <= self.cap and self.keep_alive
+
+    def expire(self) -> None:
+        """The call's deadline passed (a timer of `HttpClient._exchange`)."""
+        self._fail(TimeoutError())
+        self.close()
 
     def close(self) -> None:
         self.closed = True
@@ -381,37 +396,50 @@ class HttpClient:
         return len(self.lru), len(self.idle), len(self.connecting)
 
     async def post(self, url: str, body: bytes, headers: bytes, *, timeout: float, max_body: int) -> tuple[int, bytes]:
-        """(status, body up to max_body bytes); raises TimeoutError, HttpError, ssrf.UnsafeAddress."""
+        """(status, body up to max_body bytes); raises TimeoutError, HttpError, ssrf.UnsafeAddress.
+
+        The deadline covers the whole call: a wait for a connect slot, the connect, the exchange. A
+        pooled connection's exchange is timed by one timer on the loop (`_Conn.expire`), not an
+        `asyncio.timeout` per call: dispatch makes thousands a second."""
         target = parse_target(url)
         data = target.request_line_head + b"Content-Length: %d\r\n" % len(body) + headers + b"\r\n" + body
         loop = asyncio.get_running_loop()
-        conn: _Conn | None = None
+        deadline = loop.time() + timeout
+        conn = self._pooled(target.key, loop.time())
+        if conn is not None:
+            try:
+                return await self._exchange(loop, conn, data, max_body, deadline)
+            except ConnectionFailed:
+                if conn.got_bytes:
+                    raise
+                # the server closed an idle keep-alive connection: once more on a new one
+            except BaseException:
+                conn.close()
+                raise
+            conn = None
         try:
-            async with asyncio.timeout(timeout):
-                conn = self._pooled(target.key, loop.time())
-                if conn is not None:
-                    try:
-                        return await self._exchange(loop, conn, data, max_body)
-                    except ConnectionFailed:
-                        if conn.got_bytes:
-                            raise
-                        # the server closed an idle keep-alive connection: once more on a new one
+            async with asyncio.timeout_at(deadline):
                 conn = await self._new_or_pooled(loop, target)
-                return await self._exchange(loop, conn, data, max_body)
+            return await self._exchange(loop, conn, data, max_body, deadline)
         except BaseException:
             if conn is not None:
                 conn.close()
             raise
 
     async def _exchange(
-        self, loop: asyncio.AbstractEventLoop, conn: _Conn, data: bytes, max_body: int
+        self, loop: asyncio.AbstractEventLoop, conn: _Conn, data: bytes, max_body: int, deadline: float
     ) -> tuple[int, bytes]:
-        answer = await conn.start(loop, data, max_body)
+        answer = conn.start(loop, data, max_body)
+        timer = loop.call_at(deadline, conn.expire)
+        try:
+            got = await answer
+        finally:
+            timer.cancel()
         if conn.reusable():
             self._put_idle(conn, loop.time())
         else:
             conn.close()
-        return answer
+        return got
 
     async def close(self) -> None:
         for conn in self.lru:

@@ -170,6 +170,90 @@ def test_timeout_refused_and_broken_answers() -> None:
     _serve(script, test)
 
 
+def test_a_call_on_a_kept_connection_keeps_its_deadline() -> None:
+    """A kept connection's exchange is timed by a timer on the loop, not `asyncio.timeout`: the second
+    call, which gets no answer, fails at its deadline, and its connection is not used again."""
+    connections = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                head, _ = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            if b"/slow" in head:
+                await asyncio.sleep(10)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async def test(url: str) -> None:
+        client = HttpClient(allow_private=True)
+        loop = asyncio.get_running_loop()
+        assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"ok")
+        began = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.post(url.replace("/job", "/slow"), b"{}", b"", timeout=0.2, max_body=10)
+        assert 0.19 <= loop.time() - began < 1.0
+        assert client.open_counts()[0] == 0, "the connection that timed out is gone"
+        assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"ok")
+        assert connections == 2
+        await client.close()
+
+    _serve(script, test)
+
+
+def test_a_connection_that_answers_twice_is_not_used_again() -> None:
+    """The response parser goes on from one answer to the next on a kept connection, so a second
+    answer nobody asked for (in the same packet, or later while the connection is idle) must never
+    reach the next call: that connection is closed, and each call gets its own answer."""
+    connections = 0
+
+    def answer(text: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text)
+
+    # the start of an answer: a parser left inside it would read the next answer as its body
+    STRAY = b"HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\nstray"
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                head, _ = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            if b"/twice" in head:
+                writer.write(answer(b"first") + STRAY)  # one write: likely one packet
+            elif b"/later" in head:
+                writer.write(answer(b"later"))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(STRAY)  # to a connection the client holds idle
+            else:
+                writer.write(answer(b"fresh"))
+
+    async def test(url: str) -> None:
+        client = HttpClient(allow_private=True)
+        base = url.split("/job")[0]
+        assert await client.post(f"{base}/twice", b"{}", b"", timeout=5, max_body=10) == (200, b"first")
+        assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"fresh")
+        assert connections == 2
+        assert await client.post(f"{base}/later", b"{}", b"", timeout=5, max_body=10) == (200, b"later")
+        assert connections == 2, "the kept connection answered"
+        (kept,) = client.idle[parse_target(url).key]
+        for _ in range(200):  # until the stray answer reaches the idle connection
+            if kept.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert kept.closed, "an idle connection the server talked on is closed"
+        assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"fresh")
+        assert connections == 3
+        await client.close()
+
+    _serve(script, test)
+
+
 def test_the_guard_blocks_private_addresses_on_connect() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
