@@ -139,7 +139,10 @@ def test_streams_over_redis_one_bridge_for_two_api_processes(
     def stream_both(servers: tuple[Server, Server], job_id: str, n: int) -> None:
         run_id = c.jobs.trigger(job_id, {"payload": {"n": n}})["id"]
         wait_for(lambda: gates[n].bound, what="the run executing")
-        assert len(_listeners(dsn)) == 1, "one LISTEN connection for both API processes"
+        # never two; none for a moment while a bridge reconnects (seen once in a full suite, after
+        # the takeover below): the bridge says EVERY_RUN when it starts, and the streams catch up
+        assert len(_listeners(dsn)) <= 1, "one LISTEN connection for both API processes"
+        wait_for(lambda: len(_listeners(dsn)) == 1, timeout=10, what="a bridge LISTENing")
         streams = streams_to_the_end(list(servers), run_id, gates[n])
         for s in streams:
             kinds = [(m["type"], m.get("message") or m.get("to")) for i, m in s if i is not None]
