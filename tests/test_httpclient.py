@@ -50,6 +50,25 @@ def _serve(script: Script, test: Callable[[str], Awaitable[None]]) -> None:
     asyncio.run(go())
 
 
+Respond = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _keep_alive(respond: Respond, opened: list[None]) -> Script:
+    """A keep-alive server script: each connection it serves is counted in `opened`, and `respond`
+    answers each request by its head, until the client closes the connection."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened.append(None)
+        while True:
+            try:
+                head, _ = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            await respond(head, writer)
+
+    return script
+
+
 def test_keep_alive_reuses_one_connection_and_sends_the_request_verbatim() -> None:
     seen: list[tuple[bytes, bytes]] = []
     connections = []
@@ -173,19 +192,12 @@ def test_timeout_refused_and_broken_answers() -> None:
 def test_a_call_on_a_kept_connection_keeps_its_deadline() -> None:
     """A kept connection's exchange is timed by a timer on the loop, not `asyncio.timeout`: the second
     call, which gets no answer, fails at its deadline, and its connection is not used again."""
-    connections = 0
+    opened: list[None] = []
 
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        while True:
-            try:
-                head, _ = await _read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
-            if b"/slow" in head:
-                await asyncio.sleep(10)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    async def respond(head: bytes, writer: asyncio.StreamWriter) -> None:
+        if b"/slow" in head:
+            await asyncio.sleep(10)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     async def test(url: str) -> None:
         client = HttpClient(allow_private=True)
@@ -197,17 +209,17 @@ def test_a_call_on_a_kept_connection_keeps_its_deadline() -> None:
         assert 0.19 <= loop.time() - began < 1.0
         assert client.open_counts()[0] == 0, "the connection that timed out is gone"
         assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"ok")
-        assert connections == 2
+        assert len(opened) == 2
         await client.close()
 
-    _serve(script, test)
+    _serve(_keep_alive(respond, opened), test)
 
 
 def test_a_connection_that_answers_twice_is_not_used_again() -> None:
     """The response parser goes on from one answer to the next on a kept connection, so a second
     answer nobody asked for (in the same packet, or later while the connection is idle) must never
     reach the next call: that connection is closed, and each call gets its own answer."""
-    connections = 0
+    opened: list[None] = []
 
     def answer(text: bytes) -> bytes:
         return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text)
@@ -215,32 +227,25 @@ def test_a_connection_that_answers_twice_is_not_used_again() -> None:
     # the start of an answer: a parser left inside it would read the next answer as its body
     STRAY = b"HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\nstray"
 
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        while True:
-            try:
-                head, _ = await _read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
-            if b"/twice" in head:
-                writer.write(answer(b"first") + STRAY)  # one write: likely one packet
-            elif b"/later" in head:
-                writer.write(answer(b"later"))
-                await writer.drain()
-                await asyncio.sleep(0.05)
-                writer.write(STRAY)  # to a connection the client holds idle
-            else:
-                writer.write(answer(b"fresh"))
+    async def respond(head: bytes, writer: asyncio.StreamWriter) -> None:
+        if b"/twice" in head:
+            writer.write(answer(b"first") + STRAY)  # one write: likely one packet
+        elif b"/later" in head:
+            writer.write(answer(b"later"))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(STRAY)  # to a connection the client holds idle
+        else:
+            writer.write(answer(b"fresh"))
 
     async def test(url: str) -> None:
         client = HttpClient(allow_private=True)
         base = url.split("/job")[0]
         assert await client.post(f"{base}/twice", b"{}", b"", timeout=5, max_body=10) == (200, b"first")
         assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"fresh")
-        assert connections == 2
+        assert len(opened) == 2
         assert await client.post(f"{base}/later", b"{}", b"", timeout=5, max_body=10) == (200, b"later")
-        assert connections == 2, "the kept connection answered"
+        assert len(opened) == 2, "the kept connection answered"
         (kept,) = client.idle[parse_target(url).key]
         for _ in range(200):  # until the stray answer reaches the idle connection
             if kept.closed:
@@ -248,10 +253,10 @@ def test_a_connection_that_answers_twice_is_not_used_again() -> None:
             await asyncio.sleep(0.01)
         assert kept.closed, "an idle connection the server talked on is closed"
         assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"fresh")
-        assert connections == 3
+        assert len(opened) == 3
         await client.close()
 
-    _serve(script, test)
+    _serve(_keep_alive(respond, opened), test)
 
 
 def test_the_guard_blocks_private_addresses_on_connect() -> None:
@@ -320,23 +325,17 @@ def test_a_client_keeps_as_many_idle_sockets_as_it_makes_calls_at_once(
     MAX_IDLE_PER_HOST (2 here) and dials 4 again."""
     monkeypatch.setattr(httpclient, "MAX_IDLE_PER_HOST", 2)
     monkeypatch.setattr(httpclient, "MAX_IDLE_TOTAL", 2)
-    opened: list[asyncio.StreamWriter] = []
+    opened: list[None] = []
     waiting: list[asyncio.Event] = []
 
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        opened.append(writer)
-        while True:
-            try:
-                await _read_request(reader)
-            except asyncio.IncompleteReadError:
-                break
-            answer = asyncio.Event()
-            waiting.append(answer)
-            if len(waiting) % 6 == 0:  # a whole wave is in: answer it, so all 6 were open at once
-                for event in waiting[-6:]:
-                    event.set()
-            await answer.wait()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    async def respond(head: bytes, writer: asyncio.StreamWriter) -> None:
+        answer = asyncio.Event()
+        waiting.append(answer)
+        if len(waiting) % 6 == 0:  # a whole wave is in: answer it, so all 6 were open at once
+            for event in waiting[-6:]:
+                event.set()
+        await answer.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     async def test(url: str) -> None:
         client = HttpClient(allow_private=True, calls=calls)
@@ -347,7 +346,7 @@ def test_a_client_keeps_as_many_idle_sockets_as_it_makes_calls_at_once(
         assert client.open_counts()[0] == min(6, max(2, calls))
         await client.close()
 
-    _serve(script, test)
+    _serve(_keep_alive(respond, opened), test)
 
 
 def test_idle_sockets_are_capped_across_hosts_expired_and_connect_gates_dropped(
