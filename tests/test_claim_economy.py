@@ -44,23 +44,27 @@ def test_the_slot_comes_from_the_supervisor(monkeypatch: pytest.MonkeyPatch, env
 
 def test_an_answer_about_free_slots_counts_the_runs_sent_after_the_question() -> None:
     book = SlotBook(1000)
-    first = book.ask()
+    first = book.ask(now=0.0)
     assert book.inflight is None  # no claims before an answer
-    second = book.ask()  # a (re)started dispatcher's report: the poller asks again
+    second = book.ask(now=0.0)  # a (re)started dispatcher's report: the poller asks again
     assert not book.answered(1000, first) and book.inflight is None, "only the latest question counts"
     assert book.answered(1000, second) and book.inflight == 0
     book.dispatched(600)
-    asked = book.ask()
+    asked = book.ask(now=10.0)
     book.dispatched(400)  # claimed while the question was on its way: the answer cannot know them
     book.freed(100)  # written before the dispatcher read the question: the answer knows
     assert book.answered(1000 - 500, asked)
     assert book.inflight == 500 + 400, "the answer's 500 and the 400 sent after the question"
     book.freed(900)
     assert book.inflight == 0
-    stale = book.ask()
-    book.ask()
+    stale = book.ask(now=20.0)
+    book.ask(now=20.0)
     book.dispatched(1000)
     assert not book.answered(1000, stale) and book.inflight == 1000, "an old answer frees nothing"
+    # a question lost on its way (a restarted dispatcher not registered yet) is asked again
+    assert not book.lost(now=20.5) and book.lost(now=21.0)
+    assert book.answered(0, book.ask(now=21.0)) and not book.lost(now=99.0)
+    assert book.inflight == 1000
 
 
 def _job(c: httpx.Client, endpoint: Endpoint) -> str:

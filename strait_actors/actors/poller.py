@@ -109,6 +109,9 @@ class Listener:
                 backoff = min(backoff * 2, 10.0)
 
 
+ASK_AGAIN_SECS = 1.0
+
+
 class SlotBook:
     """The poller's count of the runs in flight at the dispatcher, which only the dispatcher knows.
 
@@ -117,10 +120,12 @@ class SlotBook:
     sent after the question, still on their way: those are added back. Only the latest question's
     answer counts. A report nobody asked for (a (re)started dispatcher) is not a count: the poller
     asks then. (Taking every report as the count let an answer that arrived after the poller's
-    first claims free their slots a second time: 2,000 calls at once for 1,000 allowed.)
+    first claims free their slots a second time: 2,000 calls at once for 1,000 allowed.) A question
+    can be lost (sent while a restarted dispatcher was not registered yet): one still unanswered
+    after ASK_AGAIN_SECS is asked again.
     """
 
-    __slots__ = ("asked", "capacity", "inflight", "sent", "sent_when_asked")
+    __slots__ = ("asked", "asked_at", "capacity", "inflight", "pending", "sent", "sent_when_asked")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -128,18 +133,26 @@ class SlotBook:
         self.sent = 0  # runs sent to the dispatcher, in all
         self.asked = 0  # the latest question's number
         self.sent_when_asked = 0
+        self.asked_at = 0.0
+        self.pending = False  # the latest question is not answered yet
 
-    def ask(self) -> int:
+    def ask(self, now: float) -> int:
         """A new question's number (to send in ReportCapacity)."""
         self.asked += 1
         self.sent_when_asked = self.sent
+        self.asked_at, self.pending = now, True
         return self.asked
+
+    def lost(self, now: float) -> bool:
+        """Is the latest question unanswered for longer than an answer takes?"""
+        return self.pending and now - self.asked_at >= ASK_AGAIN_SECS
 
     def answered(self, free: int, asked: int) -> bool:
         """Take the dispatcher's answer; False (and nothing changes) unless it is the latest question's."""
         if asked != self.asked:
             return False
         self.inflight = max(0, self.capacity - free + self.sent - self.sent_when_asked)
+        self.pending = False
         return True
 
     def dispatched(self, count: int) -> None:
@@ -184,7 +197,10 @@ class Poller(SupervisedActor):
         self._connect()
         self.listener = Listener(self.ctx.dsn, self._notified, wake_filter(*process_slot(), self.batch))
         self.listener.start()
-        self.ctx.registry.tell("dispatcher", ReportCapacity(self.slots.ask()))
+        self._ask()
+
+    def _ask(self) -> None:
+        self.ctx.registry.tell("dispatcher", ReportCapacity(self.slots.ask(time.monotonic())))
 
     def _connect(self) -> Queue:
         self.conn = queue.connect(self.ctx.dsn, claims=True)
@@ -231,12 +247,14 @@ class Poller(SupervisedActor):
                 return
         elif isinstance(message, DispatcherReady):
             if not message.asked:  # a (re)started dispatcher: ask it how many slots are free
-                self.ctx.registry.tell("dispatcher", ReportCapacity(self.slots.ask()))
+                self._ask()
                 return
             if not self.slots.answered(message.free, message.asked):
                 return  # an answer to an older question
         elif not isinstance(message, Tick):
             return
+        elif self.slots.lost(time.monotonic()):
+            self._ask()
         try:
             self.fill(coalesce=isinstance(message, Wake))
         except Unavailable as exc:
