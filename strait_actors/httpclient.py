@@ -106,7 +106,7 @@ class _Conn(asyncio.Protocol):
         self.head_size = 0  # bytes received before the headers were complete
         self.header_count = 0
         self.idle_since = 0.0
-        self.stray = False  # bytes of a response nobody asked for: never reused
+        self.stray = False  # a response nobody asked for began after the answer: never reused
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,7 +114,6 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.waiter is None or self.waiter.done():  # an idle connection the server talks on
-            self.stray = True
             self.close()
             return
         self.got_bytes = True

@@ -125,17 +125,14 @@ class _Files(multiprocess.MultiProcessCollector):
         return files
 
     def collect(self) -> Any:
-        try:
-            return self.merge(self._files(), accumulate=True)  # type: ignore[no-untyped-call]
-        except _UNREADABLE:
-            pass
-        for tries in range(3):
-            files = [name for name in self._files() if _readable(name)]
+        files = self._files()
+        for tries in range(4):
             try:
                 return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
             except _UNREADABLE:
-                if tries == 2:
+                if tries == 3:
                     raise
+                files = [name for name in self._files() if _readable(name)]
         return []
 
 

@@ -172,9 +172,8 @@ class Poller(SupervisedActor):
 
     def __init__(self, ctx: TreeContext) -> None:
         super().__init__(ctx)
-        self.capacity = ctx.settings.calls_in_flight
         self.batch = ctx.settings.max_dequeue_batch_size
-        self.slots = SlotBook(self.capacity)
+        self.slots = SlotBook(ctx.settings.calls_in_flight)
         self.wake_pending = threading.Event()
         self.conn: psycopg.Connection | None = None
         self.queue: Queue | None = None
@@ -277,7 +276,7 @@ class Poller(SupervisedActor):
         clock's fallback tick."""
         first = True
         while (inflight := self.slots.inflight) is not None:
-            free = self.capacity - inflight
+            free = self.slots.capacity - inflight
             # under load, wait for a whole batch of free slots: fewer, larger claims
             self.short = free <= 0 or (free < self.batch and inflight > self.batch)
             if self.short:
