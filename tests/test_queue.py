@@ -251,6 +251,43 @@ def _claim_plan(dsn: str, options: str) -> list[str]:
         claims.close()
 
 
+def test_the_claims_plan_is_sized_by_its_batch_not_by_the_table(dsn: str) -> None:
+    """The Poller runs the claim as one generic plan (queue.CLAIM_OPTIONS), whose row estimates follow
+    job_runs' statistics: behind runs the claim may not take (a worker-mode job's) and a history of
+    finished ones they reached millions of rows, and every claim sized its hash tables and sorts for
+    them (2.1 ms to claim one run behind 1,000,000 such runs instead of 0.9; bench_e2e --scenario
+    backlog). From the pool of runs a claim considers on, no step expects more than a few batches."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://127.0.0.1:9/x")
+        conn.execute(
+            "INSERT INTO job_runs (id, job_id, project_id, status, held, payload_hash) "
+            "SELECT gen_random_uuid(), %s, 'p', CASE WHEN g %% 2 = 0 THEN 'queued' ELSE 'completed' END, "
+            "CASE WHEN g %% 2 = 0 THEN 'job' END, 'h' FROM generate_series(1, 100000) g",
+            (job,),
+        )
+        conn.execute("ANALYZE job_runs")
+    names: list[str] = []
+    generic = re.sub(
+        r"%\((\w+)\)s",
+        lambda m: f"${(names.append(m[1]) if m[1] not in names else None) or names.index(m[1]) + 1}",
+        q("claim_runs"),
+    ).replace("%%", "%")
+    with queue.connect(dsn, claims=True) as conn:
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN (GENERIC_PLAN) " + generic).fetchall())
+    # what each step of the plan expects to produce (the first node under its CTE's name, the main
+    # query's top): the steps that look for candidates in job_runs go by its statistics, the rest by
+    # the pool, bounded by `LIMIT 1000`
+    part, sized = "main", {"main": int(re.findall(r"rows=(\d+)", plan)[0])}
+    for line in plan.splitlines()[1:]:
+        if head := re.match(r"  CTE (\w+)", line):
+            part = head[1]
+        elif (rows := re.search(r"rows=(\d+)", line)) and part not in sized:
+            sized[part] = int(rows[1])
+    for skip in ("due", "promoted", "due_retries", "retried", "released", "fresh"):
+        del sized[skip]
+    assert "claimed" in sized and max(sized.values()) <= 5000, (sized, plan)
+
+
 def test_claimers_making_the_same_new_gates_never_deadlock(dsn: str) -> None:
     """A claim makes the gates its runs need in key order, so two claims making the same gates wait
     on each other's inserts in one order, never in a cycle. Unordered (in the order of a hash table,
