@@ -10,12 +10,15 @@ them. Each case gets a fresh, migrated database:
 - aside:   --runs runs of an `execution_mode: worker` job, which every claim sets aside (held);
 - per-key: --runs runs, one concurrency key each, at max_concurrency_per_key=1;
 - keyed:   --runs runs over 1,000 keys at max_concurrency_per_key=1, claimed until nothing is left
-           (the total time of all claims; most runs are held back by their key's gate).
+           (the total time of all claims; most runs are held back by their key's gate);
+- backlog: --runs runs of an `execution_mode: worker` job already set aside (as claims leave them),
+           --runs delayed a day ahead and --runs finished, after ANALYZE; then 200 claims, each of
+           --limit runs written just before it (p99 too: the claim behind a backlog, issue 16).
 
 Prints the median, min and max claim in ms (and the total for `keyed`). Compare two trees by running
 it from each with PYTHONPATH pointing at the tree.
 
-usage: python scripts/bench_claim.py [--runs 20000] [--limit 100] [--cases cold,warm,aside,per-key,keyed]
+usage: python scripts/bench_claim.py [--runs 20000] [--limit 100] [--cases cold,warm,aside,per-key,keyed,backlog]
 """
 
 from __future__ import annotations
@@ -50,12 +53,29 @@ def fresh_db(admin: str, name: str) -> str:
     return dsn
 
 
-def write_runs(conn: psycopg.Connection, job: str, n: int, key: str | None) -> None:
+def write_runs(
+    conn: psycopg.Connection, job: str, n: int, key: str | None, status: str = "queued", held: str | None = None
+) -> None:
     conn.execute(
-        "INSERT INTO job_runs (id, job_id, project_id, status, payload_hash, concurrency_key) "
-        f"SELECT gen_random_uuid(), %s, 'p', 'queued', 'h', {key or 'NULL'} FROM generate_series(1, %s) g",
-        (job, n),
+        "INSERT INTO job_runs (id, job_id, project_id, status, held, payload_hash, concurrency_key, scheduled_at) "
+        f"SELECT gen_random_uuid(), %s, 'p', %s, %s, 'h', {key or 'NULL'}, "
+        "CASE WHEN %s = 'delayed' THEN now() + interval '1 day' END FROM generate_series(1, %s) g",
+        (job, status, held, status, n),
     )
+
+
+def behind_backlog(claims: psycopg.Connection, conn: psycopg.Connection, runs: int, limit: int) -> list[float]:
+    """The backlog case: ms of each of 200 claims of `limit` runs written just before it."""
+    write_runs(conn, make_job(conn, ENDPOINT, execution_mode="worker"), runs, None, held="job")
+    job = make_job(conn, ENDPOINT)
+    write_runs(conn, job, runs, None, status="delayed")
+    write_runs(conn, job, runs, None, status="completed")
+    conn.execute("ANALYZE job_runs")
+    out = []
+    for _ in range(200):
+        write_runs(conn, job, limit, None)
+        out += claim_times(claims, limit, 1)
+    return out
 
 
 def claim_times(claims: psycopg.Connection, limit: int, count: int | None) -> list[float]:
@@ -77,6 +97,10 @@ def case(admin: str, name: str, runs: int, limit: int) -> str:
     try:
         claim_times(claims, limit, 6)  # prepared (psycopg prepares on the 5th run) on the empty table
         with psycopg.connect(dsn, autocommit=True) as conn:
+            if name == "backlog":
+                ts = behind_backlog(claims, conn, runs, limit)
+                p99 = sorted(ts)[int(len(ts) * 0.99) - 1]
+                return f"{name}: median {statistics.median(ts):.2f} ms, p99 {p99:.2f}, max {max(ts):.2f}"
             if name in ("cold", "warm"):
                 write_runs(conn, make_job(conn, ENDPOINT), runs, None)
             elif name == "aside":

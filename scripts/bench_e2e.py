@@ -409,13 +409,21 @@ def claim_histogram(base: str) -> dict[float, float]:
 
 
 def histogram_p99(after: dict[float, float], before: dict[float, float]) -> str:
-    """The bucket the 99th percentile of the claims between two reads falls in."""
+    """The buckets the median and the 99th percentile of the claims between two reads fall in."""
     delta = {le: after[le] - before.get(le, 0.0) for le in after}
     total = delta.get(float("inf"), 0.0)
-    for le in sorted(delta):
-        if total and delta[le] >= 0.99 * total:
-            return f"<= {le * 1000:g} ms ({total:.0f} claims)"
-    return "n/a"
+
+    def bucket(q: float) -> str:
+        return next((f"{le * 1000:g}" for le in sorted(delta) if delta[le] >= q * total), "?")
+
+    return f"<= {bucket(0.99)} ms (p50 <= {bucket(0.5)} ms; {total:.0f} claims)" if total else "n/a"
+
+
+# the vacuum of job_runs: running now, and how many dead row versions it has left to clear
+VACUUM_STATE = """
+SELECT (SELECT count(*) FROM pg_stat_progress_vacuum v WHERE v.relid = 'job_runs'::regclass),
+       (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'job_runs'::regclass)
+"""
 
 
 def claim_plan(conn: Any) -> list[str]:
@@ -797,7 +805,7 @@ class Bench:
             )
             return rate
 
-        lat0 = await self.latency()
+        lat0 = await self.idle("empty queue")
         base_rate = await drain("empty queue", 20000)
         t = fill(parked, n) + fill(self.job, n, delayed=True)
         t0 = time.monotonic()
@@ -810,7 +818,17 @@ class Bench:
         )
         plan = claim_plan(conn)
         print("backlog: claim plan with the backlog: " + "; ".join(plan), flush=True)
-        lat1 = await self.latency()
+        vacuuming, dead = conn.execute(VACUUM_STATE).fetchone()
+        print(f"backlog: at once (autovacuum of job_runs running: {bool(vacuuming)}, {dead} dead rows)", flush=True)
+        lat_now = await self.idle("at once")
+        # the steady state: once autovacuum has cleared what setting the backlog aside left behind
+        t0 = time.monotonic()
+        while (state := conn.execute(VACUUM_STATE).fetchone())[0] or state[1] > n // 10:
+            if time.monotonic() - t0 > 900:
+                break
+            await asyncio.sleep(1)
+        print(f"backlog: after autovacuum ({time.monotonic() - t0:.0f} s later, {state[1]} dead rows)", flush=True)
+        lat1 = await self.idle("with the backlog")
         mem.mark("backlog-drain")
         big_rate = await drain(f"{n} claimable behind the backlog", n)
         mem.mark("backlog-drain")
@@ -818,8 +836,17 @@ class Bench:
         self.made = n + 20000 + 400
         return (
             f"backlog: empty_drain={base_rate:.0f}/s backlog_drain={big_rate:.0f}/s "
-            f"({(big_rate / base_rate - 1) * 100:+.1f} %) idle latency before [{lat0}] with backlog [{lat1}]"
+            f"({(big_rate / base_rate - 1) * 100:+.1f} %) idle latency before [{lat0}] with backlog [{lat1}] "
+            f"(at once [{lat_now}])"
         )
+
+    async def idle(self, label: str) -> str:
+        """The latency scenario, and the claims it made (one run each: the claim statement's own cost)."""
+        claims = claim_histogram(self.base)
+        lat = await self.latency()
+        p99 = histogram_p99(claim_histogram(self.base), claims)
+        print(f"backlog: idle claims, {label}: claim p99 {p99}", flush=True)
+        return f"{lat} claim_p99 {p99.split(' (')[0]}"
 
     def latency_parts(self, sent: dict[str, float], answered: dict[str, float], seen: dict[str, float]) -> str:
         """Where a trigger's latency goes, medians in ms, from the run's own timestamps (one clock:
