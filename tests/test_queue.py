@@ -288,6 +288,18 @@ def test_the_claims_plan_is_sized_by_its_batch_not_by_the_table(dsn: str) -> Non
     assert "claimed" in sized and max(sized.values()) <= 5000, (sized, plan)
 
 
+def test_a_claim_takes_up_to_its_bound_whole_and_never_more(dsn: str) -> None:
+    """The claim's `LIMIT 1000` (the bound of its plan's estimates) never cuts a batch: a claim of the
+    largest batch takes it whole, and a caller asking for more gets that bound."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        make_runs(conn, job, queue.CLAIM_MAX + 100)
+        claims = Queue(conn, worker_id="w", lease_secs=30)
+        assert len(claims.claim(queue.CLAIM_MAX + 500).runs) == queue.CLAIM_MAX
+        assert len(claims.claim(queue.CLAIM_MAX).runs) == 100
+        assert statuses(conn) == {"executing": queue.CLAIM_MAX + 100}
+
+
 def test_claimers_making_the_same_new_gates_never_deadlock(dsn: str) -> None:
     """A claim makes the gates its runs need in key order, so two claims making the same gates wait
     on each other's inserts in one order, never in a cycle. Unordered (in the order of a hash table,

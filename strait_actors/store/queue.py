@@ -37,6 +37,9 @@ PLAN_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_sort=of
 # run when the queue is empty; its right plan does not depend on its parameters, so the Poller's
 # connection plans it once (psycopg prepares a statement on its 5th execution).
 CLAIM_OPTIONS = PLAN_OPTIONS + " -c plan_cache_mode=force_generic_plan"
+# The most runs one claim takes: claim_runs bounds its plan's estimates with this `LIMIT 1000`
+# (MAX_DEQUEUE_BATCH_SIZE is validated to it).
+CLAIM_MAX = 1000
 
 
 def connect(dsn: str, *, claims: bool = False) -> psycopg.Connection:
@@ -75,7 +78,12 @@ class Queue:
         self.lease_secs = lease_secs
 
     def claim(self, limit: int) -> ClaimResult:
-        params = {"limit": limit, "lease_id": uuid.uuid4(), "lease_secs": self.lease_secs, "worker_id": self.worker_id}
+        params = {
+            "limit": min(limit, CLAIM_MAX),
+            "lease_id": uuid.uuid4(),
+            "lease_secs": self.lease_secs,
+            "worker_id": self.worker_id,
+        }
         with translated(), self.conn.cursor(row_factory=tuple_row) as cur:
             rows = cur.execute(q("claim_runs"), params).fetchall()
             assert cur.description is not None
