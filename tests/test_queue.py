@@ -159,6 +159,45 @@ def test_expiry_only_for_runs_never_started(dsn: str) -> None:
         assert row == ("expired", "run expired")
 
 
+def test_the_expiry_sweep_reads_only_runs_that_can_expire(dsn: str) -> None:
+    """The Reaper's expiry sweep runs every REAPER_INTERVAL_SECS. It read every queued run (claim
+    index, held index, a heap fetch each) to find the few past their TTL: 540 ms a sweep behind
+    2,000,000 queued runs. It reads job_runs_expiry, where only runs that can expire are."""
+    past, future = "2000-01-01T00:00:00Z", "2999-01-01T00:00:00Z"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+        conn.execute(
+            "INSERT INTO job_runs (id, job_id, project_id, status, held, payload_hash) SELECT gen_random_uuid(), %s, "
+            "'p', 'queued', CASE WHEN g %% 2 = 0 THEN 'job' END, 'h' FROM generate_series(1, 5000) g",
+            (job,),
+        )
+        due = make_runs(conn, job, 1, expires_at=past) + make_runs(conn, job, 1, expires_at=past, held="job")
+        make_runs(conn, job, 1, attempt=2, expires_at=past)  # retried: keeps going
+        make_runs(conn, job, 1, resume_event_key="k", expires_at=past)  # resumed from a wait
+        make_runs(conn, job, 1, expires_at=future)
+        conn.execute("ANALYZE job_runs")
+    with queue.connect(dsn) as conn:
+        before = _tuples_read(conn, "job_runs")
+        assert queue.expire_runs(conn) == 2
+        read = _tuples_read(conn, "job_runs") - before
+        assert read <= 10, read  # the two due runs (found, then updated), not the 5,000 queued
+        expired = conn.execute("SELECT id::text FROM job_runs WHERE status = 'expired'").fetchall()
+        assert sorted(r[0] for r in expired) == sorted(due)
+
+
+def _tuples_read(conn: psycopg.Connection, table: str) -> int:
+    """Rows of `table` read so far by sequential scans and index fetches, from its statistics (this
+    connection's counts flushed first)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    with psycopg.connect(conn.info.dsn, autocommit=True) as look:
+        row = look.execute(
+            "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = %s",
+            (table,),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
 def _claim_all(dsn: str, claimers: int, batch: int) -> list[str]:
     """Claimers racing until the queue gives them nothing more; every run id claimed. A claimer's
     error (a deadlock, say) is raised here."""

@@ -411,22 +411,16 @@ SELECT to_status AS status, count(*) AS n FROM moved GROUP BY to_status
 -- name: expire_runs
 -- Runs never started whose TTL passed go to expired (retried runs keep going: engine.md §2.7 ⚠;
 -- so do runs resumed from a wait, which started long ago: a wait may outlast any TTL).
--- Scans the claim index (queued runs only): a delayed run past its TTL is past its schedule too, so
--- the claim has promoted it; no index of its own, which every run would pay for.
+-- Reads job_runs_expiry (migration 0017), which holds only the queued runs that can expire: held or
+-- not, oldest deadline first. A delayed run past its TTL is past its schedule too, so the claim has
+-- promoted it.
 -- transition moved: queued -> expired
-WITH due_free AS (
+WITH due AS (
     SELECT id FROM job_runs
-    WHERE status = 'queued' AND held IS NULL AND expires_at <= now() AND attempt = 1 AND resume_event_key IS NULL
+    WHERE status = 'queued' AND expires_at <= now() AND attempt = 1 AND resume_event_key IS NULL
+    ORDER BY expires_at
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
-), due_held AS (
-    -- held runs (migration 0005) are out of the claim index: their own index
-    SELECT id FROM job_runs
-    WHERE status = 'queued' AND held IS NOT NULL AND expires_at <= now() AND attempt = 1 AND resume_event_key IS NULL
-    LIMIT 1000
-    FOR UPDATE SKIP LOCKED
-), due AS (
-    SELECT id FROM due_free UNION ALL SELECT id FROM due_held
 ), moved AS (
     UPDATE job_runs r SET status = 'expired', error = 'run expired', finished_at = now()
     FROM due WHERE r.id = due.id AND {guard moved}
