@@ -166,11 +166,7 @@ def test_the_expiry_sweep_reads_only_runs_that_can_expire(dsn: str) -> None:
     past, future = "2000-01-01T00:00:00Z", "2999-01-01T00:00:00Z"
     with psycopg.connect(dsn, autocommit=True) as conn:
         job = make_job(conn, "http://x/")
-        conn.execute(
-            "INSERT INTO job_runs (id, job_id, project_id, status, held, payload_hash) SELECT gen_random_uuid(), %s, "
-            "'p', 'queued', CASE WHEN g %% 2 = 0 THEN 'job' END, 'h' FROM generate_series(1, 5000) g",
-            (job,),
-        )
+        _many_runs(conn, job, 5000, held="CASE WHEN g %% 2 = 0 THEN 'job' END")
         due = make_runs(conn, job, 1, expires_at=past) + make_runs(conn, job, 1, expires_at=past, held="job")
         make_runs(conn, job, 1, attempt=2, expires_at=past)  # retried: keeps going
         make_runs(conn, job, 1, resume_event_key="k", expires_at=past)  # resumed from a wait
@@ -196,6 +192,17 @@ def _tuples_read(conn: psycopg.Connection, table: str) -> int:
         ).fetchone()
         assert row is not None
         return int(row[0])
+
+
+def _many_runs(conn: psycopg.Connection, job: str, n: int, **columns: str) -> None:
+    """`n` runs of `job` in one INSERT ... SELECT over generate_series(1, n) g: each column given as
+    SQL that may use g (a % written %%), status 'queued' unless given."""
+    columns = {"status": "'queued'", **columns}
+    conn.execute(
+        f"INSERT INTO job_runs (id, job_id, project_id, payload_hash, {', '.join(columns)}) "
+        f"SELECT gen_random_uuid(), %s, 'p', 'h', {', '.join(columns.values())} FROM generate_series(1, %s) g",
+        (job, n),
+    )
 
 
 def _claim_all(dsn: str, claimers: int, batch: int) -> list[str]:
@@ -298,11 +305,12 @@ def test_the_claims_plan_is_sized_by_its_batch_not_by_the_table(dsn: str) -> Non
     backlog). From the pool of runs a claim considers on, no step expects more than a few batches."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         job = make_job(conn, "http://127.0.0.1:9/x")
-        conn.execute(
-            "INSERT INTO job_runs (id, job_id, project_id, status, held, payload_hash) "
-            "SELECT gen_random_uuid(), %s, 'p', CASE WHEN g %% 2 = 0 THEN 'queued' ELSE 'completed' END, "
-            "CASE WHEN g %% 2 = 0 THEN 'job' END, 'h' FROM generate_series(1, 100000) g",
-            (job,),
+        _many_runs(
+            conn,
+            job,
+            100000,
+            status="CASE WHEN g %% 2 = 0 THEN 'queued' ELSE 'completed' END",
+            held="CASE WHEN g %% 2 = 0 THEN 'job' END",
         )
         conn.execute("ANALYZE job_runs")
     names: list[str] = []
@@ -477,11 +485,12 @@ def test_the_claim_probes_the_runs_it_takes_however_big_the_table(dsn: str) -> N
     has an index condition."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         job = make_job(conn, "http://127.0.0.1:9/x")
-        conn.execute(
-            "INSERT INTO job_runs (id, job_id, project_id, status, payload_hash, scheduled_at) "
-            "SELECT gen_random_uuid(), %s, 'p', CASE WHEN g %% 2 = 0 THEN 'queued' ELSE 'delayed' END, 'h', "
-            "now() + interval '1 day' FROM generate_series(1, 50000) g",
-            (job,),
+        _many_runs(
+            conn,
+            job,
+            50000,
+            status="CASE WHEN g %% 2 = 0 THEN 'queued' ELSE 'delayed' END",
+            scheduled_at="now() + interval '1 day'",
         )
         conn.execute("ANALYZE job_runs")
     plan = _claim_plan(dsn, "COSTS OFF")
