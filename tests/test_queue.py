@@ -194,6 +194,27 @@ def _tuples_read(conn: psycopg.Connection, table: str) -> int:
         return int(row[0])
 
 
+def test_our_functions_that_read_a_table_are_plpgsql(dsn: str) -> None:
+    """PostgreSQL inlines a SQL function only when its body is one expression without a sub-SELECT;
+    any other is planned again by every statement that calls it and set up again for each row it is
+    called on (strait_quota_counted's EXISTS was a fifth of PostgreSQL's time in a trigger INSERT of
+    one run). Ours that read a table are PL/pgSQL, which keeps its plans for the session (migration
+    0018); the SQL ones left are single expressions."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT p.proname, l.lanname, p.prosrc FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+            "WHERE p.proname LIKE 'strait%%'"
+        ).fetchall()
+    by_language: dict[str, set[str]] = {}
+    for name, language, body in rows:
+        by_language.setdefault(language, set()).add(name)
+        if language == "sql":
+            words = re.findall(r"\b(SELECT|FROM)\b", body, re.I)
+            assert [w.upper() for w in words] == ["SELECT"], (name, body)
+    assert {"strait_entry_status", "strait_run_dependency_key"} <= by_language["sql"]
+    assert {"strait_quota_counted", "strait_count_active", "strait_dependency_met"} <= by_language["plpgsql"]
+
+
 def _many_runs(conn: psycopg.Connection, job: str, n: int, **columns: str) -> None:
     """`n` runs of `job` in one INSERT ... SELECT over generate_series(1, n) g: each column given as
     SQL that may use g (a % written %%), status 'queued' unless given."""
