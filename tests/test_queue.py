@@ -215,6 +215,28 @@ def test_our_functions_that_read_a_table_are_plpgsql(dsn: str) -> None:
     assert {"strait_quota_counted", "strait_count_active", "strait_dependency_met"} <= by_language["plpgsql"]
 
 
+def test_every_named_statement_is_converted_once() -> None:
+    """psycopg parses a statement's named parameters into `$n` and caches that only for texts up to
+    its limit (4096 bytes by default); store/sql.py raises the limit past our longest statement, so
+    the claim, the outcome write and the others are parsed once, not on every execution. Checked
+    through psycopg's private cache: a psycopg that changes it fails here, not silently."""
+    from psycopg._queries import PostgresQuery, _query2pg
+    from psycopg.adapt import Transformer
+
+    from strait_actors.store.sql import queries
+
+    texts = queries()
+    assert max(len(t.encode()) for t in texts.values()) > 4096  # the claim is 16 KB
+    for name, text in texts.items():
+        params = {k: None for k in re.findall(r"%\((\w+)\)[sbt]", text)}
+        if not params:
+            continue  # psycopg converts nothing without parameters
+        PostgresQuery(Transformer()).convert(text, params)
+        hits = _query2pg.cache_info().hits
+        PostgresQuery(Transformer()).convert(text, params)
+        assert _query2pg.cache_info().hits == hits + 1, name
+
+
 def _many_runs(conn: psycopg.Connection, job: str, n: int, **columns: str) -> None:
     """`n` runs of `job` in one INSERT ... SELECT over generate_series(1, n) g: each column given as
     SQL that may use g (a % written %%), status 'queued' unless given."""

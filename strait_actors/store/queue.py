@@ -86,8 +86,11 @@ class Queue:
         }
         with translated(), self.conn.cursor(row_factory=tuple_row) as cur:
             rows = cur.execute(q("claim_runs"), params).fetchall()
-            assert cur.description is not None
-            names = tuple(c.name for c in cur.description)
+            # the columns' names from the result itself (`description` builds a Column object for
+            # each of the 24, and did so twice per claim)
+            result = cur.pgresult
+            assert result is not None
+            names = tuple((result.fname(i) or b"").decode() for i in range(result.nfields))
         fields, id_at, promoted_at, priority_at, created_at = _claim_columns(names)
         # dispatch in the claim's order (priority, then age); the statement's joins do not keep it
         ordered = sorted(

@@ -51,6 +51,18 @@ def q(name: str) -> str:
     return queries()[name]
 
 
+# psycopg converts a statement's named parameters (`%(x)s`) to `$n` by parsing its text, and caches
+# the result only for texts of at most 4096 bytes (psycopg discussion 628: long texts are mostly
+# generated ones, seldom seen twice). Ours are the fixed texts of queries.sql, reused on every call:
+# the claim (16 KB), the outcome write and the SDK plane's finish (9 KB each) were parsed again each
+# time, 30-40 us of the worker's CPU per statement, the claim's on the way from trigger to dispatch.
+# The module constant is private to psycopg (pinned below 4); tests/test_queue.py checks that the
+# claim's text is still converted once.
+CACHED_STATEMENT_BYTES = 65536
+if getattr(psycopg._queries, "MAX_CACHED_STATEMENT_LENGTH", CACHED_STATEMENT_BYTES) < CACHED_STATEMENT_BYTES:
+    psycopg._queries.MAX_CACHED_STATEMENT_LENGTH = CACHED_STATEMENT_BYTES
+
+
 # ----------------------------------------------------------------- running named queries (async)
 
 # orjson for every json/jsonb value psycopg handles (5-10x faster than the stdlib), with the stdlib
