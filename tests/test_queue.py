@@ -237,6 +237,28 @@ def test_every_named_statement_is_converted_once() -> None:
         assert _query2pg.cache_info().hits == hits + 1, name
 
 
+def test_a_kept_cursor_keeps_its_adapters_between_executions(dsn: str) -> None:
+    """store.sql.kept_cursor: one cursor per connection and statement, used again (and made anew
+    once closed), on which psycopg keeps the parameters' dumpers and the columns' loaders from one
+    execution of the statement to the next (its Transformer: private to psycopg, checked here)."""
+    from psycopg.rows import tuple_row
+
+    from strait_actors.store.sql import kept_cursor
+
+    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocommit=True) as other:
+        text, again = "SELECT %(a)s::int[] AS a", "SELECT %(b)s::text AS b"
+        cur = kept_cursor(conn, text, tuple_row)
+        assert kept_cursor(conn, text, tuple_row) is cur
+        assert kept_cursor(conn, again, tuple_row) is not cur
+        assert kept_cursor(other, text, tuple_row) is not cur
+        assert cur.execute(text, {"a": [1, 2]}).fetchall() == [([1, 2],)]
+        adapters = cur._tx
+        assert cur.execute(text, {"a": [3]}).fetchall() == [([3],)]
+        assert cur._tx is adapters
+        cur.close()
+        assert kept_cursor(conn, text, tuple_row) is not cur
+
+
 def _many_runs(conn: psycopg.Connection, job: str, n: int, **columns: str) -> None:
     """`n` runs of `job` in one INSERT ... SELECT over generate_series(1, n) g: each column given as
     SQL that may use g (a % written %%), status 'queued' unless given."""

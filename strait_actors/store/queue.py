@@ -22,7 +22,7 @@ from psycopg.rows import dict_row, tuple_row
 from strait_actors.breaker import CircuitDelta
 from strait_actors.model import ClaimedRun, Outcome
 from strait_actors.store.errors import Rejected, translated
-from strait_actors.store.sql import count, q
+from strait_actors.store.sql import count, kept_cursor, q
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ class Queue:
             "lease_secs": self.lease_secs,
             "worker_id": self.worker_id,
         }
-        with translated(), self.conn.cursor(row_factory=tuple_row) as cur:
+        with translated():
+            cur = kept_cursor(self.conn, q("claim_runs"), tuple_row)
             rows = cur.execute(q("claim_runs"), params).fetchall()
             # the columns' names from the result itself (`description` builds a Column object for
             # each of the 24, and did so twice per claim)
@@ -188,9 +189,9 @@ async def _record(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> tup
         "boosts": [o.priority_boost for o in outcomes],
     }
     with translated():
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(q("record_outcomes"), params)
-            rows = await cur.fetchall()
+        cur = kept_cursor(conn, q("record_outcomes"), tuple_row)
+        await cur.execute(q("record_outcomes"), params)
+        rows = await cur.fetchall()
     return {r for r, parked in rows if not parked}, {r for r, parked in rows if parked}
 
 

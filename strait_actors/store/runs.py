@@ -6,12 +6,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import ids
 from strait_actors.model import NewRun
-from strait_actors.store.sql import Row, fetch_all, fetch_one, q
+from strait_actors.store.sql import Row, fetch_all, fetch_one, kept_cursor, q
 
 _INSERT_FIELDS = (
     "id",
@@ -45,7 +46,8 @@ def insert_params(runs: list[NewRun]) -> dict[str, list[Any]]:
 
 async def insert_runs(conn: Any, runs: list[NewRun]) -> dict[uuid.UUID, str]:
     """Enqueue in one statement; returns {id: status} of the rows inserted (key conflicts are absent)."""
-    cur = await conn.execute(q("insert_runs"), insert_params(runs))
+    cur = kept_cursor(conn, q("insert_runs"), dict_row)
+    await cur.execute(q("insert_runs"), insert_params(runs))
     return {r["id"]: r["status"] for r in await cur.fetchall()}
 
 

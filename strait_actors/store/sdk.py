@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from strait_actors import ids
 from strait_actors.aio import Pending, answer, kept
 from strait_actors.store.errors import Rejected, translated
-from strait_actors.store.sql import Row, execute, fetch_all, fetch_one, q
+from strait_actors.store.sql import Row, execute, fetch_all, fetch_one, kept_cursor, q
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ class Batcher:
         params = {name: [c.values[i] for c in calls] for i, name in enumerate(self.columns)}
         try:
             with translated():
-                cur = await conn.execute(self.statement, {**params, **self.extra()})
+                cur = kept_cursor(conn, self.statement)
+                await cur.execute(self.statement, {**params, **self.extra()})
                 rows = await cur.fetchall()
         except self.split_on:  # one call's fault: find it by halves, the others go through
             if len(calls) == 1:

@@ -63,6 +63,21 @@ if getattr(psycopg._queries, "MAX_CACHED_STATEMENT_LENGTH", CACHED_STATEMENT_BYT
     psycopg._queries.MAX_CACHED_STATEMENT_LENGTH = CACHED_STATEMENT_BYTES
 
 
+def kept_cursor(conn: Any, query: str, row_factory: Any = None) -> Any:
+    """The connection's own cursor for this statement, kept for its next executions. psycopg keeps a
+    cursor's adapters (its parameters' dumpers, its columns' loaders) for as long as the cursor runs
+    the same query text again; a new cursor per execution looked them all up anew, 50-150 us of a
+    trigger INSERT or a claim of one run. Kept on the connection object, so it goes with it. A
+    connection serves one caller at a time (a pool's checkout, an actor's own), and so does its
+    cursor. It holds its last result until its next execution."""
+    kept: dict[tuple[int, Any], Any] = conn.__dict__.setdefault("_strait_cursors", {})
+    key = (id(query), row_factory)
+    cur = kept.get(key)
+    if cur is None or cur.closed:
+        cur = kept[key] = conn.cursor(row_factory=row_factory) if row_factory else conn.cursor()
+    return cur
+
+
 # ----------------------------------------------------------------- running named queries (async)
 
 # orjson for every json/jsonb value psycopg handles (5-10x faster than the stdlib), with the stdlib
