@@ -101,9 +101,11 @@ def api_kill(
 ) -> Ledger:
     """Keyed triggers retried by the client until a 2xx while the API process is killed -9 and
     restarted `kills` times: exactly one run per key, each completed and delivered."""
+    # each port checked free (the worker's was port + 1, unchecked: it failed once, EADDRINUSE)
     port = free_port()
+    worker_port = next(p for p in iter(free_port, None) if p != port)
     worker = start_strait(
-        {"DATABASE_URL": pg.dsn, "PORT": str(port + 1), "WORKER_PORT": str(port + 1), **DEFAULT_LEASE},
+        {"DATABASE_URL": pg.dsn, "PORT": str(worker_port), "WORKER_PORT": str(worker_port), **DEFAULT_LEASE},
         _dir(tmp, "worker"),
         mode="worker",
         processes=1,
