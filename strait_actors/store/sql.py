@@ -55,7 +55,8 @@ def q(name: str) -> str:
 # the result only for texts of at most 4096 bytes (psycopg discussion 628: long texts are mostly
 # generated ones, seldom seen twice). Ours are the fixed texts of queries.sql, reused on every call:
 # the claim (16 KB), the outcome write and the SDK plane's finish (9 KB each) were parsed again each
-# time, 30-40 us of the worker's CPU per statement, the claim's on the way from trigger to dispatch.
+# time, 30-40 us of CPU per execution (the worker's, the API's for the finish), the claim's on the
+# way from trigger to dispatch.
 # The module constant is private to psycopg (pinned below 4); tests/test_queue.py checks that the
 # claim's text is still converted once.
 CACHED_STATEMENT_BYTES = 65536
@@ -66,10 +67,11 @@ if getattr(psycopg._queries, "MAX_CACHED_STATEMENT_LENGTH", CACHED_STATEMENT_BYT
 def kept_cursor(conn: Any, query: str, row_factory: Any = None) -> Any:
     """The connection's own cursor for this statement, kept for its next executions. psycopg keeps a
     cursor's adapters (its parameters' dumpers, its columns' loaders) for as long as the cursor runs
-    the same query text again; a new cursor per execution looked them all up anew, 50-150 us of a
-    trigger INSERT or a claim of one run. Kept on the connection object, so it goes with it. A
-    connection serves one caller at a time (a pool's checkout, an actor's own), and so does its
-    cursor. It holds its last result until its next execution."""
+    the same query object again (our named statements are one string each); a new cursor per
+    execution looked them all up anew, 50-150 us of a trigger INSERT or a claim of one run. Kept on
+    the connection object, so it goes with it. A connection serves one caller at a time (a pool's
+    checkout, an actor's own), and so does its cursor. It holds its last result until its next
+    execution."""
     kept: dict[tuple[int, Any], Any] = conn.__dict__.setdefault("_strait_cursors", {})
     key = (id(query), row_factory)
     cur = kept.get(key)
