@@ -85,8 +85,8 @@ class Queue:
             "worker_id": self.worker_id,
         }
         with translated():
-            cur = kept_cursor(self.conn, q("claim_runs"), tuple_row)
-            rows = cur.execute(q("claim_runs"), params).fetchall()
+            cur = kept_cursor(self.conn, query := q("claim_runs"), tuple_row)
+            rows = cur.execute(query, params).fetchall()
             # the columns' names from the result itself (`description` builds a Column object for
             # each of the 24, and did so twice per claim)
             result = cur.pgresult
@@ -189,8 +189,8 @@ async def _record(conn: psycopg.AsyncConnection, outcomes: list[Outcome]) -> tup
         "boosts": [o.priority_boost for o in outcomes],
     }
     with translated():
-        cur = kept_cursor(conn, q("record_outcomes"), tuple_row)
-        await cur.execute(q("record_outcomes"), params)
+        cur = kept_cursor(conn, query := q("record_outcomes"), tuple_row)
+        await cur.execute(query, params)
         rows = await cur.fetchall()
     return {r for r, parked in rows if not parked}, {r for r, parked in rows if parked}
 

@@ -46,8 +46,8 @@ def insert_params(runs: list[NewRun]) -> dict[str, list[Any]]:
 
 async def insert_runs(conn: Any, runs: list[NewRun]) -> dict[uuid.UUID, str]:
     """Enqueue in one statement; returns {id: status} of the rows inserted (key conflicts are absent)."""
-    cur = kept_cursor(conn, q("insert_runs"), dict_row)
-    await cur.execute(q("insert_runs"), insert_params(runs))
+    cur = kept_cursor(conn, query := q("insert_runs"), dict_row)
+    await cur.execute(query, insert_params(runs))
     return {r["id"]: r["status"] for r in await cur.fetchall()}
 
 
