@@ -8,11 +8,12 @@ import threading
 import uuid
 
 import psycopg
+import pytest
 
 from strait_actors.model import Outcome
 from strait_actors.store import queue
 from strait_actors.store.queue import Queue
-from strait_actors.store.sql import q
+from strait_actors.store.sql import derive, q
 from tests.conftest import wait_for
 from tests.helpers import make_job, make_runs, statuses
 
@@ -75,6 +76,61 @@ def test_claim_skips_future_retries_disabled_jobs_and_promotes_due_delayed(dsn: 
         assert [r.id for r in second.runs] == due
         events = conn.execute("SELECT message FROM run_events WHERE run_id = %s ORDER BY id", (due[0],))
         assert [e[0] for e in events] == ["delayed -> queued", "queued -> executing"]
+
+
+def test_plain_claims_leave_gated_and_held_back_runs_to_the_full_claim(dsn: str) -> None:
+    """claim_runs_plain takes only runs nothing holds back; whatever it leaves, and a gate with held
+    runs and a slot free again, sends the next claim to claim_runs, which decides them."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        free = make_job(conn, "http://x/")
+        capped = make_job(conn, "http://x/", max_concurrency=1)
+        keyed = make_job(conn, "http://x/", max_concurrency_per_key=1)
+        worker = make_job(conn, "http://x/", execution_mode="worker")
+        claims = Queue(conn, worker_id="w", lease_secs=30)
+        assert claims.gated, "the first claim is the full one"
+        assert claims.claim(100).runs == [] and not claims.gated, "an empty queue: plain claims next"
+
+        plain = make_runs(conn, free, 3)
+        # a keyed job's run without a key is not limited by it: plain
+        plain += make_runs(conn, keyed, 1)
+        limited = make_runs(conn, capped, 3) + make_runs(conn, keyed, 2, concurrency_key="k")
+        aside = make_runs(conn, worker, 2)
+        first = claims.claim(100)
+        assert sorted(r.id for r in first.runs) == sorted(plain)
+        assert first.promoted and claims.gated, "what it left goes to claim_runs, at once"
+        held = conn.execute("SELECT count(*) FROM job_runs WHERE held IS NOT NULL").fetchone()
+        assert held == (0,), "the plain claim holds nothing back"
+
+        second = claims.claim(100)  # makes the gates: its runs wait for the next claim
+        assert second.runs == [] and second.promoted and claims.gated
+        third = claims.claim(100)
+        taken = {r.id for r in third.runs}
+        assert len(taken & set(limited[:3])) == 1 and len(taken & set(limited[3:])) == 1 and len(taken) == 2
+        rows = dict(conn.execute("SELECT id::text, held FROM job_runs WHERE status = 'queued'").fetchall())
+        assert {rows[r] for r in aside} == {"job"} and sorted(rows.values()).count("g:") == 2
+        assert claims.gated, "its pool had gated runs: the full claim again"
+        fourth = claims.claim(100)
+        assert fourth.runs == [] and not fourth.promoted and not claims.gated
+
+        # the capped job's run ends: its gate has a slot and held runs, which only claim_runs releases
+        done = next(r for r in third.runs if r.id in limited[:3])
+
+        async def finish() -> None:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+                assert await queue.record_outcomes(aconn, [_outcome(done.id, 1, done.lease_id, "completed")])
+
+        asyncio.run(finish())
+        plain_again = claims.claim(100)
+        assert plain_again.runs == [] and plain_again.promoted and claims.gated
+        released = claims.claim(100)
+        assert len(released.runs) == 1 and released.runs[0].id in limited[:3]
+        # a run that comes queued for a job paused since its last claim: left, then held as 'job'
+        conn.execute("UPDATE jobs SET paused = true WHERE id = %s", (free,))
+        assert claims.claim(100).runs == [] and not claims.gated
+        late = make_runs(conn, free, 1)
+        assert claims.claim(100).runs == [] and claims.gated
+        assert claims.claim(100).runs == []
+        assert conn.execute("SELECT held FROM job_runs WHERE id = %s", (late[0],)).fetchone() == ("job",)
 
 
 def _outcome(run_id: str, attempt: int, lease: str, status: str, **kw: object) -> Outcome:
@@ -235,6 +291,22 @@ def test_every_named_statement_is_converted_once() -> None:
         hits = _query2pg.cache_info().hits
         PostgresQuery(Transformer()).convert(text, params)
         assert _query2pg.cache_info().hits == hits + 1, name
+
+
+def test_a_derived_statement_is_its_base_with_one_section_replaced() -> None:
+    full, plain = q("claim_runs"), q("claim_runs_plain")
+    start, end = full.index("-- {gates"), full.index("-- gates}")
+    head, tail = full[:start], full[end + len("-- gates}") :]
+    assert plain.startswith(head.rstrip(" ")) and plain.endswith(tail)
+    middle = plain[len(head.rstrip(" ")) : len(plain) - len(tail)]
+    assert "run_gates (" not in middle and "UPDATE job_runs" not in middle, "it writes no gate and holds nothing"
+    assert "strait_lock_gates" in full and "strait_lock_gates" not in plain
+    with pytest.raises(ValueError, match="marked 0 times"):
+        derive("SELECT 1", "gates", "x")
+    twice = "-- {gates\nA\n-- gates}\n-- {gates\nB\n-- gates}\n"
+    with pytest.raises(ValueError, match="marked 2 times"):
+        derive(twice, "gates", "x")
+    assert derive("a\n  -- {gates: why\nb\n  -- gates}\nc", "gates", "X\n") == "a\nX\nc"
 
 
 def test_a_kept_cursor_keeps_its_adapters_between_executions(dsn: str) -> None:

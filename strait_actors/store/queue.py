@@ -58,24 +58,47 @@ class ClaimResult:
     promoted: bool  # delayed runs became queued: claim again at once
 
 
-@lru_cache(maxsize=8)
-def _claim_columns(names: tuple[str, ...]) -> tuple[Callable[[tuple[Any, ...]], tuple[Any, ...]], int, int, int, int]:
-    """For the claim's columns by name: a getter of a ClaimedRun's fields in their order (its
-    `created_at` is the claim's `claim_created_at`), and where the id, the promoted count, the
-    priority and the creation time are. Rows come as tuples: a dict per row and a keyword call per
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """Where the claim's columns are, by name: a getter of a ClaimedRun's fields in their order (its
+    `created_at` is the claim's `claim_created_at`), and the id, the promoted count, the gated flag,
+    the priority and the creation time. Rows come as tuples: a dict per row and a keyword call per
     run cost a tenth of the worker's CPU at a few thousand runs a second."""
+
+    fields: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+    id: int
+    promoted: int
+    gated: int
+    priority: int
+    created_at: int
+
+
+@lru_cache(maxsize=8)
+def _claim_columns(names: tuple[str, ...]) -> _Columns:
     at = {name: i for i, name in enumerate(names)}
     fields = ["claim_created_at" if f.name == "created_at" else f.name for f in dataclasses.fields(ClaimedRun)]
-    return itemgetter(*(at[f] for f in fields)), at["id"], at["promoted"], at["claim_priority"], at["claim_created_at"]
+    return _Columns(
+        itemgetter(*(at[f] for f in fields)),
+        at["id"],
+        at["promoted"],
+        at["gated"],
+        at["claim_priority"],
+        at["claim_created_at"],
+    )
 
 
 class Queue:
-    """Claims and lease upkeep over one synchronous connection (owned by the Poller)."""
+    """Claims and lease upkeep over one synchronous connection (owned by the Poller).
+
+    A claim is claim_runs_plain while the last one met no concurrency gate, no held run to release
+    and no run its job's state holds back, else claim_runs (queries.sql); the first is claim_runs.
+    """
 
     def __init__(self, conn: psycopg.Connection, *, worker_id: str, lease_secs: float) -> None:
         self.conn = conn
         self.worker_id = worker_id
         self.lease_secs = lease_secs
+        self.gated = True  # the next claim is claim_runs
 
     def claim(self, limit: int) -> ClaimResult:
         params = {
@@ -85,19 +108,21 @@ class Queue:
             "worker_id": self.worker_id,
         }
         with translated():
-            cur = kept_cursor(self.conn, query := q("claim_runs"), tuple_row)
+            cur = kept_cursor(self.conn, query := q("claim_runs" if self.gated else "claim_runs_plain"), tuple_row)
             rows = cur.execute(query, params).fetchall()
             # the columns' names from the result itself (`description` builds a Column object for
             # each of the 24, and did so twice per claim)
             result = cur.pgresult
             assert result is not None
             names = tuple((result.fname(i) or b"").decode() for i in range(result.nfields))
-        fields, id_at, promoted_at, priority_at, created_at = _claim_columns(names)
+        at = _claim_columns(names)
+        self.gated = bool(rows[0][at.gated])  # the statement always answers a row
         # dispatch in the claim's order (priority, then age); the statement's joins do not keep it
         ordered = sorted(
-            (r for r in rows if r[id_at] is not None), key=lambda r: (-(r[priority_at] or 0), r[created_at])
+            (r for r in rows if r[at.id] is not None), key=lambda r: (-(r[at.priority] or 0), r[at.created_at])
         )
-        return ClaimResult([ClaimedRun(*fields(r)) for r in ordered], bool(rows and rows[0][promoted_at]))
+        fields = at.fields
+        return ClaimResult([ClaimedRun(*fields(r)) for r in ordered], bool(rows[0][at.promoted]))
 
 
 # Every batch writer of job_runs locks its runs in id order, so that two never wait on each other

@@ -23,14 +23,31 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
 
 def parse(text: str) -> dict[str, str]:
-    """Split a named-query file into {name: statement}; the purpose comment stays with the SQL."""
+    """Split a named-query file into {name: statement}; the purpose comment stays with the SQL.
+    A statement of DERIVED is its base with one marked section replaced by its own text."""
     parts = _NAME.split(text)
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
             raise ValueError(f"query {name!r} defined twice")
         queries[name] = _TRAILING_COMMENTS.sub("", body.strip()).rstrip(";")
+    for name, (base, section) in DERIVED.items():
+        if name in queries and base in queries:
+            queries[name] = derive(queries[base], section, queries[name])
     return queries
+
+
+# {statement: (the statement it is derived from, the section of that statement it replaces)}
+DERIVED = {"claim_runs_plain": ("claim_runs", "gates")}
+
+
+def derive(base: str, section: str, replacement: str) -> str:
+    """`base` with the lines from `-- {SECTION:` to `-- SECTION}` (the markers too) replaced."""
+    marked = re.compile(rf"^[ \t]*-- \{{{section}\b.*?^[ \t]*-- {section}\}}[ \t]*\n", re.M | re.S)
+    derived, found = marked.subn(lambda _: replacement.rstrip() + "\n", base)
+    if found != 1:
+        raise ValueError(f"section {section!r} is marked {found} times in its base statement")
+    return derived
 
 
 # comment lines after a statement (the next section's heading) are not part of it
