@@ -28,14 +28,13 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
 
 from strait_actors import embedded
 from strait_actors.store import db, queue
-from strait_actors.store.sql import q
+from strait_actors.store.queue import Queue
 
 # the tests' job set-up; appended, so that PYTHONPATH still picks the strait_actors tree measured
 sys.path.append(str(Path(__file__).resolve().parent.parent))
@@ -64,7 +63,7 @@ def write_runs(
     )
 
 
-def behind_backlog(claims: psycopg.Connection, conn: psycopg.Connection, runs: int, limit: int) -> list[float]:
+def behind_backlog(claims: Queue, conn: psycopg.Connection, runs: int, limit: int) -> list[float]:
     """The backlog case: ms of each of 200 claims of `limit` runs written just before it."""
     write_runs(conn, make_job(conn, ENDPOINT, execution_mode="worker"), runs, None, held="job")
     job = make_job(conn, ENDPOINT)
@@ -78,24 +77,25 @@ def behind_backlog(claims: psycopg.Connection, conn: psycopg.Connection, runs: i
     return out
 
 
-def claim_times(claims: psycopg.Connection, limit: int, count: int | None) -> list[float]:
-    """Claim `count` times, or until a claim takes nothing and promoted nothing; ms each."""
-    params = {"limit": limit, "lease_id": uuid.uuid4(), "lease_secs": 60, "worker_id": "bench"}
+def claim_times(claims: Queue, limit: int, count: int | None) -> list[float]:
+    """Claim `count` times, or until a claim takes nothing and promoted nothing; ms each. The claims
+    are the Poller's: claim_runs, or claim_runs_plain while the last one met no gate."""
     out = []
     while count is None or len(out) < count:
         t = time.perf_counter()
-        rows = claims.execute(q("claim_runs"), params, prepare=True).fetchall()
+        got = claims.claim(limit)
         out.append((time.perf_counter() - t) * 1000)
-        if count is None and rows[0][0] is None and not rows[0][-1]:
+        if count is None and not got.runs and not got.promoted:
             break
     return out
 
 
 def case(admin: str, name: str, runs: int, limit: int) -> str:
     dsn = fresh_db(admin, "bench_claim")
-    claims = queue.connect(dsn, claims=True)
+    conn = queue.connect(dsn, claims=True)
+    claims = Queue(conn, worker_id="bench", lease_secs=60)
     try:
-        claim_times(claims, limit, 6)  # prepared (psycopg prepares on the 5th run) on the empty table
+        claim_times(claims, limit, 6)  # prepared (Queue.claim prepares its statements) on the empty table
         with psycopg.connect(dsn, autocommit=True) as conn:
             if name == "backlog":
                 ts = behind_backlog(claims, conn, runs, limit)
@@ -113,7 +113,7 @@ def case(admin: str, name: str, runs: int, limit: int) -> str:
                 conn.execute("ANALYZE job_runs")
         ts = claim_times(claims, limit, None if name == "keyed" else 40)
     finally:
-        claims.close()
+        conn.close()
     total = f" total {sum(ts):.0f} ms over {len(ts)} claims;" if name == "keyed" else ""
     return f"{name}:{total} median {statistics.median(ts):.2f} ms, min {min(ts):.2f}, max {max(ts):.2f}"
 

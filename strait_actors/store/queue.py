@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 PLAN_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_sort=off -c jit=off"
 # The claim (one long statement with the concurrency gates' CTEs) costs ~6 ms to plan and ~0.5 ms to
 # run when the queue is empty; its right plan does not depend on its parameters, so the Poller's
-# connection plans it once (psycopg prepares a statement on its 5th execution).
+# connection plans it once (Queue.claim prepares it on its first run).
 CLAIM_OPTIONS = PLAN_OPTIONS + " -c plan_cache_mode=force_generic_plan"
 # The most runs one claim takes: claim_runs bounds its plan's estimates with this `LIMIT 1000`
 # (MAX_DEQUEUE_BATCH_SIZE is validated to it).
@@ -109,7 +109,9 @@ class Queue:
         }
         with translated():
             cur = kept_cursor(self.conn, query := q("claim_runs" if self.gated else "claim_runs_plain"), tuple_row)
-            rows = cur.execute(query, params).fetchall()
+            # prepared at once (psycopg would on the 5th run): each is planned in milliseconds, and
+            # claim_runs may run seldom
+            rows = cur.execute(query, params, prepare=True).fetchall()
             # the columns' names from the result itself (`description` builds a Column object for
             # each of the 24, and did so twice per claim)
             result = cur.pgresult

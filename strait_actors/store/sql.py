@@ -24,30 +24,37 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.M)
 
 def parse(text: str) -> dict[str, str]:
     """Split a named-query file into {name: statement}; the purpose comment stays with the SQL.
-    A statement of DERIVED is its base with one marked section replaced by its own text."""
+    A statement of DERIVED is its base with marked sections replaced by its own (`derive`)."""
     parts = _NAME.split(text)
-    queries: dict[str, str] = {}
+    bodies: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in queries:
+        if name in bodies:
             raise ValueError(f"query {name!r} defined twice")
-        queries[name] = _TRAILING_COMMENTS.sub("", body.strip()).rstrip(";")
-    for name, (base, section) in DERIVED.items():
+        bodies[name] = body
+    queries = {name: _TRAILING_COMMENTS.sub("", body.strip()).rstrip(";") for name, body in bodies.items()}
+    for name, base in DERIVED.items():
         if name in queries and base in queries:
-            queries[name] = derive(queries[base], section, queries[name])
+            queries[name] = derive(queries[base], bodies[name])
     return queries
 
 
-# {statement: (the statement it is derived from, the section of that statement it replaces)}
-DERIVED = {"claim_runs_plain": ("claim_runs", "gates")}
+# {statement: the statement it is derived from}
+DERIVED = {"claim_runs_plain": "claim_runs"}
+_SECTION = re.compile(r"^[ \t]*-- \{(\w+)\b[^\n]*\n.*?^[ \t]*-- \1\}[ \t]*(?:\n|\Z)", re.M | re.S)
 
 
-def derive(base: str, section: str, replacement: str) -> str:
-    """`base` with the lines from `-- {SECTION:` to `-- SECTION}` (the markers too) replaced."""
-    marked = re.compile(rf"^[ \t]*-- \{{{section}\b.*?^[ \t]*-- {section}\}}[ \t]*\n", re.M | re.S)
-    derived, found = marked.subn(lambda _: replacement.rstrip() + "\n", base)
-    if found != 1:
-        raise ValueError(f"section {section!r} is marked {found} times in its base statement")
-    return derived
+def derive(base: str, replacements: str) -> str:
+    """`base` with each of its marked sections (the lines from `-- {NAME` to `-- NAME}`) that
+    `replacements` marks too replaced by that one; what `replacements` has outside them is dropped."""
+    sections = {m.group(1): m.group(0) for m in _SECTION.finditer(replacements)}
+    if not sections:
+        raise ValueError("no marked section to replace")
+    for section, text in sections.items():
+        marked = re.compile(rf"^[ \t]*-- \{{{section}\b[^\n]*\n.*?^[ \t]*-- {section}\}}[ \t]*(?:\n|\Z)", re.M | re.S)
+        base, found = marked.subn(text.rstrip().replace("\\", "\\\\") + "\n", base)
+        if found != 1:
+            raise ValueError(f"section {section!r} is marked {found} times in its base statement")
+    return base
 
 
 # comment lines after a statement (the next section's heading) are not part of it
