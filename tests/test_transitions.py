@@ -234,3 +234,27 @@ def test_the_seam_finds_waits_by_run_or_id_never_by_walking_the_waiting_ones(dsn
         for name, params in (("sdk_finish", finish), ("send_events", send)):
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.q(name), params))
             assert "event_triggers_due" not in plan, f"{name} walks every waiting trigger:\n{plan}"
+
+
+def test_a_transition_that_clears_held_counts_no_holds() -> None:
+    """Its RETURNING reads every run as not held, so the seam's part for held runs would never find
+    one: it is left out (the claim's own CTEs count the holds it ends)."""
+    base = (
+        "-- transition gone: queued -> canceled\n"
+        "WITH gone AS (\n"
+        "    UPDATE job_runs r SET status = 'canceled', finished_at = now(){held}\n"
+        "    WHERE r.id = %(id)s AND {{guard gone}}\n"
+        "    RETURNING r.id, 'queued'::text AS from_status, r.status AS to_status, r.attempt, r.job_id, r.held,\n"
+        "              r.parent_run_id\n"
+        "){{after gone}}\n"
+        "SELECT 1"
+    )
+    kept = transitions.expand("x", base.format(held=""))
+    cleared = transitions.expand("x", base.format(held=", held = NULL"))
+    assert "gone_gates AS" in kept and "m.held LIKE 'g:%%'" in kept
+    assert "gone_gates AS" not in cleared and "gone_events AS" in cleared and "gone_tally AS" in cleared
+    # a held-only write elsewhere in the statement is not the transition's
+    elsewhere = transitions.expand("x", base.format(held="") + " FROM (SELECT 1) x WHERE held = NULL")
+    assert "gone_gates AS" in elsewhere
+    claim = sql.q("claim_runs")
+    assert "claimed_events AS" in claim and "claimed_gates AS" not in claim

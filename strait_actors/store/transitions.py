@@ -42,6 +42,7 @@ from strait_actors import fsm
 
 _HEADER = re.compile(r"^-- transition (\w+): ([\w* ]+?) -> ([\w ]+?)\s*$", re.M)
 _MACRO = re.compile(r"\{(guard|after|wake|tell_watchers) (\w+)\}|\{(unlease|terminal)\}")
+_CLEARS_HELD = re.compile(r"\bheld = NULL\b")
 _SET_STATUS = re.compile(r"UPDATE job_runs r\s+SET status = ([\w.']+)(?=\s*,|\s+FROM\b)")
 _REQUIRED = ("id", "from_status", "to_status", "attempt")
 _TERMINAL_REQUIRED = ("parent_run_id", "job_id")  # and when a target is terminal
@@ -65,6 +66,7 @@ class Transition:
     targets: tuple[str, ...]
     to_expr: str  # what `SET status =` writes: a literal target or a per-row column
     outputs: tuple[str, ...]  # the names the CTE's RETURNING gives
+    clears_held: bool = False  # it sets `held = NULL`: its RETURNING reads no run as held (the claim)
 
     def edges(self) -> set[tuple[str, str]]:
         return {(f, t) for f in self.sources for t in self.targets}
@@ -140,7 +142,8 @@ def _declare(statement: str, name: str, froms: str, tos: str) -> Transition:
         raise TransitionError(f"transition {name}: RETURNING lacks {missing}")
     if fsm.S.EXECUTING in sources and "{unlease}" not in cte:
         raise TransitionError(f"transition {name} leaves executing: it must clear the lease with {{unlease}}")
-    return Transition(name, sources, targets, to_expr, outputs)
+    assignments = re.split(r"\bFROM\b|\bWHERE\b|\bRETURNING\b", cte[m.start() :], maxsplit=1)[0]
+    return Transition(name, sources, targets, to_expr, outputs, bool(_CLEARS_HELD.search(assignments)))
 
 
 def declared(statement: str) -> list[Transition]:
@@ -180,7 +183,7 @@ def _after(t: Transition) -> str:
         ")"
         + (_close_waits(t) if fsm.S.WAITING in t.sources else "")
         + (_answer_parents(t) + _release_dependents(t) if any(fsm.is_terminal(x) for x in t.targets) else "")
-        + (_gates(t) if {fsm.S.EXECUTING, fsm.S.QUEUED} & set(t.sources) else "")
+        + (_gates(t) if fsm.S.EXECUTING in t.sources or (fsm.S.QUEUED in t.sources and not t.clears_held) else "")
         + f", {t.name}_watched AS (\n    {tell_watchers(t.name)}\n)"
         + _tally(t.name, "from_status", "to_status")
     )
@@ -330,14 +333,16 @@ def _gates(t: Transition) -> str:
     in key order, as the claim locks them, so a claim and a transition never wait on each other in a
     cycle. A gate left with a free slot and held runs wakes the pollers: the next claim takes them.
     Runs without slots and not held (every run of a job without limits) cost a filter on this CTE
-    only."""
+    only. A transition that clears `held` itself (the claim: its own CTEs count the holds it ends)
+    returns every run as not held: it gets no part for them, and from `queued` alone none at all
+    (a statement's set-up costs PostgreSQL for each CTE in its plan, run or not)."""
     parts = []
     if fsm.S.EXECUTING in t.sources:
         parts.append(
             f"SELECT m.job_id, k AS ckey, 1 AS act, 0 AS hld FROM {t.name} m CROSS JOIN LATERAL unnest(m.slots) k\n"
             "        WHERE m.from_status = 'executing' AND m.slots IS NOT NULL"
         )
-    if fsm.S.QUEUED in t.sources:
+    if fsm.S.QUEUED in t.sources and not t.clears_held:  # else its RETURNING says no run was held
         parts.append(
             f"SELECT m.job_id, substr(m.held, 3) AS ckey, 0 AS act, 1 AS hld FROM {t.name} m\n"
             "        WHERE m.from_status = 'queued' AND m.held LIKE 'g:%%'"
