@@ -261,9 +261,11 @@ LEFT JOIN (claimed c JOIN jobs j ON j.id = c.job_id
 -- gate to release, a run come due) sends the next claim to claim_runs, at once (`promoted` counts it).
 -- {promotion
 requeued AS (
-    SELECT (EXISTS (SELECT 1 FROM job_runs WHERE status = 'delayed' AND scheduled_at <= now())
-            OR EXISTS (SELECT 1 FROM job_runs
-                       WHERE status = 'queued' AND held = 'retry' AND next_retry_at <= now()))::int AS n
+    -- the earliest delayed run and the earliest retry in backoff, each the first entry of its index
+    -- (as an EXISTS of `held = 'retry'` the planner walked all held runs by job_runs_held instead)
+    SELECT (((SELECT scheduled_at FROM job_runs WHERE status = 'delayed' ORDER BY scheduled_at LIMIT 1) <= now()
+             OR (SELECT next_retry_at FROM job_runs WHERE status = 'queued' AND held = 'retry'
+                 ORDER BY next_retry_at LIMIT 1) <= now()) IS TRUE)::int AS n
 -- promotion}
 -- {gates
 ), candidates AS (

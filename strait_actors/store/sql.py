@@ -33,7 +33,9 @@ def parse(text: str) -> dict[str, str]:
         bodies[name] = body
     queries = {name: _TRAILING_COMMENTS.sub("", body.strip()).rstrip(";") for name, body in bodies.items()}
     for name, base in DERIVED.items():
-        if name in queries and base in queries:
+        if name in queries:
+            if base not in queries:
+                raise ValueError(f"query {name!r} is derived from {base!r}, which is not defined")
             queries[name] = derive(queries[base], bodies[name])
     return queries
 
