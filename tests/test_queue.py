@@ -456,6 +456,18 @@ def _claim_plan(dsn: str, options: str, name: str = "claim_runs") -> list[str]:
         claims.close()
 
 
+def _numbered(statement: str) -> tuple[str, list[str]]:
+    """The statement with its named parameters as PostgreSQL's $1, $2 ... (for PREPARE or EXPLAIN
+    (GENERIC_PLAN)), and their names in that order."""
+    names: list[str] = []
+    text = re.sub(
+        r"%\((\w+)\)s",
+        lambda m: f"${(names.append(m[1]) if m[1] not in names else None) or names.index(m[1]) + 1}",
+        statement,
+    ).replace("%%", "%")
+    return text, names
+
+
 def test_the_plain_claim_reads_a_few_pages_however_many_runs_wait(dsn: str) -> None:
     """claim_runs_plain runs while nothing is held back, but runs set aside (held) or delayed may be
     waiting by the million: what it looks at (a run come due, a gate to release, the next claimable
@@ -466,12 +478,7 @@ def test_the_plain_claim_reads_a_few_pages_however_many_runs_wait(dsn: str) -> N
     with psycopg.connect(dsn, autocommit=True) as conn, queue.connect(dsn, claims=True) as claims:
         job = make_job(conn, "http://127.0.0.1:9/x")
         aside = make_job(conn, "http://127.0.0.1:9/x", execution_mode="worker")
-        names: list[str] = []
-        generic = re.sub(
-            r"%\((\w+)\)s",
-            lambda m: f"${(names.append(m[1]) if m[1] not in names else None) or names.index(m[1]) + 1}",
-            q("claim_runs_plain"),
-        ).replace("%%", "%")
+        generic, names = _numbered(q("claim_runs_plain"))
         claims.execute("PREPARE plain AS " + generic)
         values = {"limit": 100, "lease_id": str(uuid.uuid4()), "lease_secs": 20, "worker_id": "w"}
         run = "EXECUTE plain(" + ", ".join(f"'{values[n]}'" for n in names) + ")"
@@ -504,12 +511,7 @@ def test_the_claims_plan_is_sized_by_its_batch_not_by_the_table(dsn: str) -> Non
             held="CASE WHEN g %% 2 = 0 THEN 'job' END",
         )
         conn.execute("ANALYZE job_runs")
-    names: list[str] = []
-    generic = re.sub(
-        r"%\((\w+)\)s",
-        lambda m: f"${(names.append(m[1]) if m[1] not in names else None) or names.index(m[1]) + 1}",
-        q("claim_runs"),
-    ).replace("%%", "%")
+    generic, _ = _numbered(q("claim_runs"))
     with queue.connect(dsn, claims=True) as conn:
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN (GENERIC_PLAN) " + generic).fetchall())
     # what each step of the plan expects to produce (the first node under its CTE's name, the main
