@@ -55,7 +55,7 @@ async def connect_async(dsn: str) -> psycopg.AsyncConnection:
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     runs: list[ClaimedRun]
-    promoted: bool  # delayed runs became queued: claim again at once
+    promoted: bool  # claim again at once: runs were promoted or held back, or left for claim_runs
 
 
 @dataclass(frozen=True, slots=True)
