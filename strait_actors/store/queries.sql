@@ -273,10 +273,8 @@ requeued AS (
     WHERE f.runnable AND f.job_cap IS NULL AND (f.key_cap IS NULL OR f.ckey = '')
 ), settled AS (
     SELECT x.left_n + x.ready::int AS n, x.left_n > 0 OR x.ready OR (SELECT n > 0 FROM requeued) AS gated FROM (
-        SELECT count(*) FILTER (WHERE NOT (f.runnable AND f.job_cap IS NULL AND (f.key_cap IS NULL OR f.ckey = '')))
-                   AS left_n,
-               EXISTS (SELECT 1 FROM run_gates g WHERE g.held > 0 AND g.active < g.cap) AS ready
-        FROM fresh f) x
+        SELECT (SELECT count(*) FROM fresh) - (SELECT count(*) FROM candidates) AS left_n,
+               EXISTS (SELECT 1 FROM run_gates g WHERE g.held > 0 AND g.active < g.cap) AS ready) x
 -- gates}
 
 -- name: record_outcomes

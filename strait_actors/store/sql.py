@@ -48,15 +48,14 @@ _SECTION = re.compile(r"^[ \t]*-- \{(\w+)\b[^\n]*\n.*?^[ \t]*-- \1\}[ \t]*(?:\n|
 def derive(base: str, replacements: str) -> str:
     """`base` with each of its marked sections (the lines from `-- {NAME` to `-- NAME}`) that
     `replacements` marks too replaced by that one; what `replacements` has outside them is dropped."""
-    sections = {m.group(1): m.group(0) for m in _SECTION.finditer(replacements)}
-    if not sections:
+    new = {m.group(1): m.group(0).rstrip() + "\n" for m in _SECTION.finditer(replacements)}
+    if not new:
         raise ValueError("no marked section to replace")
-    for section, text in sections.items():
-        marked = re.compile(rf"^[ \t]*-- \{{{section}\b[^\n]*\n.*?^[ \t]*-- {section}\}}[ \t]*(?:\n|\Z)", re.M | re.S)
-        base, found = marked.subn(text.rstrip().replace("\\", "\\\\") + "\n", base)
-        if found != 1:
-            raise ValueError(f"section {section!r} is marked {found} times in its base statement")
-    return base
+    marked = [m.group(1) for m in _SECTION.finditer(base)]
+    for section in new:
+        if marked.count(section) != 1:
+            raise ValueError(f"section {section!r} is marked {marked.count(section)} times in its base statement")
+    return _SECTION.sub(lambda m: new.get(m.group(1), m.group(0)), base)
 
 
 # comment lines after a statement (the next section's heading) are not part of it
