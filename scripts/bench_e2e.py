@@ -12,7 +12,7 @@ X-Project-Id) it creates project "bench" and a job (max_attempts 1) pointing at 
   (runs/s), and for N >= 20000 compare the rate of the first half of runs with the second half
   (from the endpoint's first-seen times);
 - latency: at idle, 200 single triggers 20 ms apart; latency = endpoint receive time - send time,
-  and its parts (medians) from each run's created_at and started_at: send -> the INSERT's start,
+  and its parts (medians and p99s) from each run's created_at and started_at: send -> the INSERT's start,
   -> the claim's start, -> the endpoint's receipt;
 - sdk (on its own): N runs by bulk trigger whose endpoint calls heartbeat, progress, log and complete
   through the SDK plane (plain HTTP): runs/s and SDK calls/s end to end;
@@ -23,7 +23,9 @@ X-Project-Id) it creates project "bench" and a job (max_attempts 1) pointing at 
   concurrency keys at max_concurrency_per_key=1 on the no-op endpoint (runs/s, peak per key);
 - backlog (on its own): --backlog runs queued for an `execution_mode: worker` job and as many delayed a
   day ahead, then as many claimable ones: idle latency and the drain rate against the empty queue,
-  claim p99 (/metrics) and the claim's plan (rows written straight into job_runs);
+  claim p99 (/metrics) and the claim's plan (rows written straight into job_runs); idle latency is
+  read at once, after autovacuum, and after a CHECKPOINT (the checkpoint that follows millions of
+  rows written spreads its writes over minutes, and the commits' WAL flushes queue behind them);
 - cron (on its own): --cron-jobs jobs firing every minute; over --cron-minutes whole minutes, read
   from the database: every tick of every job fired once (no tick missed, none twice), the drift of
   each run's insert from its tick (p50/p99/max), and the Scheduler's own CPU (its log line).
@@ -424,6 +426,11 @@ VACUUM_STATE = """
 SELECT (SELECT count(*) FROM pg_stat_progress_vacuum v WHERE v.relid = 'job_runs'::regclass),
        (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'job_runs'::regclass)
 """
+# a checkpoint spreading its writes (after the backlog's millions of rows were written, the next one
+# writes their pages): its I/O queues the commits' WAL flushes behind it
+CHECKPOINTING = (
+    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'checkpointer' AND wait_event = 'CheckpointWriteDelay'"
+)
 
 
 def claim_plan(conn: Any, name: str = "claim_runs") -> list[str]:
@@ -779,7 +786,8 @@ class Bench:
         writes them; the API would take minutes for millions): first the empty-queue figures (idle
         latency; the drain of 20,000 pre-queued runs), then --backlog runs queued for an
         `execution_mode: worker` job (no HTTP worker may take them) and as many delayed a day ahead,
-        idle latency again, then --backlog claimable runs drained. Claim p99 from /metrics."""
+        idle latency again (at once, after autovacuum, after a CHECKPOINT), then --backlog claimable
+        runs drained. Claim p99 from /metrics."""
         import psycopg  # strait's own dependency
 
         n = self.args.backlog
@@ -831,21 +839,40 @@ class Bench:
             if time.monotonic() - t0 > 900:
                 break
             await asyncio.sleep(1)
-        print(f"backlog: after autovacuum ({time.monotonic() - t0:.0f} s later, {state[1]} dead rows)", flush=True)
-        lat1 = await self.idle("with the backlog")
+        writing = (conn.execute(CHECKPOINTING).fetchone() or (0,))[0]
+        print(
+            f"backlog: after autovacuum ({time.monotonic() - t0:.0f} s later, {state[1]} dead rows; "
+            f"a checkpoint writing: {bool(writing)})",
+            flush=True,
+        )
+        lat_ckpt = await self.idle("with the backlog")
+        # and once the checkpoint that follows the backlog's writes is done (CHECKPOINT finishes it at
+        # once): what the backlog itself costs an idle trigger
+        t0 = time.monotonic()
+        conn.execute("CHECKPOINT")
+        print(f"backlog: CHECKPOINT took {time.monotonic() - t0:.1f} s", flush=True)
+        lat1 = await self.idle("with the backlog, after a checkpoint")
         mem.mark("backlog-drain")
         big_rate = await drain(f"{n} claimable behind the backlog", n)
         mem.mark("backlog-drain")
         conn.close()
-        self.made = n + 20000 + 400
+        self.made = n + 20000 + 4 * 210
         return (
             f"backlog: empty_drain={base_rate:.0f}/s backlog_drain={big_rate:.0f}/s "
             f"({(big_rate / base_rate - 1) * 100:+.1f} %) idle latency before [{lat0}] with backlog [{lat1}] "
-            f"(at once [{lat_now}])"
+            f"(at once [{lat_now}]; before the checkpoint [{lat_ckpt}])"
         )
 
     async def idle(self, label: str) -> str:
-        """The latency scenario, and the claims it made (one run each: the claim statement's own cost)."""
+        """The latency scenario after ten runs not measured, and the claims it made (one run each: the
+        claim statement's own cost)."""
+        # a few runs first, not measured: the first calls after a long quiet spell (the wait for
+        # autovacuum) open connections and find cold caches, which says nothing about the backlog
+        before, t0, warm = await self.count(), time.monotonic(), []
+        for i in range(10):
+            warm.append(await self.trigger(-2 - i))
+            await asyncio.sleep(0.02)
+        await self.wait_seen("warm-up", warm, before["count"], t0, time.monotonic() + 60)
         claims = claim_histogram(self.base)
         lat = await self.latency()
         p99 = histogram_p99(claim_histogram(self.base), claims)
@@ -853,7 +880,7 @@ class Bench:
         return f"{lat} claim_p99 {p99.split(' (')[0]}"
 
     def latency_parts(self, sent: dict[str, float], answered: dict[str, float], seen: dict[str, float]) -> str:
-        """Where a trigger's latency goes, medians in ms, from the run's own timestamps (one clock:
+        """Where a trigger's latency goes, medians and p99s in ms, from the run's own timestamps (one clock:
         the harness and PostgreSQL share the machine): `insert` send -> created_at (the client, the
         API up to its INSERT's transaction start), `claim` created_at -> started_at (the INSERT and
         its commit, the NOTIFY, the poller's wake, up to the claim's transaction start), `dispatch`
@@ -868,8 +895,8 @@ class Bench:
                 (list(sent),),
             ).fetchall()
 
-        def med(xs: list[float]) -> float:
-            return sorted(xs)[len(xs) // 2] * 1000 if xs else float("nan")
+        def quantile(xs: list[float], q: float = 0.5) -> float:
+            return sorted(xs)[min(len(xs) - 1, int(len(xs) * q))] * 1000 if xs else float("nan")
 
         parts = {
             "insert": [c - sent[i] for i, c, _ in rows],
@@ -877,7 +904,12 @@ class Bench:
             "dispatch": [seen[i] - s for i, _, s in rows if s is not None and i in seen],
             "answer": [answered[i] - sent[i] for i in sent],
         }
-        return "parts p50 " + ", ".join(f"{k} {med(v):.2f} ms" for k, v in parts.items())
+        return (
+            "parts p50 "
+            + ", ".join(f"{k} {quantile(v):.2f} ms" for k, v in parts.items())
+            + "; p99 "
+            + ", ".join(f"{k} {quantile(v, 0.99):.2f} ms" for k, v in parts.items())
+        )
 
     async def latency(self) -> str:
         n, before = 200, await self.count()
