@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,16 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECRET = "bench-internal-secret-0123456789abcdef"
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
-
+# bench_e2e.py, beside this script, starts a benchmarked server the same way
+sys.path.append(str(Path(__file__).resolve().parent))
+from bench_e2e import SECRET, free_port, server_env
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -131,17 +123,8 @@ def main() -> None:
     python = strait.parent / "python"  # the venv's interpreter, so valgrind runs Python itself
     port = free_port()
     data = Path(tempfile.mkdtemp(prefix="strait-bench-ir-"))
-    env = dict(
-        os.environ,
-        PORT=str(port),
-        STRAIT_DATA_DIR=str(data),
-        INTERNAL_SECRET=SECRET,
-        JWT_SIGNING_KEY="bench-jwt-signing-key-0123456789abcdef0123",
-        ALLOW_PRIVATE_ENDPOINTS="true",  # the job's endpoint is on localhost (never called)
-        LOG_LEVEL="warn",
-    )
-    for k in ("DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR"):
-        env.pop(k, None)
+    env = server_env(port, data)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     out = data / "callgrind.out"
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(python), str(strait), "--mode", "api"]
     with open(data / "server.log", "wb") as log:

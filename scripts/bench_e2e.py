@@ -206,6 +206,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def server_env(port: int, data: Path, log_level: str = "warn") -> dict[str, str]:
+    """The environment of a benchmarked strait: its port, a fresh data dir (embedded PostgreSQL),
+    fixed secrets, endpoints on localhost allowed, and no DATABASE_URL or REDIS_URL of the caller's."""
+    env = dict(
+        os.environ,
+        PORT=str(port),
+        STRAIT_DATA_DIR=str(data),
+        INTERNAL_SECRET=SECRET,
+        JWT_SIGNING_KEY="bench-jwt-signing-key-0123456789abcdef0123",
+        ALLOW_PRIVATE_ENDPOINTS="true",
+        LOG_LEVEL=log_level,
+    )
+    for k in ("DATABASE_URL", "REDIS_URL"):
+        env.pop(k, None)
+    return env
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS / VmHWM of a process in kB; {} once it is gone."""
     try:
@@ -1076,17 +1093,7 @@ def main() -> int:
     port, eport = free_port(), free_port()
     data = Path(tempfile.mkdtemp(prefix="strait-bench-"))
     log = data / "server.log"
-    env = dict(
-        os.environ,
-        PORT=str(port),
-        STRAIT_DATA_DIR=str(data),
-        INTERNAL_SECRET=SECRET,
-        JWT_SIGNING_KEY="bench-jwt-signing-key-0123456789abcdef0123",
-        ALLOW_PRIVATE_ENDPOINTS="true",
-        LOG_LEVEL="info" if args.scenario == "cron" else "warn",  # cron: the Scheduler's CPU line
-    )
-    for k in ("DATABASE_URL", "REDIS_URL"):
-        env.pop(k, None)
+    env = server_env(port, data, "info" if args.scenario == "cron" else "warn")  # cron: the Scheduler's CPU line
     if args.database_url:
         env["DATABASE_URL"] = args.database_url
     # the cron scenario reads the database itself (the embedded server listens on a socket in its dir)
