@@ -8,7 +8,7 @@ can: two runs of this script on the same tree agree to within about half a perce
 It starts `strait --mode api` under callgrind (embedded PostgreSQL in a fresh temp STRAIT_DATA_DIR;
 only the API process is counted, not PostgreSQL), creates a project and a job, and sends --warm
 triggers that are not counted. Then it zeroes the counters, sends --runs triggers from --clients
-keep-alive connections (raw HTTP/1.1, each waiting for its answer), dumps the counters and prints
+keep-alive connections (bench_e2e's --lean client, each waiting for its answer), dumps the counters and prints
 the instructions (Ir) a trigger. No worker runs: the runs stay queued.
 
 With one client every trigger has its own INSERT, and the count is the most repeatable. With more,
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -35,67 +34,37 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-# bench_e2e.py, beside this script, starts a benchmarked server the same way
+import aiohttp
+
+# bench_e2e.py, beside this script: the benchmarked server's environment, its job, the lean client
 sys.path.append(str(Path(__file__).resolve().parent))
-from bench_e2e import SECRET, free_port, server_env
-
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+from bench_e2e import HEADERS, LeanTrigger, answers, free_port, make_bench_job, server_env
 
 
-async def post(conn: Conn, path: str, body: Any, headers: bytes) -> tuple[int, Any]:
-    """One POST on a keep-alive connection; the answer's status and JSON body."""
-    reader, writer = conn
-    data = json.dumps(body).encode()
-    writer.write(
-        b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
-        % (path.encode(), headers, len(data), data)
-    )
-    status, length = int((await reader.readline())[9:12]), 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        if name.lower() == b"content-length":
-            length = int(value)
-    return status, json.loads(await reader.readexactly(length))
+async def drive(args: argparse.Namespace, port: int, server: subprocess.Popen[bytes]) -> float:
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession(headers=HEADERS, timeout=aiohttp.ClientTimeout(total=120)) as s:
+        deadline = time.monotonic() + 300
+        while not await answers(s, f"{base}/health"):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the API did not answer (see server.log in the data dir)")
+            await asyncio.sleep(0.3)
+        trigger = LeanTrigger(base, await make_bench_job(s, base, "http://127.0.0.1:9/job"))
 
-
-async def connect(port: int, deadline: float) -> Conn:
-    while True:
-        try:
-            return await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("the API did not answer (see server.log in the data dir)") from None
-            await asyncio.sleep(0.25)
-
-
-async def drive(args: argparse.Namespace, port: int, pid: int) -> float:
-    first = await connect(port, time.monotonic() + 300)
-    auth = b"Authorization: Bearer " + SECRET.encode() + b"\r\n"
-    status, body = await post(first, "/v1/projects", {"id": "bench", "org_id": "bench", "name": "Bench"}, auth)
-    if status != 201:
-        raise SystemExit(f"project: {status} {body}")
-    auth += b"X-Project-Id: bench\r\n"
-    job = {"project_id": "bench", "name": "Noop", "slug": "noop", "endpoint_url": "http://127.0.0.1:9/job"}
-    status, body = await post(first, "/v1/jobs", {**job, "max_attempts": 1, "timeout_secs": 30}, auth)
-    if status != 201:
-        raise SystemExit(f"job: {status} {body}")
-    path = f"/v1/jobs/{body['id']}/trigger"
-    conns = [first] + [await connect(port, time.monotonic() + 30) for _ in range(args.clients - 1)]
-
-    async def client(conn: Conn, n: int) -> None:
+    async def client(n: int) -> None:
         for i in range(n):
-            status, answer = await post(conn, path, {"payload": {"i": i}}, auth)
-            if status != 201:
-                raise SystemExit(f"trigger: {status} {answer}")
+            await trigger(i)
 
-    await asyncio.gather(*[client(c, args.warm // args.clients) for c in conns])
-    subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
-    t = time.monotonic()
-    await asyncio.gather(*[client(c, args.runs // args.clients) for c in conns])
-    took = time.monotonic() - t
-    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+    try:
+        await asyncio.gather(*[client(args.warm // args.clients) for _ in range(args.clients)])
+        subprocess.run(["callgrind_control", "--zero", str(server.pid)], check=True, capture_output=True)
+        t = time.monotonic()
+        await asyncio.gather(*[client(args.runs // args.clients) for _ in range(args.clients)])
+        took = time.monotonic() - t
+        subprocess.run(["callgrind_control", "--dump", str(server.pid)], check=True, capture_output=True)
+    finally:
+        trigger.close()
     return took
 
 
@@ -131,7 +100,7 @@ def main() -> None:
         server = subprocess.Popen(cmd, env=env, cwd=data, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     ok = False
     try:
-        took = asyncio.run(drive(args, port, server.pid))
+        took = asyncio.run(drive(args, port, server))
         n = args.runs // args.clients * args.clients
         print(
             f"API instructions a trigger: {counted(out) / n / 1000:.1f} k ({n} triggers from {args.clients} "

@@ -206,6 +206,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def quantile(xs: list[float], q: float) -> float:
+    """The q-quantile of `xs` (the value at rank int(len * q) of the sorted list), NaN when empty."""
+    return sorted(xs)[min(len(xs) - 1, int(len(xs) * q))] if xs else float("nan")
+
+
 def server_env(port: int, data: Path, log_level: str = "warn") -> dict[str, str]:
     """The environment of a benchmarked strait: its port, a fresh data dir (embedded PostgreSQL),
     fixed secrets, endpoints on localhost allowed, and no DATABASE_URL or REDIS_URL of the caller's."""
@@ -481,6 +486,14 @@ async def answers(s: aiohttp.ClientSession, url: str) -> bool:
             return r.status < 500
     except aiohttp.ClientError:
         return False
+
+
+async def make_bench_job(s: aiohttp.ClientSession, base: str, endpoint_url: str) -> str:
+    """Project "bench" and its no-op job (one attempt a run) calling `endpoint_url`: the job's id."""
+    await check(await s.post(f"{base}/v1/projects", json={"id": "bench", "org_id": "bench", "name": "Bench"}))
+    job = {"project_id": "bench", "name": "Noop", "slug": "noop", "endpoint_url": endpoint_url}
+    created = await check(await s.post(f"{base}/v1/jobs", json={**job, "max_attempts": 1, "timeout_secs": 30}))
+    return str(created["id"])
 
 
 class LeanTrigger:
@@ -785,7 +798,7 @@ class Bench:
         expected = jobs * minutes
         distinct = len({(r[0], r[1]) for r in rows})
         drift = sorted(float(r[2]) - r[1] for r in rows)
-        p50, p99 = drift[len(drift) // 2], drift[min(len(drift) - 1, int(len(drift) * 0.99))]
+        p50, p99 = quantile(drift, 0.5), quantile(drift, 0.99)
         cpu = [ln for ln in log.read_text(errors="replace").splitlines() if "scheduler: last" in ln]
         print(
             f"cron: {jobs} jobs x {minutes} minutes: {len(rows)} runs for {distinct} distinct ticks of {expected} "
@@ -912,9 +925,6 @@ class Bench:
                 (list(sent),),
             ).fetchall()
 
-        def quantile(xs: list[float], q: float = 0.5) -> float:
-            return sorted(xs)[min(len(xs) - 1, int(len(xs) * q))] * 1000 if xs else float("nan")
-
         parts = {
             "insert": [c - sent[i] for i, c, _ in rows],
             "claim": [s - c for _, c, s in rows if s is not None],
@@ -923,9 +933,9 @@ class Bench:
         }
         return (
             "parts p50 "
-            + ", ".join(f"{k} {quantile(v):.2f} ms" for k, v in parts.items())
+            + ", ".join(f"{k} {quantile(v, 0.5) * 1000:.2f} ms" for k, v in parts.items())
             + "; p99 "
-            + ", ".join(f"{k} {quantile(v, 0.99):.2f} ms" for k, v in parts.items())
+            + ", ".join(f"{k} {quantile(v, 0.99) * 1000:.2f} ms" for k, v in parts.items())
         )
 
     async def latency(self) -> str:
@@ -945,7 +955,7 @@ class Bench:
         await self.wait_seen("latency", list(sent), before["count"], start, time.monotonic() + 60)
         seen = await self.seen()
         lat = sorted((seen[i] - t) * 1000 for i, t in sent.items())
-        p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        p50, p99 = quantile(lat, 0.5), quantile(lat, 0.99)
         print(
             f"latency: {n} triggers 20 ms apart; min {lat[0]:.1f} ms, p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
             f"max {lat[-1]:.1f} ms",
@@ -978,21 +988,7 @@ async def bench(
                     print(log.read_text(errors="replace")[-3000:])
                     raise SystemExit(f"no answer from {url}")
                 await asyncio.sleep(0.3)
-        await check(await s.post(f"{base}/v1/projects", json={"id": "bench", "org_id": "bench", "name": "Bench"}))
-        job = await check(
-            await s.post(
-                f"{base}/v1/jobs",
-                json={
-                    "project_id": "bench",
-                    "name": "Noop",
-                    "slug": "noop",
-                    "endpoint_url": f"{ep}/job",
-                    "max_attempts": 1,
-                    "timeout_secs": 30,
-                },
-            )
-        )
-        b = Bench(s, base, ep, str(job["id"]), args)
+        b = Bench(s, base, ep, await make_bench_job(s, base, f"{ep}/job"), args)
         t = time.monotonic()  # one run end to end first: the workers are up and dispatch works
         await b.wait_seen("warm-up", [await b.trigger(-1)], 0, t, t + 60)
         cpu.find_postgres(args.dsn)

@@ -183,7 +183,7 @@ def _after(t: Transition) -> str:
         ")"
         + (_close_waits(t) if fsm.S.WAITING in t.sources else "")
         + (_answer_parents(t) + _release_dependents(t) if any(fsm.is_terminal(x) for x in t.targets) else "")
-        + (_gates(t) if fsm.S.EXECUTING in t.sources or (fsm.S.QUEUED in t.sources and not t.clears_held) else "")
+        + _gates(t)
         + f", {t.name}_watched AS (\n    {tell_watchers(t.name)}\n)"
         + _tally(t.name, "from_status", "to_status")
     )
@@ -347,6 +347,8 @@ def _gates(t: Transition) -> str:
             f"SELECT m.job_id, substr(m.held, 3) AS ckey, 0 AS act, 1 AS hld FROM {t.name} m\n"
             "        WHERE m.from_status = 'queued' AND m.held LIKE 'g:%%'"
         )
+    if not parts:  # no slot freed, no hold left: no part at all
+        return ""
     union = "\n        UNION ALL ".join(parts)
     return (
         f", {t.name}_gate_delta AS (  -- a row per slot or hold; strait_move_gates sums them per gate\n"
