@@ -26,7 +26,14 @@ from strait_actors import ssrf
 
 MAX_IDLE_PER_HOST = 512  # at least: a client that makes more calls at once keeps that many (`calls`)
 MAX_IDLE_TOTAL = 1024  # across hosts, likewise: open sockets are capped at this + the calls in flight
-IDLE_TTL = 30.0  # an idle socket older than this is closed, not reused
+# An idle socket older than this is closed, not reused: 90 s, engine.md §3.2's idle connection time
+# (and Go's http.Transport default). A call after a quiet spell shorter than that (a job that fires
+# every minute, a trigger now and then) reuses its endpoint's socket instead of connecting again and,
+# for https, doing another TLS handshake. A server that closes an idle socket sooner is seen doing it
+# (`_Conn.connection_lost`); one that closes it just as a call is sent gets that call again on a fresh
+# connection (`HttpClient.post`).
+IDLE_TTL = 90.0
+TLS_HANDSHAKE_SECS = 10.0  # engine.md §3.2; the call's own deadline still bounds connect + handshake
 SWEEP_EVERY = 5.0
 MAX_CONNECTING = 32
 # A connect try that outlasts DIAL_PATIENCE times the host's usual connect time (at least DIAL_MIN,
@@ -279,7 +286,11 @@ class HttpClient:
         address = await self._address(loop, target)
         tls: dict[str, Any] = {}
         if target.scheme == "https":
-            tls = {"ssl": self._ssl_context(), "server_hostname": target.host}
+            tls = {
+                "ssl": self._ssl_context(),
+                "server_hostname": target.host,
+                "ssl_handshake_timeout": TLS_HANDSHAKE_SECS,
+            }
         try:
             sock = await self._dial(loop, target.key, address, target.port)
             try:

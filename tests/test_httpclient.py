@@ -481,3 +481,59 @@ def test_an_ip_address_is_dialled_without_a_resolver() -> None:
     assert httpclient._ip_literal("2001:db8::1", 443) == [(socket.AF_INET6, *tcp, ("2001:db8::1", 443, 0, 0))]
     assert httpclient._ip_literal("example.com", 80) == []
     assert httpclient._ip_literal("fe80::1%eth0", 80) == []
+
+
+def test_a_socket_idle_for_a_minute_is_reused_and_one_idle_past_idle_ttl_is_not() -> None:
+    """engine.md §3.2: idle connections live 90 s, so a job that fires every minute keeps its
+    endpoint's socket (and, for https, its TLS session) instead of connecting each time."""
+    opened: list[None] = []
+
+    async def ok(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async def test(url: str) -> None:
+        client = HttpClient(allow_private=True)
+        key = parse_target(url).key
+        try:
+            assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"ok")
+            conn = client.idle[key][0]
+            conn.idle_since -= 60  # a minute of quiet
+            assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"ok")
+            assert len(opened) == 1 and client.idle[key] == [conn] and not conn.closed
+            conn.idle_since -= httpclient.IDLE_TTL + 1
+            assert await client.post(url, b"{}", b"", timeout=5, max_body=10) == (200, b"ok")
+            assert len(opened) == 2 and conn.closed, "a socket idle past IDLE_TTL is closed, not reused"
+        finally:
+            await client.close()
+
+    _serve(_keep_alive(ok, opened), test)
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True])
+def test_a_tls_handshake_the_endpoint_never_answers_fails_at_the_handshake_limit(
+    monkeypatch: pytest.MonkeyPatch, use_uvloop: bool
+) -> None:
+    """The handshake has its own limit (engine.md §3.2: 10 s, shortened here), inside the call's
+    deadline: a server that takes the TCP connection and never speaks TLS fails the attempt."""
+    monkeypatch.setattr(httpclient, "TLS_HANDSHAKE_SECS", 0.3)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the ClientHello, answers nothing, until the client goes
+
+    async def test(url: str) -> None:
+        client = HttpClient(allow_private=True)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            with pytest.raises(ConnectionFailed):
+                await client.post(url.replace("http://", "https://"), b"{}", b"", timeout=10, max_body=10)
+            assert loop.time() - began < 5, "the handshake limit ended the call, not the call's deadline"
+        finally:
+            await client.close()
+
+    if use_uvloop:
+        import uvloop
+
+        monkeypatch.setattr(asyncio, "run", uvloop.run)
+    _serve(silent, test)
