@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
+import uvloop
 
 from strait_actors import httpclient, ssrf
 from strait_actors.httpclient import ConnectionFailed, HttpClient, HttpError, encode_headers, parse_target
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"  # the answer most test servers give
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -23,8 +26,13 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
-def _serve(script: Script, test: Callable[[str], Awaitable[None]]) -> None:
-    """Run a raw TCP server with `script` per connection, then the client-side test against it."""
+def _serve(
+    script: Script,
+    test: Callable[[str], Awaitable[None]],
+    run: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run,
+) -> None:
+    """Run a raw TCP server with `script` per connection, then the client-side test against it, on
+    the loop `run` makes (asyncio's; `uvloop.run` for the worker's)."""
 
     async def go() -> None:
         handlers: list[asyncio.Task[None]] = []
@@ -47,7 +55,7 @@ def _serve(script: Script, test: Callable[[str], Awaitable[None]]) -> None:
                 task.cancel()
             await asyncio.gather(*handlers, return_exceptions=True)
 
-    asyncio.run(go())
+    run(go())
 
 
 Respond = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
@@ -146,7 +154,7 @@ def test_a_stale_pooled_connection_is_retried_once_on_a_new_one() -> None:
         nonlocal count
         count += 1
         await _read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.write(OK)
         await writer.drain()
         writer.close()  # the server drops keep-alive connections after one answer
 
@@ -197,7 +205,7 @@ def test_a_call_on_a_kept_connection_keeps_its_deadline() -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter) -> None:
         if b"/slow" in head:
             await asyncio.sleep(10)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.write(OK)
 
     async def test(url: str) -> None:
         client = HttpClient(allow_private=True)
@@ -335,7 +343,7 @@ def test_a_client_keeps_as_many_idle_sockets_as_it_makes_calls_at_once(
             for event in waiting[-6:]:
                 event.set()
         await answer.wait()
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.write(OK)
 
     async def test(url: str) -> None:
         client = HttpClient(allow_private=True, calls=calls)
@@ -361,7 +369,7 @@ def test_idle_sockets_are_capped_across_hosts_expired_and_connect_gates_dropped(
         try:
             while True:
                 await _read_request(reader)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                writer.write(OK)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the client closed the connection
@@ -489,7 +497,7 @@ def test_a_socket_idle_for_a_minute_is_reused_and_one_idle_past_idle_ttl_is_not(
     opened: list[None] = []
 
     async def ok(head: bytes, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.write(OK)
         await writer.drain()
 
     async def test(url: str) -> None:
@@ -532,8 +540,4 @@ def test_a_tls_handshake_the_endpoint_never_answers_fails_at_the_handshake_limit
         finally:
             await client.close()
 
-    if use_uvloop:
-        import uvloop
-
-        monkeypatch.setattr(asyncio, "run", uvloop.run)
-    _serve(silent, test)
+    _serve(silent, test, uvloop.run if use_uvloop else asyncio.run)
