@@ -33,6 +33,7 @@ from strait_actors.api.state import (
     DEADLINES,
     DSN,
     ENQUEUER,
+    FEED,
     HUB,
     JOBS,
     KEYS,
@@ -51,6 +52,7 @@ from strait_actors.metrics_sampler import MetricsSampler
 from strait_actors.ratelimits import RedisRateLimits
 from strait_actors.settings import Settings
 from strait_actors.store.budgets import Budgets
+from strait_actors.store.coherence import ConfigFeed
 from strait_actors.store.enqueue import Enqueuer
 from strait_actors.store.events import Sender
 from strait_actors.store.jobs import JobCache
@@ -112,7 +114,8 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = pool
     settings = app[SETTINGS]
     app[SDK] = SdkStore(pool, settings.stale_threshold_secs)
-    app[BUDGETS] = Budgets(pool)
+    app[BUDGETS] = Budgets(pool, app[FEED])
+    await app[FEED].start()
     app[SENDER] = Sender(pool)
     redis = None
     if settings.redis_url:
@@ -141,6 +144,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await sampler
     await hub.stop()
+    await app[FEED].stop()
     if redis is not None:
         await redis.aclose()
     await pool.close()
@@ -150,8 +154,9 @@ def create_app(settings: Settings, dsn: str) -> web.Application:
     app = application(middlewares=[envelope, gate], client_max_size=settings.max_request_body_size)
     app[SETTINGS] = settings
     app[DSN] = dsn
-    app[KEYS] = KeyCache()
-    app[JOBS] = JobCache()
+    app[FEED] = feed = ConfigFeed(dsn)
+    app[KEYS] = KeyCache(feed)
+    app[JOBS] = JobCache(feed)
     app[STARTED] = time.monotonic()
     app[DEADLINES] = Deadlines(settings.request_timeout_secs)
     app[RUN_TOKENS] = sdk.TokenCache()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +16,7 @@ from strait_actors.errors import ApiError, forbidden, unauthorized
 from strait_actors.ids import hash_key
 from strait_actors.internal_secret import bearer_token, same_secret, shown
 from strait_actors.store import projects as store
+from strait_actors.store.coherence import Cache, ConfigFeed
 
 __all__ = ["CALLER", "Caller", "KeyCache", "authenticate"]
 
@@ -47,34 +46,24 @@ class Caller:
 
 
 class KeyCache:
-    """Verified API keys for a few seconds: a trigger storm does not cost a lookup per request."""
+    """API keys by their hash, kept until they change (`coherence`), else for KEY_CACHE_SECS: a
+    trigger storm does not cost a lookup per request. Unknown keys are kept too (None), so a flood
+    of made-up keys costs one lookup each and evicts only the least recently used."""
 
-    def __init__(self) -> None:
-        # least recently used first; unknown keys are cached too (None), so a flood of made-up
-        # keys costs one lookup each per KEY_CACHE_SECS and evicts only the oldest entries
-        self._rows: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
+    def __init__(self, feed: ConfigFeed | None = None) -> None:
+        self.rows: Cache[str, dict[str, Any] | None] = Cache(feed, "api_keys", KEY_CACHE_SECS, str, KEY_CACHE_SIZE)
 
     def cached(self, key: str) -> tuple[bool, dict[str, Any] | None]:
-        """(True, row or None) when the key was looked up in the last KEY_CACHE_SECS."""
-        digest = hash_key(key)
-        hit = self._rows.get(digest)
-        if hit and hit[0] > time.monotonic():
-            self._rows.move_to_end(digest)
-            return True, hit[1]
-        return False, None
+        """(True, row or None) when the key's copy is still good."""
+        return self.rows.peek(hash_key(key))
 
     async def fetch(self, pool: AsyncConnectionPool, key: str) -> dict[str, Any] | None:
         """Look the key up (after `cached` missed) and remember the answer, found or not."""
         digest = hash_key(key)
-        row = await store.api_key_by_hash(pool, digest)
-        self._rows[digest] = (time.monotonic() + KEY_CACHE_SECS, row)
-        self._rows.move_to_end(digest)
-        while len(self._rows) > KEY_CACHE_SIZE:
-            self._rows.popitem(last=False)
-        return row
+        return await self.rows.load(digest, lambda: store.api_key_by_hash(pool, digest))
 
     def forget(self) -> None:
-        self._rows.clear()
+        self.rows.clear()
 
 
 def caller(request: web.Request) -> Caller:

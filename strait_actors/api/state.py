@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from strait_actors.api.sdk import TokenCache
     from strait_actors.api.streams import StreamHub
     from strait_actors.store.budgets import Budgets
+    from strait_actors.store.coherence import ConfigFeed
     from strait_actors.store.enqueue import Enqueuer
     from strait_actors.store.events import Sender
     from strait_actors.store.jobs import JobCache
@@ -32,6 +33,7 @@ ENQUEUER: web.AppKey[Enqueuer] = web.AppKey("enqueuer")
 JOBS: web.AppKey[JobCache] = web.AppKey("jobs")
 SDK: web.AppKey[SdkStore] = web.AppKey("sdk")
 BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
+FEED: web.AppKey[ConfigFeed] = web.AppKey("feed")  # keeps KEYS, JOBS and BUDGETS coherent
 HUB: web.AppKey[StreamHub] = web.AppKey("hub")
 SENDER: web.AppKey[Sender] = web.AppKey("sender")
 STARTED = web.AppKey("started", float)

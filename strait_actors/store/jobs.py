@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -12,6 +11,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import ids
+from strait_actors.store.coherence import Cache, ConfigFeed
 from strait_actors.store.errors import MissingReference, translated
 from strait_actors.store.sql import Row, fetch_all, fetch_one, q
 
@@ -260,30 +260,27 @@ async def get_version(pool: AsyncConnectionPool, job_id: uuid.UUID, version_id: 
 
 
 class JobCache:
-    """Jobs read by the trigger path, kept for a second: a trigger storm reads each job once a second.
+    """Jobs read by the trigger path, kept until they change (`coherence`), else for a second: a
+    trigger storm reads each job once, and so does a job triggered now and then.
 
-    A change made through this process is seen at once (forget); through another, within a second.
+    A change made through this process is seen at once (forget); through another, once its
+    notification arrives (within a second if the feed cannot vouch for the copy).
     """
 
     TTL = 1.0
 
-    def __init__(self) -> None:
-        self._rows: dict[uuid.UUID, tuple[float, Row | None]] = {}
+    def __init__(self, feed: ConfigFeed | None = None) -> None:
+        self.rows: Cache[uuid.UUID, Row | None] = Cache(feed, "jobs", self.TTL, uuid.UUID)
 
     async def get(self, pool: AsyncConnectionPool, job_id: uuid.UUID) -> Row | None:
-        now = time.monotonic()
-        hit = self._rows.get(job_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        row = await get_job(pool, job_id)
-        if len(self._rows) > 10000:
-            self._rows.clear()
-        self._rows[job_id] = (now + self.TTL, row)
-        return row
+        found, row = self.rows.peek(job_id)
+        if found:
+            return row
+        return await self.rows.load(job_id, lambda: get_job(pool, job_id))
 
     def forget(self, job_id: uuid.UUID) -> None:
-        self._rows.pop(job_id, None)
+        self.rows.forget(job_id)
 
     def forget_all(self) -> None:
         """A change to many jobs at once (a project's pause): read them all again."""
-        self._rows.clear()
+        self.rows.clear()
