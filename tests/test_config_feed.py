@@ -74,6 +74,27 @@ def test_writes_to_what_the_caches_keep_notify_and_cron_ticks_do_not(
         stop_strait(server)
 
 
+def test_every_column_of_jobs_but_next_fire_at_notifies_when_written(dsn: str) -> None:
+    """The jobs trigger names its columns (UPDATE OF): a column added later must be named too
+    (migration 0019's block run again), or a write to it alone would not reach the caches."""
+    with psycopg.connect(dsn) as db:
+        columns = {
+            r[0]
+            for r in db.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = 'jobs'::regclass AND attnum > 0 AND NOT attisdropped"
+            )
+        }
+        named = {
+            r[0]
+            for r in db.execute(
+                "SELECT a.attname FROM pg_trigger t JOIN pg_attribute a"
+                " ON a.attrelid = t.tgrelid AND a.attnum = ANY (t.tgattr::int2[])"
+                " WHERE t.tgrelid = 'jobs'::regclass AND t.tgname = 'jobs_config_changed'"
+            )
+        }
+    assert named == columns - {"next_fire_at"}
+
+
 def _one_job(dsn: str) -> uuid.UUID:
     """A job row written straight into the database (its project first)."""
     job_id = uuid.uuid4()
