@@ -22,7 +22,7 @@ from tests.client_helpers import Gate, make_job, setup
 from tests.conftest import SECRET, Endpoint, Server, start_strait, stop_strait, wait_for
 from tests.test_metrics import samples_of, scrape, value
 from tests.test_processes import child_pids
-from tests.test_run_stream import _listeners, streams_to_the_end
+from tests.test_run_stream import _process_listeners, streams_to_the_end
 from tests.test_sdk_plane import sdk_endpoint
 
 ADMIN = {"Authorization": f"Bearer {SECRET}"}
@@ -204,7 +204,7 @@ def test_run_streams_through_every_api_process_without_redis(endpoint: Endpoint,
         return {"http": True}
 
     try:
-        wait_for(lambda: len(_listeners(dsn)) == 2, what="a listener in each API process")
+        wait_for(lambda: len(_process_listeners(dsn)) == 2, what="a listener in each API process")
         sdk_endpoint(server, endpoint, handler)
         run_id = c.jobs.trigger(make_job(c, endpoint)["id"], {"payload": {}})["id"]
         wait_for(lambda: gate.bound, what="the run executing")

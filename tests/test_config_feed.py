@@ -224,6 +224,32 @@ def test_a_feed_that_stops_hearing_leaves_copies_to_their_ttl_and_forgets_them_o
     asyncio.run(_with_feed(dsn, body))
 
 
+def test_the_listener_carries_other_channels_and_tells_them_of_each_reconnect(dsn: str) -> None:
+    """The run streams hear strait_run_events on the feed's connection (one listener a process):
+    their payloads arrive, and every (re)connect is announced, since what was sent meanwhile is lost."""
+    heard: list[str] = []
+    connects: list[float] = []
+
+    async def body() -> None:
+        feed = ConfigFeed(dsn)
+        feed.also("strait_run_events", heard.append, lambda: connects.append(time.monotonic()))
+        await feed.start()
+        try:
+            await _until(lambda: feed.watching(time.monotonic()), 10, "the feed vouching")
+            assert len(connects) == 1
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as db:
+                await db.execute("SELECT pg_notify('strait_run_events', 'run-1')")
+                await _until(lambda: heard == ["run-1"], 2, "the other channel's payload")
+                await db.execute("SELECT pg_terminate_backend(%s)", (feed.backend_pid,))
+                await _until(lambda: len(connects) == 2, 5, "the reconnect announced")
+                await db.execute("SELECT pg_notify('strait_run_events', 'run-2')")
+                await _until(lambda: heard == ["run-1", "run-2"], 2, "heard after the reconnect")
+        finally:
+            await feed.stop()
+
+    asyncio.run(body())
+
+
 def _pinned(server: Any) -> dict[str, httpx.Client]:
     """A keep-alive client on each of the two API processes (the kernel picks per connection)."""
     found: dict[str, httpx.Client] = {}

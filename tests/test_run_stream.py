@@ -12,6 +12,7 @@ import httpx
 import psycopg
 from strait import AsyncClient
 
+from strait_actors.store import coherence
 from tests.client_helpers import Gate, make_job, setup, wait_terminal
 from tests.conftest import SECRET, Endpoint, Server, start_strait, stop_strait, wait_for
 from tests.test_sdk_plane import sdk_endpoint
@@ -109,11 +110,21 @@ def test_stream_frames_live_in_order_to_two_clients_then_resume(endpoint: Endpoi
 
 
 def _listeners(dsn: str) -> list[int]:
-    """Backends whose last statement is the run-stream LISTEN: the bridges (or PostgreSQL-mode hubs)."""
+    """Backends whose last statement is the run-stream LISTEN: the Redis bridges."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
             "AND query LIKE '%LISTEN strait_run_events'"
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _process_listeners(dsn: str) -> list[int]:
+    """Backends of the API processes' own listeners (coherence.ConfigFeed: run events without Redis)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s",
+            (coherence.APPLICATION,),
         ).fetchall()
     return [int(r[0]) for r in rows]
 

@@ -115,7 +115,6 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[SDK] = SdkStore(pool, settings.stale_threshold_secs)
     app[BUDGETS] = Budgets(pool, app[FEED])
-    await app[FEED].start()
     app[SENDER] = Sender(pool)
     redis = None
     if settings.redis_url:
@@ -128,8 +127,9 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         )
     app[REDIS] = redis
     app[ENQUEUER] = Enqueuer(pool, RedisRateLimits(redis) if redis is not None else None)
-    hub = StreamHub(app[DSN], pool, redis)
+    hub = StreamHub(app[DSN], pool, app[FEED], redis)
     await hub.start()
+    await app[FEED].start()  # after the hub: it hears the run events too (without Redis)
     app[HUB] = hub
     app[LIMITER] = RateLimiter(
         settings.rate_limit_requests,

@@ -2,8 +2,9 @@
 
 A run's story is its `run_events` rows (every status change, written by the transition seam, and
 every SDK log and progress event), so a stream is those rows, in order, as they are written. Each
-API process holds one LISTEN connection; it registers the runs its clients watch in
-`run_watchers`, and every statement that writes an event of a watched run NOTIFYs it. On a
+API process hears them on its one listener connection (`coherence.ConfigFeed`, shared with the
+caches); it registers the runs its clients watch in `run_watchers`, and every statement that
+writes an event of a watched run NOTIFYs it. On a
 notification the hub reads the new rows of that run once and fans them out in memory to every
 stream of the run. A frame's `id:` is its event id, so a client that reconnects with
 `Last-Event-ID` gets what it missed (an addition to §4.5, whose frames carry no id: clients that
@@ -24,7 +25,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,11 +35,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from strait_actors import fsm, payloads
 from strait_actors.errors import ApiError
+from strait_actors.store.coherence import ConfigFeed
 from strait_actors.store.errors import StoreError, translated
 from strait_actors.store.sql import Row, execute, fetch_all, fetch_one, q
 
 log = logging.getLogger(__name__)
 
+RUN_EVENTS = "strait_run_events"  # what statements that write a watched run's events NOTIFY
 REDIS_CHANNEL = "strait:run_events"
 EVERY_RUN = "*"  # published when the bridge (re)starts: notifications may have been lost meanwhile
 BRIDGE_LOCK = 0x5354524149540001  # pg_advisory_lock key of the Redis bridge ("STRAIT" + 1)
@@ -95,8 +98,9 @@ class Subscriber:
 class StreamHub:
     """The API process's one listener and its fan-out of run events to streams."""
 
-    def __init__(self, dsn: str, pool: AsyncConnectionPool, redis: Any = None) -> None:
+    def __init__(self, dsn: str, pool: AsyncConnectionPool, feed: ConfigFeed, redis: Any = None) -> None:
         self.dsn = dsn
+        self.feed = feed  # without Redis, notifications arrive on the process's one listener
         self.pool = pool
         self.redis = redis  # redis.asyncio.Redis: notifications over pub/sub (see the module doc)
         self.bridging = False
@@ -109,8 +113,12 @@ class StreamHub:
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        pubsub = (self._bridge, self._publish, self._subscribe_redis)
-        sources = (self._listen,) if self.redis is None else pubsub
+        """Before the feed starts: without Redis, the feed hears the run events too."""
+        sources: tuple[Callable[[], Coroutine[Any, Any, None]], ...] = ()
+        if self.redis is None:
+            self.feed.also(RUN_EVENTS, self._mark_note, lambda: self._mark_note(EVERY_RUN))
+        else:
+            sources = (self._bridge, self._publish, self._subscribe_redis)
         self.tasks = [asyncio.create_task(run()) for run in (*sources, self._deliver, self._refresh)]
 
     async def stop(self) -> None:
@@ -154,22 +162,6 @@ class StreamHub:
             self.wake.set()
 
     # ------------------------------------------------------------ the listener and the fan-out
-
-    async def _listen(self) -> None:
-        """LISTEN on one connection; reconnect after a loss and catch every watched run up."""
-        while True:
-            try:
-                with translated():
-                    conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
-                    async with conn:
-                        await conn.execute(q("listen_run_events"))
-                        for run_id in list(self.subs):  # whatever happened while we were away
-                            self._mark(run_id)
-                        async for note in conn.notifies():
-                            self._mark_note(note.payload)
-            except (StoreError, OSError) as exc:
-                log.warning("run stream listener lost its connection (%s); reconnecting", exc)
-            await asyncio.sleep(RECONNECT_SECS)
 
     def _mark_note(self, payload: str) -> None:
         if payload == EVERY_RUN:

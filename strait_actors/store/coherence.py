@@ -34,6 +34,7 @@ import psycopg
 log = logging.getLogger(__name__)
 
 CHANNEL = "strait_config"
+APPLICATION = "strait listener"  # the connection's application_name
 BEAT_SECS = 0.5  # a beat costs the API process about 1 ms of CPU (this VM, idle): 2 a second
 TRUST_SECS = 1.0
 RECONNECT_SECS = 1.0
@@ -44,7 +45,8 @@ V = TypeVar("V")
 
 
 class ConfigFeed:
-    """The API process's listener on `strait_config` and the caches it keeps coherent."""
+    """The API process's listener: `strait_config` and the caches it keeps coherent, and the
+    channels others add (`also`: the run streams')."""
 
     def __init__(self, dsn: str | None = None) -> None:
         self.dsn = dsn
@@ -53,10 +55,18 @@ class ConfigFeed:
         self.caches: dict[str, list[Cache[object, object]]] = {}
         self.task: asyncio.Task[None] | None = None
         self.backend_pid: int | None = None  # the listening connection's PostgreSQL backend
+        # other channels heard on the same connection (one listener a process: each listening
+        # backend costs PostgreSQL work at every notifying commit, whatever its channels)
+        self.others: dict[str, tuple[Callable[[str], None], Callable[[], None]]] = {}
 
     def watching(self, now: float) -> bool:
         """Does the feed vouch, at `now`, for copies kept since a read it did not see raced?"""
         return now - self.vouched_at < TRUST_SECS
+
+    def also(self, channel: str, heard: Callable[[str], None], connected: Callable[[], None]) -> None:
+        """Hear `channel` too (before `start`): `heard` gets each payload, `connected` is called on
+        every (re)connect, once LISTENing (what was notified while away was not heard)."""
+        self.others[channel] = (heard, connected)
 
     def register(self, table: str, cache: Cache[K, V]) -> None:
         self.caches.setdefault(table, []).append(cache)  # type: ignore[arg-type]
@@ -89,10 +99,15 @@ class ConfigFeed:
         assert self.dsn is not None
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
+                conn = await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, connect_timeout=5, application_name=APPLICATION
+                )
                 async with conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    for channel in (CHANNEL, *self.others):
+                        await conn.execute(f"LISTEN {channel}")
                     self.reset()
+                    for _, connected in self.others.values():
+                        connected()
                     await self._hear(conn)
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 log.warning("config feed lost its connection (%s); caches fall back to their TTLs", exc)
@@ -110,6 +125,9 @@ class ConfigFeed:
             async with asyncio.timeout(TRUST_SECS * 5):
                 await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, BEAT))
             async for note in conn.notifies(timeout=BEAT_SECS):
+                if note.channel != CHANNEL:
+                    self.others[note.channel][0](note.payload)
+                    continue
                 if note.payload == BEAT:
                     if note.pid == me and beats:
                         self.vouched_at = beats.popleft()

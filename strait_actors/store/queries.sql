@@ -2074,7 +2074,7 @@ CROSS JOIN LATERAL (
 ORDER BY e.id
 
 -- name: listen_run_events
--- The API process's one stream listener.
+-- The Redis bridge's listener (api/streams.py; without Redis, each API process's ConfigFeed LISTENs).
 LISTEN strait_run_events
 
 -- ===================================================================== worker liveness (migration 0013)
