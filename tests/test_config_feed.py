@@ -199,13 +199,13 @@ def test_a_feed_that_stops_hearing_leaves_copies_to_their_ttl_and_forgets_them_o
     async def body(feed: ConfigFeed) -> None:
         cache: Cache[uuid.UUID, Any] = Cache(feed, "jobs", 0.2, uuid.UUID)
         await cache.load(job_id, reads)
+        await asyncio.sleep(0.3)
+        assert cache.peek(job_id)[0], "vouched for past its TTL while the feed hears"
         pid = backend_of(feed)
         # silently dead: the listener's backend stops answering, its socket stays open
         os.kill(pid, signal.SIGSTOP)
         try:
-            stopped = time.monotonic()
             await _until(lambda: not cache.peek(job_id)[0], coherence.TRUST_SECS + 0.5, "the copy given up")
-            assert time.monotonic() - stopped >= coherence.TRUST_SECS - coherence.BEAT_SECS - 0.05
             await cache.load(job_id, reads)  # read while the feed cannot vouch: kept for the TTL only
             await asyncio.sleep(0.3)
             assert not cache.peek(job_id)[0]

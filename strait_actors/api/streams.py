@@ -96,7 +96,8 @@ class Subscriber:
 
 
 class StreamHub:
-    """The API process's one listener and its fan-out of run events to streams."""
+    """The API process's fan-out of run events to streams; it hears of them on the process's
+    listener (`ConfigFeed.also`) or, with Redis, over pub/sub (and bridges when it holds the role)."""
 
     def __init__(self, dsn: str, pool: AsyncConnectionPool, feed: ConfigFeed, redis: Any = None) -> None:
         self.dsn = dsn
@@ -161,7 +162,7 @@ class StreamHub:
             self.dirty.add(run_id)
             self.wake.set()
 
-    # ------------------------------------------------------------ the listener and the fan-out
+    # ------------------------------------------------------------ notifications and the fan-out
 
     def _mark_note(self, payload: str) -> None:
         if payload == EVERY_RUN:
