@@ -36,10 +36,7 @@ class Budgets:
         self._spent: Cache[str, int] = Cache(None, "spend", TTL, str)  # not configuration: a TTL only
 
     async def quota(self, project_id: str) -> Row | None:
-        found, row = self._quotas.peek(project_id)
-        if found:
-            return row
-        return await self._quotas.load(project_id, lambda: self.get(project_id))
+        return await self._quotas.get(project_id, lambda: self.get(project_id))
 
     async def check_daily(self, project_id: str) -> None:
         """Raises OverBudget when the project's spend today reached its daily cap."""
@@ -47,10 +44,7 @@ class Budgets:
         if quota is None or quota["max_daily_cost_microusd"] is None:
             return
         cap = int(quota["max_daily_cost_microusd"])
-        found, spent = self._spent.peek(project_id)
-        if not found:
-            spent = await self._spent.load(project_id, lambda: self._spend_today(project_id, quota["timezone"]))
-        assert spent is not None
+        spent = await self._spent.get(project_id, lambda: self._spend_today(project_id, quota["timezone"]))
         if spent >= cap:
             raise OverBudget(spent, cap)
 

@@ -168,6 +168,13 @@ class Cache(Generic[K, V]):
             return True, hit[2]
         return False, None
 
+    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        """The kept copy, else `load`'s answer (kept)."""
+        found, value = self.peek(key)
+        if found:
+            return value  # type: ignore[return-value]  # a kept None is a value
+        return await self.load(key, load)
+
     async def load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         """Read the key (after `peek` missed) and keep the answer, vouched for unless a change raced it."""
         generation = self.feed.generation

@@ -273,10 +273,7 @@ class JobCache:
         self.rows: Cache[uuid.UUID, Row | None] = Cache(feed, "jobs", self.TTL, uuid.UUID)
 
     async def get(self, pool: AsyncConnectionPool, job_id: uuid.UUID) -> Row | None:
-        found, row = self.rows.peek(job_id)
-        if found:
-            return row
-        return await self.rows.load(job_id, lambda: get_job(pool, job_id))
+        return await self.rows.get(job_id, lambda: get_job(pool, job_id))
 
     def forget(self, job_id: uuid.UUID) -> None:
         self.rows.forget(job_id)
