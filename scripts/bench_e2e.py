@@ -114,7 +114,7 @@ ENDPOINT = textwrap.dedent("""
     app = web.Application()
     app.add_routes([web.post("/job", job), web.get("/count", count)])
     loop = None
-    if sys.argv[3:] == ["lean"]:  # --lean: the same aiohttp server on uvloop
+    if sys.argv[3:4] == ["lean"]:  # --lean: the same aiohttp server on uvloop
         import uvloop
         loop = uvloop.new_event_loop()
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, backlog=4096, loop=loop)
@@ -130,7 +130,7 @@ SDK_ENDPOINT = textwrap.dedent("""
     import aiohttp
     from aiohttp import web
     from urllib.parse import urlsplit
-    BASE, MODE, LEAN = sys.argv[2], sys.argv[3], sys.argv[4:] == ["lean"]
+    BASE, MODE, LEAN = sys.argv[2], sys.argv[3], sys.argv[4:5] == ["lean"]
     seen, resumed, calls, errors = {}, {}, 0, []
     session = None
     async def call(run, token, path, body=None):
@@ -146,32 +146,19 @@ SDK_ENDPOINT = textwrap.dedent("""
         if status >= 300:
             errors.append(f"{path} {status} {text[:200]}")
     # --lean: the same calls over raw keep-alive HTTP/1.1 connections (one per call in flight, reused),
-    # the answer read by its Content-Length and not parsed: a fraction of an aiohttp client's CPU
+    # the answer read by its Content-Length and not parsed (bench_e2e.LeanHTTP): a fraction of an
+    # aiohttp client's CPU
     URL = urlsplit(BASE)
     HEAD = f"Host: {URL.netloc}\\r\\nContent-Type: application/json\\r\\nAuthorization: Bearer ".encode()
-    idle = []
+    lean = None
+    if LEAN:
+        sys.path.insert(0, sys.argv[5])  # the directory of bench_e2e.py
+        from bench_e2e import LeanHTTP
+        lean = LeanHTTP(URL.hostname, URL.port)
     async def lean_post(path, token, body):
-        conn = idle.pop() if idle else await asyncio.open_connection(URL.hostname, URL.port)
-        reader, writer = conn
         data = b"" if body is None else json.dumps(body).encode()
-        writer.write(b"POST %s HTTP/1.1\\r\\n%s%s\\r\\nContent-Length: %d\\r\\n\\r\\n%s"
-                     % (path.encode(), HEAD, token.encode(), len(data), data))
-        status = int((await reader.readline())[9:12])
-        length, close = -1, False
-        while (line := await reader.readline()) not in (b"\\r\\n", b""):
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"connection" and b"close" in value.lower():
-                close = True
-        if length < 0:
-            raise SystemExit(f"lean call: no Content-Length in the answer (status {status})")
-        answer = await reader.readexactly(length)
-        if close:
-            writer.close()
-        else:
-            idle.append(conn)
+        status, answer = await lean.send(b"POST %s HTTP/1.1\\r\\n%s%s\\r\\nContent-Length: %d\\r\\n\\r\\n%s"
+                                         % (path.encode(), HEAD, token.encode(), len(data), data))
         return status, answer.decode(errors="replace")
     async def job(request):
         body = await request.read()
@@ -515,8 +502,8 @@ async def make_bench_job(s: aiohttp.ClientSession, base: str, endpoint_url: str)
 
 
 class _LeanAnswer(asyncio.Protocol):
-    """One keep-alive connection of the lean load generator: the answer's head is cut at its blank
-    line and only the status, Content-Length and Connection are read from it."""
+    """One keep-alive connection of the lean clients: the answer's head is cut at its blank line
+    and only the status, Content-Length and Connection are read from it."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -534,7 +521,7 @@ class _LeanAnswer(asyncio.Protocol):
         head = bytes(self.buf[:end]).lower()
         at = head.find(b"\r\ncontent-length:")
         if at < 0:
-            self.waiter.set_exception(SystemExit(f"lean trigger: no Content-Length in the answer: {head[:200]!r}"))
+            self.waiter.set_exception(SystemExit(f"lean client: no Content-Length in the answer: {head[:200]!r}"))
             return
         stop = head.find(b"\r\n", at + 17)
         total = end + 4 + int(head[at + 17 : stop if stop >= 0 else len(head)])
@@ -547,49 +534,64 @@ class _LeanAnswer(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc or ConnectionError("lean trigger: connection closed before the answer"))
+            self.waiter.set_exception(exc or ConnectionError("lean client: connection closed before the answer"))
 
 
-class LeanTrigger:
-    """The --lean load generator: single triggers over raw keep-alive HTTP/1.1 connections (one per
-    concurrent client, reused), each an asyncio Protocol with no stream layer, a request prebuilt but
-    for its body, and the answer read by its Content-Length with the run id cut from the bytes (no
-    JSON parse): it costs the harness a fraction of what an aiohttp client does, so single-trigger
-    figures measure strait."""
+class LeanHTTP:
+    """The --lean harness's HTTP client: requests prebuilt as bytes over raw keep-alive HTTP/1.1
+    connections to one host (one per request in flight, reused), each an asyncio Protocol with no
+    stream layer; the answer is read by its Content-Length and not parsed. It costs the harness a
+    fraction of what an aiohttp client does, so the figures measure strait."""
 
-    ID = re.compile(rb'"id":\s*"([^"]+)"')
-
-    def __init__(self, base: str, job: str) -> None:
-        url = urlsplit(base)
-        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
-        head = [f"POST /v1/jobs/{job}/trigger HTTP/1.1", f"Host: {url.netloc}", "Content-Type: application/json"]
-        head += [f"{k}: {v}" for k, v in HEADERS.items()]
-        self.head = ("\r\n".join(head) + "\r\nContent-Length: ").encode()
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
         self.idle: list[_LeanAnswer] = []
 
-    async def __call__(self, i: int) -> str:
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        """(status, body) of one request (its bytes whole: request line, headers, body)."""
         loop = asyncio.get_running_loop()
         if self.idle:
             conn = self.idle.pop()
         else:
             _, conn = await loop.create_connection(_LeanAnswer, self.host, self.port)
         assert conn.transport is not None
-        body = b'{"payload":{"i":%d}}' % i
         conn.waiter = loop.create_future()
-        conn.transport.write(self.head + b"%d\r\n\r\n" % len(body) + body)
+        conn.transport.write(request)
         status, close, answer = await conn.waiter
-        if status >= 300 or not (m := self.ID.search(answer)):
-            raise SystemExit(f"POST trigger answered {status}: {answer[:300]!r}")
         if close:
             conn.transport.close()
         else:
             self.idle.append(conn)
-        return m.group(1).decode()
+        return status, answer
 
     def close(self) -> None:
         for conn in self.idle:
             if conn.transport is not None:
                 conn.transport.close()
+
+
+class LeanTrigger:
+    """The --lean load generator: single triggers through `LeanHTTP`, the request prebuilt but for
+    its body, the run id cut from the answer's bytes (no JSON parse)."""
+
+    ID = re.compile(rb'"id":\s*"([^"]+)"')
+
+    def __init__(self, base: str, job: str) -> None:
+        url = urlsplit(base)
+        self.http = LeanHTTP(url.hostname or "127.0.0.1", url.port or 80)
+        head = [f"POST /v1/jobs/{job}/trigger HTTP/1.1", f"Host: {url.netloc}", "Content-Type: application/json"]
+        head += [f"{k}: {v}" for k, v in HEADERS.items()]
+        self.head = ("\r\n".join(head) + "\r\nContent-Length: ").encode()
+
+    async def __call__(self, i: int) -> str:
+        body = b'{"payload":{"i":%d}}' % i
+        status, answer = await self.http.send(self.head + b"%d\r\n\r\n" % len(body) + body)
+        if status >= 300 or not (m := self.ID.search(answer)):
+            raise SystemExit(f"POST trigger answered {status}: {answer[:300]!r}")
+        return m.group(1).decode()
+
+    def close(self) -> None:
+        self.http.close()
 
 
 class Bench:
@@ -1153,7 +1155,7 @@ def main() -> int:
             program = [SDK_ENDPOINT, str(eport), f"http://127.0.0.1:{port}", args.scenario]
         else:
             program = [ENDPOINT, str(eport), str(args.endpoint_delay_ms)]
-        program += ["lean"] if args.lean else []
+        program += ["lean", str(Path(__file__).resolve().parent)] if args.lean else []
         procs.append(subprocess.Popen([sys.executable, "-c", *program], start_new_session=True))
         with open(log, "wb") as out:
             procs.append(
