@@ -3,6 +3,12 @@ transitions drained from `run_transition_tally` (written by the transition seam,
 every second, and the queue's depth, its oldest claimable run and the dead-letter depth from one
 query every `DEPTH_SECS`. Never per scrape: a scrape reads files only (`metrics.exposition`).
 
+The depth query counts index entries, so its cost grows with the runs it counts: behind 1,000,000
+held and 1,000,000 delayed runs it took 70 ms, in three processes (a parallel query) on a 2-core
+machine, every 10 s in every API process. It is background work: its connection plans no parallel
+query (one process, one core, however many runs), and the next count waits at least `DEPTH_DUTY`
+times as long as the last one took, so counting never takes more than 1/DEPTH_DUTY of one core.
+
 Many processes may drain the tally (API processes, a worker host's parent): each takes a disjoint
 set of rows (DELETE … RETURNING), so their counters add up to the cluster's transitions.
 """
@@ -26,6 +32,15 @@ log = logging.getLogger(__name__)
 
 DRAIN_SECS = 1.0
 DEPTH_SECS = 10.0
+DEPTH_DUTY = 100
+# the sampler's connection: no parallel query for its counts (see the module's docstring)
+OPTIONS = "-c max_parallel_workers_per_gather=0"
+
+
+def next_count(started: float, took: float) -> float:
+    """When the next depth count is due: `DEPTH_SECS` after the last one started, or later when
+    that one took long (`DEPTH_DUTY`)."""
+    return started + max(DEPTH_SECS, took * DEPTH_DUTY)
 
 
 class MetricsSampler:
@@ -48,7 +63,7 @@ class MetricsSampler:
                 try:
                     if conn is None or conn.closed:
                         conn = None
-                        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                        conn = await self.connect()
                     await self.sample(conn)
                     self.failing = False
                 except Exception as exc:  # the database away (or a bug): logged once, the next pass reconnects
@@ -63,6 +78,9 @@ class MetricsSampler:
             if conn is not None:
                 await conn.close()
 
+    async def connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, options=OPTIONS)
+
     async def sample(self, conn: psycopg.AsyncConnection[Any]) -> None:
         m = self.metrics
         cur = await conn.execute(q("drain_transition_tally"))
@@ -74,8 +92,8 @@ class MetricsSampler:
             m.DB_POOL.labels("acquired").set(size - idle)
             m.DB_POOL.labels("idle").set(idle)
             m.DB_POOL.labels("max").set(self.pool.max_size)
-        if time.monotonic() >= self.depth_at:
-            self.depth_at = time.monotonic() + DEPTH_SECS
+        if (started := time.monotonic()) >= self.depth_at:
+            self.depth_at = next_count(started, 0.0)  # a failed count is tried again then
             cur = await conn.execute(q("queue_depth"))
             depth: dict[str, int] = dict.fromkeys(QUEUE_STATUSES, 0)
             oldest = 0.0
@@ -89,6 +107,7 @@ class MetricsSampler:
             for status, n in depth.items():
                 m.QUEUE_DEPTH.labels(status).set(n)
             m.OLDEST_QUEUED.set(oldest)
+            self.depth_at = next_count(started, time.monotonic() - started)
 
 
 QUEUE_STATUSES = ("delayed", "queued", "dequeued", "executing", "waiting", "paused", "replay_staged")
