@@ -5,9 +5,12 @@ query every `DEPTH_SECS`. Never per scrape: a scrape reads files only (`metrics.
 
 The depth query counts index entries, so its cost grows with the runs it counts: behind 1,000,000
 held and 1,000,000 delayed runs it took 70 ms, in three processes (a parallel query) on a 2-core
-machine, every 10 s in every API process. It is background work: its connection plans no parallel
-query (one process, one core, however many runs), and the next count waits at least `DEPTH_DUTY`
-times as long as the last one took, so counting never takes more than 1/DEPTH_DUTY of one core.
+machine, every 10 s in every API process. It is background work:
+- one API process of a program counts (`counts_depth`: the gauge is `mostrecent` across the
+  program's processes);
+- its connection plans no parallel query (one process, one core, however many runs);
+- the next count waits at least `DEPTH_DUTY` times as long as the last one took, so counting never
+  takes more than 1/DEPTH_DUTY of one core.
 
 Many processes may drain the tally (API processes, a worker host's parent): each takes a disjoint
 set of rows (DELETE … RETURNING), so their counters add up to the cluster's transitions.
@@ -46,12 +49,16 @@ def next_count(started: float, took: float) -> float:
 class MetricsSampler:
     """One connection of its own; a failed pass is logged once and tried again next time."""
 
-    def __init__(self, dsn: str, metrics: ModuleType, pool: Any = None, flush: Any = None) -> None:
+    def __init__(
+        self, dsn: str, metrics: ModuleType, pool: Any = None, flush: Any = None, *, counts_depth: bool = True
+    ) -> None:
         self.dsn = dsn
         self.metrics = metrics
         self.pool = pool  # the API's pool: its connections in use are a gauge
         self.flush = flush  # the API's request figures, handed to the metrics each pass
-        self.depth_at = 0.0
+        # False in a program's other API processes: one count serves the program (the gauges are
+        # `mostrecent` across its processes)
+        self.depth_at = 0.0 if counts_depth else float("inf")
         self.failing = False
 
     async def run(self) -> None:

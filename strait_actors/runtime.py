@@ -265,7 +265,7 @@ def run_api_child(settings: Settings) -> int:
 
     async def main() -> None:
         stop = _stop_event(asyncio.get_running_loop())
-        app = create_app(settings, settings.database_url)
+        app = create_app(settings, settings.database_url, counts_depth=False)  # the parent counts
         await _serve(app, settings.host, settings.port, stop, reuse_port=True)
 
     exit_with_parent()

@@ -6,6 +6,7 @@ once per process (api/http.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -229,3 +230,40 @@ def test_children_stop_when_the_program_is_killed(dsn: str, tmp_path: Path) -> N
     server.proc.wait()
     wait_for(lambda: gone(api) and gone(worker), timeout=30, what="the orphaned children stopping")
     assert "parent process" in server.logs()
+
+
+def gauges_of(folder: Path, pid: int) -> set[str]:
+    """The gauges process `pid` has set (its multiprocess files: `gauge_<mode>_<pid>.db`)."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    names = set()
+    for path in folder.glob(f"gauge_*_{pid}.db"):
+        book = MmapedDict(str(path), read_mode=True)
+        try:
+            names |= {json.loads(key)[0] for key, _, _ in book.read_all_values()}
+        finally:
+            book.close()
+    return names
+
+
+def test_one_api_process_counts_the_queue_depth(dsn: str, tmp_path: Path) -> None:
+    """The depth count reads every run it counts (metrics_sampler): the program's first API process
+    counts, and the others sample the rest (their pool, the transitions) but not the depth. Any
+    process's scrape serves the count (the gauge is `mostrecent` across the program's processes)."""
+    server = start_strait({"DATABASE_URL": dsn, "API_PROCESSES": "3"}, tmp_path, processes=1)
+    try:
+        children = wait_for(lambda: len(c := child_pids(server, "--api-child")) == 2 and c, what="2 more API processes")
+        folder = tmp_path / "data" / "metrics" / str(server.proc.pid)  # runtime.metrics_dir
+        wait_for(
+            lambda: all("strait_db_pool_conns" in gauges_of(folder, pid) for pid in children),
+            what="every API child's sampler at work",
+        )
+        time.sleep(1.5)  # a pass more (DRAIN_SECS): each child's first pass has long ended
+        wait_for(lambda: "strait_queue_depth" in gauges_of(folder, server.proc.pid), what="the parent's count")
+        for pid in children:
+            assert "strait_queue_depth" not in gauges_of(folder, pid)
+        wait_for(lambda: len(serving(server)) == 3, what="all three processes answering")
+        for _ in range(8):  # whichever process answers
+            assert ("strait_queue_depth", (("status", "queued"),)) in scrape(server.base)
+    finally:
+        assert stop_strait(server) == 0

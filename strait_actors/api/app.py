@@ -30,6 +30,7 @@ from strait_actors.api.limits import RateLimiter, take_request
 from strait_actors.api.router import application
 from strait_actors.api.state import (
     BUDGETS,
+    COUNTS_DEPTH,
     DEADLINES,
     DSN,
     ENQUEUER,
@@ -138,11 +139,12 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.auth_failure_limit,
         settings.api_process_count,
     )
-    sampler = asyncio.ensure_future(MetricsSampler(app[DSN], metrics, pool, flush_http_metrics).run())
+    sampler = MetricsSampler(app[DSN], metrics, pool, flush_http_metrics, counts_depth=app[COUNTS_DEPTH])
+    sampling = asyncio.ensure_future(sampler.run())
     yield
-    sampler.cancel()
+    sampling.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await sampler
+        await sampling
     await hub.stop()
     await app[FEED].stop()
     if redis is not None:
@@ -150,10 +152,12 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
-def create_app(settings: Settings, dsn: str) -> web.Application:
+def create_app(settings: Settings, dsn: str, *, counts_depth: bool = True) -> web.Application:
+    """The API; `counts_depth`: False in the program's other API processes (`COUNTS_DEPTH`)."""
     app = application(middlewares=[envelope, gate], client_max_size=settings.max_request_body_size)
     app[SETTINGS] = settings
     app[DSN] = dsn
+    app[COUNTS_DEPTH] = counts_depth
     app[FEED] = feed = ConfigFeed(dsn)
     app[KEYS] = KeyCache(feed)
     app[JOBS] = JobCache(feed)

@@ -37,6 +37,9 @@ FEED: web.AppKey[ConfigFeed] = web.AppKey("feed")  # keeps KEYS, JOBS and BUDGET
 HUB: web.AppKey[StreamHub] = web.AppKey("hub")
 SENDER: web.AppKey[Sender] = web.AppKey("sender")
 STARTED = web.AppKey("started", float)
+# this process counts the queue's depth for /metrics: the program's first API process only (the
+# gauge is `mostrecent` across the processes of one program, so one count serves them all)
+COUNTS_DEPTH = web.AppKey("counts_depth", bool)
 RUN_TOKENS: web.AppKey[TokenCache] = web.AppKey("run_tokens")  # verified run tokens of the SDK plane
 DEADLINES: web.AppKey[Deadlines] = web.AppKey("deadlines")  # REQUEST_TIMEOUT of /v1 and the SDK plane
 REDIS: web.AppKey[Redis | None] = web.AppKey("redis")  # None: no REDIS_URL
