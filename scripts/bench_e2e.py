@@ -36,8 +36,8 @@ and endpoint. This moves far less between machines than runs/s. --lean makes the
 that its figures measure strait rather than the harness: its HTTP clients use raw keep-alive HTTP and
 parse no JSON answer (the single and latency triggers, on asyncio Protocols; the sdk and waits
 endpoint's calls to the SDK plane), and the harness and its endpoint run on uvloop (the endpoint
-stays an aiohttp server). On 2 cores that halved the load generator's CPU a single trigger (72 to 34
-us) and took a third off the endpoint's (116 to 79 us).
+stays an aiohttp server). On 2 cores that halved the load generator's CPU a single trigger (73 to 35
+us) and took a third off the endpoint's (116 to 80 us; means of 3 pairs).
 
 A sampler thread reads VmRSS of the strait parent (api), its worker children and the endpoint from
 /proc every 0.25 s; peak RSS, VmHWM and RSS at the start/end of each scenario are printed. The
