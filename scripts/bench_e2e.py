@@ -115,8 +115,9 @@ ENDPOINT = textwrap.dedent("""
     app.add_routes([web.post("/job", job), web.get("/count", count)])
     loop = None
     if sys.argv[3:4] == ["lean"]:  # --lean: the same aiohttp server on uvloop
-        import uvloop
-        loop = uvloop.new_event_loop()
+        sys.path.insert(0, sys.argv[4])  # the directory of bench_e2e.py
+        from bench_e2e import lean_loop
+        loop = lean_loop()()
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, backlog=4096, loop=loop)
 """)
 
@@ -153,7 +154,7 @@ SDK_ENDPOINT = textwrap.dedent("""
     lean = None
     if LEAN:
         sys.path.insert(0, sys.argv[5])  # the directory of bench_e2e.py
-        from bench_e2e import LeanHTTP
+        from bench_e2e import LeanHTTP, lean_loop
         lean = LeanHTTP(URL.hostname, URL.port)
     async def lean_post(path, token, body):
         data = b"" if body is None else json.dumps(body).encode()
@@ -192,8 +193,7 @@ SDK_ENDPOINT = textwrap.dedent("""
     app.add_routes([web.post("/job", job), web.get("/count", count)])
     loop = None
     if LEAN:  # --lean: the same aiohttp server on uvloop
-        import uvloop
-        loop = uvloop.new_event_loop()
+        loop = lean_loop()()
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, backlog=4096, loop=loop)
 """)
 

@@ -56,9 +56,7 @@ class MetricsSampler:
         self.metrics = metrics
         self.pool = pool  # the API's pool: its connections in use are a gauge
         self.flush = flush  # the API's request figures, handed to the metrics each pass
-        # False in a program's other API processes: one count serves the program (the gauges are
-        # `mostrecent` across its processes)
-        self.depth_at = 0.0 if counts_depth else float("inf")
+        self.depth_at = 0.0 if counts_depth else float("inf")  # other API processes never count (module doc)
         self.failing = False
 
     async def run(self) -> None:
