@@ -21,11 +21,13 @@ X-Project-Id) it creates project "bench" and a job (max_attempts 1) pointing at 
 - limits (on its own): N runs of a job with max_concurrency=50 on a 100 ms endpoint (runs/s against
   the limit's ceiling of 500/s, and the peak concurrency the endpoint saw), then N runs over 1,000
   concurrency keys at max_concurrency_per_key=1 on the no-op endpoint (runs/s, peak per key);
-- backlog (on its own): --backlog runs queued for an `execution_mode: worker` job and as many delayed a
-  day ahead, then as many claimable ones: idle latency and the drain rate against the empty queue,
-  claim p99 (/metrics) and the claim's plan (rows written straight into job_runs); idle latency is
-  read at once, after autovacuum, and after a CHECKPOINT (the checkpoint that follows millions of
-  rows written spreads its writes over minutes, and the commits' WAL flushes queue behind them);
+- backlog (on its own): --backlog runs queued for an `execution_mode: worker` job (or a paused or a
+  disabled one: --backlog-kind) and as many delayed a day ahead, then as many claimable ones: idle
+  latency and the drain rate against the empty queue, claim p99 (/metrics) and the claim's plan (rows
+  written straight into job_runs); idle latency is read at once, after autovacuum, and after a
+  CHECKPOINT (the checkpoint that follows millions of rows written spreads its writes over minutes,
+  and the commits' WAL flushes queue behind them); a paused or disabled job is then resumed (enabled):
+  the request's time, and the rate its runs reach the endpoint at;
 - cron (on its own): --cron-jobs jobs firing every minute; over --cron-minutes whole minutes, read
   from the database: every tick of every job fired once (no tick missed, none twice), the drift of
   each run's insert from its tick (p50/p99/max), and the Scheduler's own CPU (its log line).
@@ -867,14 +869,19 @@ class Bench:
         """A million-run backlog (issue 16). Runs are written straight into job_runs (as a trigger
         writes them; the API would take minutes for millions): first the empty-queue figures (idle
         latency; the drain of 20,000 pre-queued runs), then --backlog runs queued for an
-        `execution_mode: worker` job (no HTTP worker may take them) and as many delayed a day ahead,
-        idle latency again (at once, after autovacuum, after a CHECKPOINT), then --backlog claimable
-        runs drained. Claim p99 from /metrics."""
+        `execution_mode: worker` job (no HTTP worker may take them), or a paused or disabled one
+        (--backlog-kind), and as many delayed a day ahead, idle latency again (at once, after
+        autovacuum, after a CHECKPOINT), then --backlog claimable runs drained; last, a paused or
+        disabled job is resumed or enabled, and its runs drained. Claim p99 from /metrics."""
         import psycopg  # strait's own dependency
 
-        n = self.args.backlog
+        n, kind = self.args.backlog, self.args.backlog_kind
         conn = psycopg.connect(self.args.dsn, autocommit=True)
-        parked = await self.make_job("parked", f"{self.ep}/job", execution_mode="worker")
+        if kind == "worker":
+            parked = await self.make_job("parked", f"{self.ep}/job", execution_mode="worker")
+        else:  # a job of HTTP runs, paused or disabled before its backlog is written
+            parked = await self.make_job("parked", f"{self.ep}/job")
+            await self.hold_job(parked, kind, held=True)
 
         def fill(job: str, count: int, delayed: bool = False) -> float:
             t = time.monotonic()
@@ -937,13 +944,50 @@ class Bench:
         mem.mark("backlog-drain")
         big_rate = await drain(f"{n} claimable behind the backlog", n)
         mem.mark("backlog-drain")
+        released = ""
+        if kind != "worker":  # the job resumed (enabled again): its whole backlog comes back
+            released = " " + await self.release_backlog(parked, kind, n)
         conn.close()
-        self.made = n + 20000 + 4 * 210
+        self.made = n + 20000 + 4 * 210 + (n if released else 0)
         return (
-            f"backlog: empty_drain={base_rate:.0f}/s backlog_drain={big_rate:.0f}/s "
-            f"({(big_rate / base_rate - 1) * 100:+.1f} %) idle latency before [{lat0}] with backlog [{lat1}] "
+            f"backlog ({kind}): empty_drain={base_rate:.0f}/s backlog_drain={big_rate:.0f}/s "
+            f"({(big_rate / base_rate - 1) * 100:+.1f} %){released} idle latency before [{lat0}] with backlog [{lat1}] "
             f"(at once [{lat_now}]; before the checkpoint [{lat_ckpt}])"
         )
+
+    async def hold_job(self, job: str, kind: str, *, held: bool) -> float:
+        """Pause or resume the job (`paused`), or disable or enable it (`disabled`), over the API; the
+        request's time in seconds."""
+        t0 = time.monotonic()
+        if kind == "paused":
+            async with self.s.post(f"{self.base}/v1/jobs/{job}/{'pause' if held else 'resume'}", json={}) as r:
+                await check(r)
+        else:
+            async with self.s.patch(f"{self.base}/v1/jobs/{job}", json={"enabled": not held}) as r:
+                await check(r)
+        return time.monotonic() - t0
+
+    async def release_backlog(self, job: str, kind: str, n: int) -> str:
+        """Resume (enable) the job whose n runs the claims set aside: how long the request takes, and
+        how soon every one of those runs reaches the endpoint."""
+        before = int((await self.count())["count"])
+        took = await self.hold_job(job, kind, held=False)
+        t0 = time.monotonic()
+        first = 0.0
+        while (seen := int((await self.count())["count"]) - before) < n:
+            if seen and not first:
+                first = time.monotonic() - t0
+            if time.monotonic() - t0 > 120 + n / 200:
+                raise SystemExit(f"backlog: the released runs: timed out ({seen} of {n} seen)")
+            await asyncio.sleep(0.2)
+        rate = n / (time.monotonic() - t0)
+        verb = "resume" if kind == "paused" else "enable"
+        print(
+            f"backlog: the job's {verb} took {took * 1000:.0f} ms; its {n} runs reached the endpoint "
+            f"from {first:.1f} s after it, all after {time.monotonic() - t0:.1f} s ({rate:.0f} runs/s)",
+            flush=True,
+        )
+        return f"{verb}_ms={took * 1000:.0f} released_drain={rate:.0f}/s"
 
     async def idle(self, label: str) -> str:
         """The latency scenario after ten runs not measured, and the claims it made (one run each: the
@@ -1123,6 +1167,13 @@ def main() -> int:
         default="all",
     )
     ap.add_argument("--backlog", type=int, default=1000000, help="backlog scenario: runs of each kind")
+    ap.add_argument(
+        "--backlog-kind",
+        choices=["worker", "paused", "disabled"],
+        default="worker",
+        help="backlog scenario: the unclaimable runs' job: execution_mode worker, paused or disabled "
+        "(the last two are resumed or enabled at the end, and their runs drained)",
+    )
     ap.add_argument("--cron-jobs", type=int, default=10000, help="cron scenario: jobs firing every minute")
     ap.add_argument("--cron-minutes", type=int, default=2, help="cron scenario: whole minutes measured")
     ap.add_argument("--limits-phase", choices=["both", "capped", "per-key"], default="both", help="limits scenario")
