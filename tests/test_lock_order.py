@@ -196,6 +196,7 @@ SKIPS_LOCKED = {
     "requeue_stale_dequeued",
     "age_queued_runs",
     "release_held_runs",
+    "release_resumed_runs",
 }
 ONE_RUN = {
     "release_idempotency_key",
@@ -207,8 +208,8 @@ ONE_RUN = {
 }
 OTHERWISE = {
     "mark_dependency_waits": "runs of its own transaction's INSERT, which no other transaction sees yet",
-    "sync_job_gates": "a job's held runs on its update; the claim (SKIP LOCKED) is the only frequent writer "
-    "of queued runs, and release_held_runs is the backstop",
+    "sync_job_gates": "at most 1000 of a job's held runs on its update; the claim (SKIP LOCKED) is the only "
+    "frequent writer of queued runs, and release_held_runs is the backstop",
     "release_jobs_runs": "as sync_job_gates, for a group's or a project's resume",
     "resume_lost_waits": "a safety net over runs left waiting; nothing else writes them in batches",
 }

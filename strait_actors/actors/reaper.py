@@ -3,10 +3,12 @@ runs never started whose TTL passed end `expired`; waits past their timeout end 
 runs stale in `dequeued` go back to the queue; a waiting run whose wait was answered without
 resuming it is resumed; runs waiting on job dependencies that are met go to the queue (the upstream
 run's end releases them in its own statement; this catches what it could not see) and those whose
-TTL ran out fail. One bounded batch of each per tick. Every HELD_BACKSTOP_SECS, runs held
-back as 'job' (migration 0005) whose job can run again are released, in case a claim held them
-just after the job's update released the others. Every AGEING_INTERVAL_SECS, runs queued longer
-than PRIORITY_AGEING_AFTER_SECS gain one priority step (engine.md §2.4).
+TTL ran out fail. One bounded batch of each per tick. The runs of a resumed job that its resume left
+held (migration 0020) are freed in batches of RELEASE_BATCH, for up to RELEASE_SECS a tick. Every
+HELD_BACKSTOP_SECS, runs held back as 'job' (migration 0005) whose job can run again are released,
+in case a claim held them just after the job's update released the others. Every
+AGEING_INTERVAL_SECS, runs queued longer than PRIORITY_AGEING_AFTER_SECS gain one priority step
+(engine.md §2.4).
 
 A lease that ran out while the database was gone (stopped, or stalled) says nothing about its
 worker: no worker could extend it. So after the reaper has seen the database lost or stalled it
@@ -30,6 +32,10 @@ from strait_actors.store import dependencies, events, queue, retention
 log = logging.getLogger(__name__)
 
 HELD_BACKSTOP_SECS = 30.0
+# A batch of 5,000 runs is about 0.1 s of PostgreSQL's time; a tick's second of them frees runs
+# faster than a worker takes them, and leaves the tick's other sweeps their turn.
+RELEASE_BATCH = 5000
+RELEASE_SECS = 1.0
 DEPENDENCY_BACKSTOP_BATCH = 1000
 AGEING_INTERVAL_SECS = 60.0
 
@@ -79,6 +85,7 @@ class Reaper(SweepActor):
         gave_up = dependencies.fail_expired_waits(conn, DEPENDENCY_BACKSTOP_BATCH)
         if gave_up:
             log.info("%d run(s) whose job dependencies were not met before their TTL: failed", gave_up)
+        self.release_resumed(conn)
         if time.monotonic() >= self.held_at:
             self.held_at = time.monotonic() + HELD_BACKSTOP_SECS
             held = queue.release_held_runs(conn)
@@ -94,6 +101,18 @@ class Reaper(SweepActor):
         if time.monotonic() >= self.purge_at:
             self.purge_at = time.monotonic() + s.retention_interval_secs
             self.purge(conn)
+
+    def release_resumed(self, conn: psycopg.Connection) -> None:
+        """Free resumed jobs' held runs, a batch at a time (each its own transaction), until none is
+        left or RELEASE_SECS have gone."""
+        until, freed = time.monotonic() + RELEASE_SECS, 0
+        while True:
+            n, found = queue.release_resumed_runs(conn, RELEASE_BATCH)
+            freed += n
+            if not found or time.monotonic() >= until:
+                break
+        if freed:
+            log.info("%d run(s) of resumed jobs back in the queue", freed)
 
     def purge(self, conn: psycopg.Connection) -> None:
         """Retention: one bounded batch each of old runs, event triggers, rate-limit hits and circuits."""

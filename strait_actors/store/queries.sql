@@ -586,12 +586,22 @@ WITH caps AS (
       AND g.cap <> CASE WHEN g.ckey = '' THEN COALESCE(NULLIF(j.max_concurrency, 0), 2147483647)
                         ELSE COALESCE(NULLIF(j.max_concurrency_per_key, 0), 2147483647) END
     RETURNING g.held > 0 AND g.active < g.cap AS ready
-), freed AS (
-    UPDATE job_runs r SET held = NULL
-    FROM jobs j
+), runnable AS (
+    SELECT j.id FROM jobs j
     WHERE j.id = %(id)s AND j.enabled AND NOT (j.paused OR j.project_paused) AND j.execution_mode = 'http'
-      AND r.job_id = j.id AND r.status = 'queued' AND r.held = 'job'
+), freed AS (
+    -- the first 1000 in claim order (job_runs_held); the Reaper frees the rest (migration 0020)
+    UPDATE job_runs r SET held = NULL
+    WHERE r.id = ANY(ARRAY(
+        SELECT x.id FROM runnable j CROSS JOIN LATERAL (
+            SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job'
+            ORDER BY x.priority DESC, x.created_at LIMIT 1000) x))
+      AND r.status = 'queued' AND r.held = 'job'
     RETURNING r.id
+), left_behind AS (
+    INSERT INTO job_releases (job_id)
+    SELECT j.id FROM runnable j WHERE (SELECT count(*) FROM freed) >= 1000
+    ON CONFLICT DO NOTHING
 )
 SELECT (SELECT count(*) FROM freed) AS freed,
        (SELECT count(*) FROM (SELECT pg_notify('strait_queue_wake', '')
@@ -675,13 +685,27 @@ SELECT id FROM job_groups WHERE id = %(id)s AND project_id = %(project_id)s FOR 
 -- name: release_jobs_runs
 -- Resumed jobs (a group's, a project's): their runs held as 'job' go back to the claim index, for
 -- those that can run now; wakes the pollers if any did (the set-based sync_job_gates of a resume).
-WITH freed AS (
-    UPDATE job_runs r SET held = NULL
-    FROM jobs j
+-- At most 1000 runs in all here; if that many were freed, every one of these jobs that had held runs
+-- is left to the Reaper (migration 0020; one with none left costs it a pass that finds nothing).
+WITH runnable AS (
+    SELECT j.id FROM jobs j
     WHERE j.id = ANY(%(ids)s::uuid[]) AND j.enabled AND NOT (j.paused OR j.project_paused)
       AND j.execution_mode = 'http'
-      AND r.job_id = j.id AND r.status = 'queued' AND r.held = 'job'
+), freed AS (
+    UPDATE job_runs r SET held = NULL
+    WHERE r.id = ANY(ARRAY(
+        SELECT x.id FROM runnable j CROSS JOIN LATERAL (
+            SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job'
+            ORDER BY x.priority DESC, x.created_at LIMIT 1000) x
+        LIMIT 1000))
+      AND r.status = 'queued' AND r.held = 'job'
     RETURNING r.id
+), left_behind AS (
+    INSERT INTO job_releases (job_id)
+    SELECT j.id FROM runnable j
+    WHERE (SELECT count(*) FROM freed) >= 1000
+      AND EXISTS (SELECT 1 FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job')
+    ON CONFLICT DO NOTHING
 )
 SELECT (SELECT count(*) FROM freed) AS freed,
        (SELECT count(*) FROM (SELECT pg_notify('strait_queue_wake', '') WHERE EXISTS (SELECT 1 FROM freed)) w) AS woke
@@ -1948,6 +1972,33 @@ WITH aged AS (
     RETURNING r.id
 )
 SELECT count(*) AS n FROM aged
+
+-- name: release_resumed_runs
+-- The Reaper's share of a resume (migration 0020): the oldest job of job_releases, and up to
+-- %(limit)s of its runs held as 'job', in claim order, back to the claim index. The job's row goes
+-- once a batch finds fewer than that (at once for a job paused again meanwhile: its next resume
+-- writes it again). Never waits: a row or a run another statement holds is skipped (the next pass,
+-- or release_held_runs, frees it). `jobs`: whether there was a row to work on.
+WITH m AS (
+    SELECT job_id FROM job_releases ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT x.id FROM m JOIN jobs j ON j.id = m.job_id
+    CROSS JOIN LATERAL (
+        SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job'
+        ORDER BY x.priority DESC, x.created_at LIMIT %(limit)s
+        FOR NO KEY UPDATE SKIP LOCKED) x
+    WHERE j.enabled AND NOT (j.paused OR j.project_paused) AND j.execution_mode = 'http'
+), freed AS (
+    UPDATE job_runs r SET held = NULL
+    WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) AND r.status = 'queued' AND r.held = 'job'
+    RETURNING r.id
+), done AS (
+    DELETE FROM job_releases d USING m
+    WHERE d.job_id = m.job_id AND (SELECT count(*) FROM picked) < %(limit)s
+    RETURNING d.job_id
+)
+SELECT (SELECT count(*) FROM freed) AS n, (SELECT count(*) FROM m) AS jobs,
+       (SELECT count(*) FROM (SELECT pg_notify('strait_queue_wake', '') WHERE EXISTS (SELECT 1 FROM freed)) w) AS woke
 
 -- name: release_held_runs
 -- Backstop of sync_job_gates: a claim that read a job as paused just before its resume committed

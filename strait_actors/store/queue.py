@@ -277,6 +277,14 @@ def age_queued_runs(conn: psycopg.Connection, after_secs: float) -> int:
     return count(conn, "age_queued_runs", {"after_secs": after_secs})
 
 
+def release_resumed_runs(conn: psycopg.Connection, limit: int) -> tuple[int, bool]:
+    """One batch of a resumed job's runs held as 'job' (migration 0020): (runs freed, whether a job
+    was waiting for it)."""
+    with translated(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("release_resumed_runs"), {"limit": limit}).fetchone()
+    return (int(row["n"]), bool(row["jobs"])) if row else (0, False)
+
+
 def release_held_runs(conn: psycopg.Connection) -> int:
     """Runs held as 'job' whose job can run again go back to the claim index (a bounded backstop)."""
     return count(conn, "release_held_runs")
