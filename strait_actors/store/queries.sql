@@ -2011,6 +2011,8 @@ WITH freed AS (
             SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job' LIMIT 1000
             FOR NO KEY UPDATE SKIP LOCKED) h  -- a run another statement holds: the next pass frees it
         WHERE j.enabled AND NOT (j.paused OR j.project_paused) AND j.execution_mode = 'http'
+          -- a resumed job whose runs the Reaper is freeing batch by batch (release_resumed_runs)
+          AND NOT EXISTS (SELECT 1 FROM job_releases m WHERE m.job_id = j.id)
         LIMIT 5000))
       AND r.status = 'queued' AND r.held = 'job'
     RETURNING r.id
