@@ -118,3 +118,17 @@ def test_every_run_of_a_resumed_backlog_is_dispatched(
         row = conn.execute("SELECT count(*) FROM job_runs WHERE job_id = %s AND held IS NOT NULL", (job["id"],))
         assert row.fetchone() == (0,)
     assert len(endpoint.run_ids()) == 3000, "each run once"
+
+
+def test_the_backstop_leaves_a_large_held_set_to_the_reaper(dsn: str) -> None:
+    """Runs a job's update did not free (a claim held them just after it, or the job became runnable
+    some other way): the 30 s backstop frees 1000 of a job a pass, and hands a job with that many on to
+    the Reaper's batches instead of taking 30 s for each next 1000."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")  # runnable, its runs held all the same
+        conn.execute(HELD, {"job": job, "n": 2500})
+        with queue.connect(dsn) as worker:
+            assert queue.release_held_runs(worker) == 1000
+            assert _mailbox(conn) == {job}
+            assert queue.release_resumed_runs(worker, 5000) == (1500, True)
+        assert _held(conn, job) == set() and _mailbox(conn) == set()

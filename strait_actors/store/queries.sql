@@ -589,18 +589,18 @@ WITH caps AS (
 ), runnable AS (
     SELECT j.id FROM jobs j
     WHERE j.id = %(id)s AND j.enabled AND NOT (j.paused OR j.project_paused) AND j.execution_mode = 'http'
-), freed AS (
+), picked AS (
     -- the first 1000 in claim order (job_runs_held); the Reaper frees the rest (migration 0020)
+    SELECT x.id FROM runnable j CROSS JOIN LATERAL (
+        SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job'
+        ORDER BY x.priority DESC, x.created_at LIMIT 1000) x
+), freed AS (
     UPDATE job_runs r SET held = NULL
-    WHERE r.id = ANY(ARRAY(
-        SELECT x.id FROM runnable j CROSS JOIN LATERAL (
-            SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job'
-            ORDER BY x.priority DESC, x.created_at LIMIT 1000) x))
-      AND r.status = 'queued' AND r.held = 'job'
+    WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) AND r.status = 'queued' AND r.held = 'job'
     RETURNING r.id
 ), left_behind AS (
     INSERT INTO job_releases (job_id)
-    SELECT j.id FROM runnable j WHERE (SELECT count(*) FROM freed) >= 1000
+    SELECT j.id FROM runnable j WHERE (SELECT count(*) FROM picked) >= 1000
     ON CONFLICT DO NOTHING
 )
 SELECT (SELECT count(*) FROM freed) AS freed,
@@ -685,25 +685,25 @@ SELECT id FROM job_groups WHERE id = %(id)s AND project_id = %(project_id)s FOR 
 -- name: release_jobs_runs
 -- Resumed jobs (a group's, a project's): their runs held as 'job' go back to the claim index, for
 -- those that can run now; wakes the pollers if any did (the set-based sync_job_gates of a resume).
--- At most 1000 runs in all here; if that many were freed, every one of these jobs that had held runs
--- is left to the Reaper (migration 0020; one with none left costs it a pass that finds nothing).
+-- At most 1000 runs in all here; if it took that many, every one of these jobs that had held runs is
+-- left to the Reaper (migration 0020; one with none left costs it a pass that finds nothing).
 WITH runnable AS (
     SELECT j.id FROM jobs j
     WHERE j.id = ANY(%(ids)s::uuid[]) AND j.enabled AND NOT (j.paused OR j.project_paused)
       AND j.execution_mode = 'http'
+), picked AS (
+    SELECT x.id FROM runnable j CROSS JOIN LATERAL (
+        SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job'
+        ORDER BY x.priority DESC, x.created_at LIMIT 1000) x
+    LIMIT 1000
 ), freed AS (
     UPDATE job_runs r SET held = NULL
-    WHERE r.id = ANY(ARRAY(
-        SELECT x.id FROM runnable j CROSS JOIN LATERAL (
-            SELECT x.id FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job'
-            ORDER BY x.priority DESC, x.created_at LIMIT 1000) x
-        LIMIT 1000))
-      AND r.status = 'queued' AND r.held = 'job'
+    WHERE r.id = ANY(ARRAY(SELECT id FROM picked)) AND r.status = 'queued' AND r.held = 'job'
     RETURNING r.id
 ), left_behind AS (
     INSERT INTO job_releases (job_id)
     SELECT j.id FROM runnable j
-    WHERE (SELECT count(*) FROM freed) >= 1000
+    WHERE (SELECT count(*) FROM picked) >= 1000
       AND EXISTS (SELECT 1 FROM job_runs x WHERE x.job_id = j.id AND x.status = 'queued' AND x.held = 'job')
     ON CONFLICT DO NOTHING
 )
@@ -2015,7 +2015,12 @@ WITH freed AS (
           AND NOT EXISTS (SELECT 1 FROM job_releases m WHERE m.job_id = j.id)
         LIMIT 5000))
       AND r.status = 'queued' AND r.held = 'job'
-    RETURNING r.id
+    RETURNING r.id, r.job_id
+), more AS (
+    -- a job with a whole 1000 of them may have many more: the Reaper's batches take it from here
+    INSERT INTO job_releases (job_id)
+    SELECT job_id FROM freed GROUP BY job_id HAVING count(*) >= 1000
+    ON CONFLICT DO NOTHING
 )
 SELECT (SELECT count(*) FROM freed) AS n,
        (SELECT count(*) FROM (SELECT pg_notify('strait_queue_wake', '') WHERE EXISTS (SELECT 1 FROM freed)) w) AS woke
