@@ -894,10 +894,7 @@ class Bench:
             before, claims = int((await self.count())["count"]), claim_histogram(self.base)
             took = fill(self.job, count)
             t0 = time.monotonic()
-            while int((await self.count())["count"]) - before < count:
-                if time.monotonic() - t0 > 120 + count / 200:
-                    raise SystemExit(f"backlog: {label}: timed out")
-                await asyncio.sleep(0.2)
+            await self.delivered(label, before, count, t0)
             rate = count / (time.monotonic() - t0)
             p99 = histogram_p99(claim_histogram(self.base), claims)
             print(
@@ -967,19 +964,24 @@ class Bench:
                 await check(r)
         return time.monotonic() - t0
 
+    async def delivered(self, label: str, before: int, n: int, t0: float) -> float:
+        """Wait until the endpoint has seen n runs more than `before`; seconds from t0 to the first."""
+        first = 0.0
+        while (seen := int((await self.count())["count"]) - before) < n:
+            if seen and not first:
+                first = time.monotonic() - t0
+            if time.monotonic() - t0 > 120 + n / 200:
+                raise SystemExit(f"backlog: {label}: timed out ({seen} of {n} seen)")
+            await asyncio.sleep(0.2)
+        return first
+
     async def release_backlog(self, job: str, kind: str, n: int) -> str:
         """Resume (enable) the job whose n runs the claims set aside: how long the request takes, and
         how soon every one of those runs reaches the endpoint."""
         before = int((await self.count())["count"])
         took = await self.hold_job(job, kind, held=False)
         t0 = time.monotonic()
-        first = 0.0
-        while (seen := int((await self.count())["count"]) - before) < n:
-            if seen and not first:
-                first = time.monotonic() - t0
-            if time.monotonic() - t0 > 120 + n / 200:
-                raise SystemExit(f"backlog: the released runs: timed out ({seen} of {n} seen)")
-            await asyncio.sleep(0.2)
+        first = await self.delivered("the released runs", before, n, t0)
         rate = n / (time.monotonic() - t0)
         verb = "resume" if kind == "paused" else "enable"
         print(
