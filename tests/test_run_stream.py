@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import httpx
 import psycopg
 from strait import AsyncClient
 
+from strait_actors.api.streams import RECHECK_SECS
 from strait_actors.store import coherence
 from tests.client_helpers import Gate, make_job, setup, wait_terminal
 from tests.conftest import SECRET, Endpoint, Server, start_strait, stop_strait, wait_for
@@ -233,6 +235,34 @@ def test_an_event_no_notification_announced_still_reaches_the_stream(
             )
         reader.join(timeout=5)
         assert not reader.is_alive(), f"the stream never saw the event: {out}"
+        assert [m["to"] for _, m in out if isinstance(m, dict) and m.get("type") == "status_change"] == ["canceled"]
+    finally:
+        c.close()
+        admin.close()
+        stop_strait(server)
+
+
+def test_a_transition_after_the_streams_re_read_reaches_it_by_its_notification(
+    endpoint: Endpoint, dsn: str, tmp_path: Path
+) -> None:
+    """Once a stream has had its one re-read (RECHECK_SECS after connecting), only the NOTIFY of the
+    statement that writes the run's transition (its `run_watchers` probe) tells the stream: a cancel
+    made later reaches it at once, not at the next keep-alive (15 s)."""
+    server = start_strait({"DATABASE_URL": dsn}, tmp_path, processes=1)
+    admin, c, _ = setup(server)
+    try:
+        job = make_job(c, endpoint, execution_mode="worker")  # no worker calls it: the run stays queued
+        run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
+        out: list[tuple[str | None, Any]] = []
+        reader = threading.Thread(target=read_stream, args=(server, run_id, out), daemon=True)
+        reader.start()
+        wait_for(lambda: (None, ": connected") in out, what="the stream connected")
+        time.sleep(RECHECK_SECS + 1.0)
+        headers = {"Authorization": f"Bearer {SECRET}", "X-Project-Id": "p1"}
+        r = httpx.delete(f"{server.base}/v1/runs/{run_id}", headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        reader.join(timeout=5)
+        assert not reader.is_alive(), f"the stream never heard of the cancel: {out}"
         assert [m["to"] for _, m in out if isinstance(m, dict) and m.get("type") == "status_change"] == ["canceled"]
     finally:
         c.close()

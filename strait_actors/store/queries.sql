@@ -979,7 +979,12 @@ SELECT count(*) AS n FROM gave_up
 -- Enqueue many runs in one statement; an idempotency key already taken skips that row only.
 -- One NOTIFY per statement, saying how many runs it queued: one poller takes a few (actors/poller.py).
 -- The arrays go in binary (%%b): a text array is escaped element by element (dumping: 20 -> 9 us a run).
-WITH ins AS (
+-- Whether a project counts its runs for quotas is looked up once per project of the statement, not per
+-- run (the function call alone cost 3.5 to 4.5 us a run); MATERIALIZED, or it would be inlined per row.
+WITH quota AS MATERIALIZED (
+    SELECT p.project_id, strait_quota_counted(p.project_id) AS counted
+    FROM (SELECT DISTINCT x.project_id FROM unnest(%(project_id)b::text[]) AS x(project_id)) p
+), ins AS (
     INSERT INTO job_runs (id, job_id, project_id, status, priority, payload, payload_hash, tags, metadata,
                           triggered_by, scheduled_at, expires_at, idempotency_key, concurrency_key, batch_id,
                           job_version, job_version_id, created_by, debug_mode, quota_counted)
@@ -987,7 +992,7 @@ WITH ins AS (
            u.triggered_by, u.scheduled_at,
            GREATEST(now(), COALESCE(u.scheduled_at, now())) + make_interval(secs => u.ttl),
            u.idempotency_key, u.concurrency_key, u.batch_id, u.job_version, u.job_version_id, u.created_by,
-           u.debug_mode, strait_quota_counted(u.project_id)
+           u.debug_mode, (SELECT q.counted FROM quota q WHERE q.project_id = u.project_id)
     FROM unnest(%(id)b::uuid[], %(job_id)b::uuid[], %(project_id)b::text[], %(status)b::text[],
                 %(priority)b::smallint[], %(payload)b::json[], %(payload_hash)b::text[], %(tags)b::jsonb[],
                 %(metadata)b::jsonb[], %(triggered_by)b::text[], %(scheduled_at)b::timestamptz[],
