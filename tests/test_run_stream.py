@@ -3,9 +3,11 @@ order, to several clients at once through one listener; Last-Event-ID resumes; k
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,21 +213,43 @@ def test_a_head_of_a_stream_answers_headers_only_on_a_keep_alive_connection(
         stop_strait(server)
 
 
+@contextlib.contextmanager
+def streamed_queued_run(
+    endpoint: Endpoint, dsn: str, tmp_path: Path
+) -> Iterator[tuple[Server, str, list[tuple[str | None, Any]], threading.Thread]]:
+    """strait (keep-alive every 15 s) and a stream connected to a run that stays queued: a job of
+    execution_mode worker, which no worker calls. Yields the server, the run id, the stream's frames
+    and its reader thread."""
+    server = start_strait({"DATABASE_URL": dsn}, tmp_path, processes=1)
+    admin, c, _ = setup(server)
+    try:
+        job = make_job(c, endpoint, execution_mode="worker")
+        run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
+        out: list[tuple[str | None, Any]] = []
+        reader = threading.Thread(target=read_stream, args=(server, run_id, out), daemon=True)
+        reader.start()
+        wait_for(lambda: (None, ": connected") in out, what="the stream connected")
+        yield server, run_id, out, reader
+    finally:
+        c.close()
+        admin.close()
+        stop_strait(server)
+
+
+def ends_on_the_cancel(reader: threading.Thread, out: list[tuple[str | None, Any]]) -> None:
+    """The stream closed within 5 s, its one status change the cancel."""
+    reader.join(timeout=5)
+    assert not reader.is_alive(), f"the stream never saw the cancel: {out}"
+    assert [m["to"] for _, m in out if isinstance(m, dict) and m.get("type") == "status_change"] == ["canceled"]
+
+
 def test_an_event_no_notification_announced_still_reaches_the_stream(
     endpoint: Endpoint, dsn: str, tmp_path: Path
 ) -> None:
     """A transition that began before a stream's watch was visible notifies no one (found by the CLI's
     stress runs: a dead-lettered run's stream kept sending keep-alives). Here an event is written with no
     notification at all; the stream reads it anyway, within a second, and ends on it."""
-    server = start_strait({"DATABASE_URL": dsn}, tmp_path, processes=1)  # keep-alive every 15 s
-    admin, c, _ = setup(server)
-    try:
-        job = make_job(c, endpoint, execution_mode="worker")  # no worker calls it: the run stays queued
-        run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
-        out: list[tuple[str | None, Any]] = []
-        reader = threading.Thread(target=read_stream, args=(server, run_id, out), daemon=True)
-        reader.start()
-        wait_for(lambda: (None, ": connected") in out, what="the stream connected")
+    with streamed_queued_run(endpoint, dsn, tmp_path) as (_, run_id, out, reader):
         with psycopg.connect(dsn, autocommit=True) as conn:  # as a transition would, minus its NOTIFY
             conn.execute("UPDATE job_runs SET status = 'canceled', finished_at = now() WHERE id = %s", (run_id,))
             conn.execute(
@@ -233,13 +257,7 @@ def test_an_event_no_notification_announced_still_reaches_the_stream(
                 ' \'queued -> canceled\', \'{"from": "queued", "to": "canceled", "attempt": 1}\')',
                 (run_id,),
             )
-        reader.join(timeout=5)
-        assert not reader.is_alive(), f"the stream never saw the event: {out}"
-        assert [m["to"] for _, m in out if isinstance(m, dict) and m.get("type") == "status_change"] == ["canceled"]
-    finally:
-        c.close()
-        admin.close()
-        stop_strait(server)
+        ends_on_the_cancel(reader, out)
 
 
 def test_a_transition_after_the_streams_re_read_reaches_it_by_its_notification(
@@ -248,23 +266,9 @@ def test_a_transition_after_the_streams_re_read_reaches_it_by_its_notification(
     """Once a stream has had its one re-read (RECHECK_SECS after connecting), only the NOTIFY of the
     statement that writes the run's transition (its `run_watchers` probe) tells the stream: a cancel
     made later reaches it at once, not at the next keep-alive (15 s)."""
-    server = start_strait({"DATABASE_URL": dsn}, tmp_path, processes=1)
-    admin, c, _ = setup(server)
-    try:
-        job = make_job(c, endpoint, execution_mode="worker")  # no worker calls it: the run stays queued
-        run_id = c.jobs.trigger(job["id"], {"payload": {}})["id"]
-        out: list[tuple[str | None, Any]] = []
-        reader = threading.Thread(target=read_stream, args=(server, run_id, out), daemon=True)
-        reader.start()
-        wait_for(lambda: (None, ": connected") in out, what="the stream connected")
+    with streamed_queued_run(endpoint, dsn, tmp_path) as (server, run_id, out, reader):
         time.sleep(RECHECK_SECS + 1.0)
         headers = {"Authorization": f"Bearer {SECRET}", "X-Project-Id": "p1"}
         r = httpx.delete(f"{server.base}/v1/runs/{run_id}", headers=headers, timeout=10)
         assert r.status_code == 200, r.text
-        reader.join(timeout=5)
-        assert not reader.is_alive(), f"the stream never heard of the cancel: {out}"
-        assert [m["to"] for _, m in out if isinstance(m, dict) and m.get("type") == "status_change"] == ["canceled"]
-    finally:
-        c.close()
-        admin.close()
-        stop_strait(server)
+        ends_on_the_cancel(reader, out)
