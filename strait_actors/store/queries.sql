@@ -980,7 +980,7 @@ SELECT count(*) AS n FROM gave_up
 -- One NOTIFY per statement, saying how many runs it queued: one poller takes a few (actors/poller.py).
 -- The arrays go in binary (%%b): a text array is escaped element by element (dumping: 20 -> 9 us a run).
 -- Whether a project counts its runs for quotas is looked up once per project of the statement, not per
--- run (the function call alone cost 3.5 to 4.5 us a run); MATERIALIZED, or it would be inlined per row.
+-- run (the function call alone cost 3.7 to 4.5 us a run); MATERIALIZED, or it would be inlined per row.
 WITH quota AS MATERIALIZED (
     SELECT p.project_id, strait_quota_counted(p.project_id) AS counted
     FROM (SELECT DISTINCT x.project_id FROM unnest(%(project_id)b::text[]) AS x(project_id)) p

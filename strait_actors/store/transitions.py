@@ -204,7 +204,7 @@ def tell_watchers(cte: str, alias: str = "m") -> str:
     """NOTIFY the API processes streaming these runs (`run_watchers`): a row update's RETURNING, so
     it runs whether or not the statement reads it. While no stream watches any run (the table is
     empty), one look at the table decides it for the whole statement (a one-time filter) instead of
-    a probe per run: 1 to 2 us a run of every claim and outcome write."""
+    a probe per run of every claim and outcome write."""
     return (
         f"UPDATE run_watchers w SET expires_at = w.expires_at FROM {cte} {alias} WHERE w.run_id = {alias}.id\n"
         "      AND EXISTS (SELECT 1 FROM run_watchers)\n"
