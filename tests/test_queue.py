@@ -697,3 +697,33 @@ def test_the_claim_probes_the_runs_it_takes_however_big_the_table(dsn: str) -> N
     for i, line in enumerate(plan):
         if "Index Scan using job_runs_pkey" in line:
             assert "Index Cond" in plan[i + 1], "\n".join(plan[i - 3 : i + 3])
+
+
+def test_a_trigger_batch_with_and_without_idempotency_keys(dsn: str) -> None:
+    """insert_runs: a batch in which no run has a key goes without ON CONFLICT (insert_runs_unkeyed)
+    and queues every run; a batch that mixes keyless runs with one whose key is taken queues the
+    keyless ones and skips that one only; its key's holder stays as it was."""
+    from strait_actors.model import NewRun
+    from strait_actors.store.runs import insert_runs
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = make_job(conn, "http://x/")
+
+    def run(key: str | None = None) -> NewRun:
+        return NewRun(uuid.uuid4(), uuid.UUID(job), "p", "queued", 0, '{"i":1}', "h", {}, {}, "api",
+                      None, None, key, None, None, 1, None, None)  # fmt: skip
+
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            keyless = [run(), run(), run()]
+            assert await insert_runs(aconn, keyless) == {r.id: "queued" for r in keyless}
+            holder = run("k1")
+            assert await insert_runs(aconn, [holder]) == {holder.id: "queued"}
+            mixed = [run(), run("k1"), run()]
+            assert await insert_runs(aconn, mixed) == {mixed[0].id: "queued", mixed[2].id: "queued"}
+
+    asyncio.run(go())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT idempotency_key, count(*) FROM job_runs WHERE job_id = %s GROUP BY 1", (job,))
+        assert sorted(rows.fetchall(), key=str) == sorted([(None, 5), ("k1", 1)], key=str)
+    assert "ON CONFLICT" not in q("insert_runs_unkeyed") and "ON CONFLICT" in q("insert_runs")

@@ -41,7 +41,7 @@ def parse(text: str) -> dict[str, str]:
 
 
 # {statement: the statement it is derived from}
-DERIVED = {"claim_runs_plain": "claim_runs"}
+DERIVED = {"claim_runs_plain": "claim_runs", "insert_runs_unkeyed": "insert_runs"}
 _SECTION = re.compile(r"^[ \t]*-- \{(\w+)\b[^\n]*\n.*?^[ \t]*-- \1\}[ \t]*(?:\n|\Z)", re.M | re.S)
 
 
