@@ -14,6 +14,7 @@ import httpx
 import psycopg
 from aiohttp import web
 
+from strait_actors.model import Outcome
 from strait_actors.store import queue, schedules
 from strait_actors.store.sql import q
 from tests.conftest import SECRET, Endpoint, Server, wait_for
@@ -238,6 +239,42 @@ def test_the_ending_statement_itself_releases_its_dependents(dsn: str) -> None:
         events = conn.execute("SELECT message FROM run_events WHERE run_id = %s", (match,)).fetchall()
         assert events == [("waiting -> queued (dependencies met)",)]
         assert list(conn.notifies(timeout=1, stop_after=1))
+
+
+def test_an_upstream_retry_releases_nothing_its_final_end_does(dsn: str) -> None:
+    """An outcome write that sends the upstream run back to the queue (a retry) is not an end: even
+    an `any`-condition dependent keeps waiting. The write of its last attempt releases it."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        up, down = make_job(conn, "http://x/"), make_job(conn, "http://x/")
+        conn.execute(
+            "INSERT INTO job_dependencies (id, job_id, depends_on_job_id, condition)"
+            " VALUES (gen_random_uuid(), %s, %s, 'any')",
+            (down, up),
+        )
+        (waiting,) = make_runs(
+            conn, down, 1, status="waiting", awaits_dependencies=True, metadata='{"dependency_key": "k"}'
+        )
+        make_runs(conn, up, 1, metadata='{"dependency_key": "k"}')
+        claims = queue.Queue(conn, worker_id="w", lease_secs=30)
+
+        def write(status: str) -> None:
+            (run,) = claims.claim(1).runs
+            outcome = Outcome(run.id, run.attempt, run.lease_id, status, None, "endpoint returned 503", "server",
+                              0.0, 0)  # fmt: skip
+
+            async def go() -> set[str]:
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+                    return await queue.record_outcomes(aconn, [outcome])
+
+            assert asyncio.run(go()) == {run.id}
+
+        def down_status() -> str:
+            return str(conn.execute("SELECT status FROM job_runs WHERE id = %s", (waiting,)).fetchone()[0])  # type: ignore[index]
+
+        write("queued")  # a retry, due at once
+        assert down_status() == "waiting"
+        write("dead_letter")
+        assert down_status() == "queued"
 
 
 def test_every_way_into_the_queue_passes_the_gate(dsn: str) -> None:

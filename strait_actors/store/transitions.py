@@ -302,19 +302,20 @@ def _release_dependents(t: Transition) -> str:
         f", {t.name}_dependents AS (\n"
         "    UPDATE job_runs d SET status = 'queued', awaits_dependencies = false\n"
         "    WHERE d.id = ANY(ARRAY(\n"
-        # the runs whose job something depends on, first (OFFSET 0 keeps the join: a planner that
-        # flattened it looked each run up in job_runs for its keys before it probed job_dependencies)
+        # the ended runs whose job something depends on, first (OFFSET 0 keeps the join: a planner
+        # that flattened it looked each run up in job_runs for its keys before it probed
+        # job_dependencies; it also keeps outer conditions out, so the end-state test is in here)
         "        SELECT w.id FROM (\n"
         "            SELECT m.id, m.job_id, m.to_status, dep.job_id AS dep_job_id, dep.condition\n"
-        f"            FROM {t.name} m JOIN job_dependencies dep ON dep.depends_on_job_id = m.job_id OFFSET 0) m\n"
+        f"            FROM {t.name} m JOIN job_dependencies dep ON dep.depends_on_job_id = m.job_id\n"
+        f"            WHERE m.to_status = ANY({_array(sorted(fsm.TERMINAL))}) OFFSET 0) m\n"
         "        CROSS JOIN LATERAL (SELECT e.idempotency_key AS ikey, e.metadata ->> 'dependency_key' AS dkey\n"
         "                            FROM job_runs e WHERE e.id = m.id) k\n"
         "        CROSS JOIN LATERAL (\n"
         "            SELECT o.id, strait_run_dependency_key(o.idempotency_key, o.metadata, o.triggered_by) AS key\n"
         "            FROM job_runs o WHERE o.job_id = m.dep_job_id AND o.status = 'waiting' AND o.awaits_dependencies\n"
         "            ORDER BY o.created_at LIMIT 1000) w\n"
-        f"        WHERE m.to_status = ANY({_array(sorted(fsm.TERMINAL))})\n"
-        "          AND (w.key IS NULL OR w.key = k.ikey OR w.key = k.dkey)\n"
+        "        WHERE (w.key IS NULL OR w.key = k.ikey OR w.key = k.dkey)\n"
         "          AND CASE m.condition WHEN 'any' THEN true WHEN 'completed' THEN m.to_status = 'completed'\n"
         f"                   ELSE m.to_status = ANY({_array(_FAILED)}) END\n"
         "          AND NOT EXISTS (SELECT 1 FROM job_dependencies o2 WHERE o2.job_id = m.dep_job_id\n"
